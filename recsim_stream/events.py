@@ -1,0 +1,207 @@
+"""Events and item metadata, their msgpack wire format, and validation.
+
+Decoding never raises: arbitrary bytes become an ``Event`` (or ``ItemMeta``) or a ``BadEvent`` whose
+``reason`` comes from a fixed set, so a bad record can be dead-lettered and counted instead of
+crashing a consumer. The wire format is a msgpack map with short keys (about 75 bytes per event)
+and a schema version ``v``; README.md documents each field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import msgpack
+
+from recsim_stream.config import EventLimits
+
+SCHEMA_VERSION = 1
+
+
+class EventKind(StrEnum):
+    CLICK = "click"
+    CART = "cart"
+    PURCHASE = "purchase"
+
+
+class BadReason(StrEnum):
+    """Why a record was refused; each value is one dead-letter reason and one metric label."""
+
+    TOO_LARGE = "too_large"
+    NOT_MSGPACK = "not_msgpack"
+    NOT_A_MAP = "not_a_map"
+    WRONG_SCHEMA_VERSION = "wrong_schema_version"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_KIND = "unknown_kind"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    ID_EMPTY = "id_empty"
+    ID_TOO_LONG = "id_too_long"
+    BAD_VALUE = "bad_value"
+    LATE = "late"  # set by the session windows, not by the decoder
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    user_id: str
+    item_id: str
+    kind: EventKind
+    ts: float  # event time, unix seconds
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    item_id: str
+    title: str = ""
+    category: str = ""  # a path such as "electronics.smartphone"; may be empty
+    price: float | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)  # brand, year, ...
+    ts: float | None = None  # when the item was listed
+
+
+@dataclass(frozen=True, slots=True)
+class BadEvent:
+    reason: BadReason
+    detail: str
+
+
+_KINDS = {k.value: k for k in EventKind}
+_DEFAULT_LIMITS = EventLimits()
+
+
+def encode_event(event: Event) -> bytes:
+    record = {
+        "v": SCHEMA_VERSION,
+        "u": event.user_id,
+        "i": event.item_id,
+        "k": event.kind.value,
+        "t": event.ts,
+    }
+    if event.session_id is not None:
+        record["s"] = event.session_id
+    return msgpack.packb(record)
+
+
+def encode_item(item: ItemMeta) -> bytes:
+    record: dict[str, object] = {"v": SCHEMA_VERSION, "i": item.item_id}
+    if item.title:
+        record["title"] = item.title
+    if item.category:
+        record["cat"] = item.category
+    if item.price is not None:
+        record["price"] = item.price
+    if item.attributes:
+        record["attrs"] = dict(item.attributes)
+    if item.ts is not None:
+        record["t"] = item.ts
+    return msgpack.packb(record)
+
+
+def _unpack_map(raw: bytes, limits: EventLimits) -> dict | BadEvent:
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        return BadEvent(BadReason.WRONG_TYPE, f"record value must be bytes, got {type(raw).__name__}")
+    if len(raw) > limits.max_record_bytes:
+        return BadEvent(BadReason.TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_record_bytes}")
+    try:
+        record = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        return BadEvent(BadReason.NOT_MSGPACK, f"{type(exc).__name__}: {exc}"[:200])
+    if not isinstance(record, dict):
+        return BadEvent(BadReason.NOT_A_MAP, f"expected a msgpack map, got {type(record).__name__}")
+    version = record.get("v")
+    if version != SCHEMA_VERSION:
+        return BadEvent(BadReason.WRONG_SCHEMA_VERSION, f"expected v={SCHEMA_VERSION}, got {version!r}"[:200])
+    return record
+
+
+def _id(
+    record: dict, key: str, name: str, limits: EventLimits, required: bool = True
+) -> str | BadEvent | None:
+    value = record.get(key)
+    if value is None:
+        return BadEvent(BadReason.MISSING_FIELD, f"{name} ({key!r}) is missing") if required else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # integer ids are common upstream; ids are strings here
+    elif not isinstance(value, str):
+        return BadEvent(BadReason.WRONG_TYPE, f"{name} must be a string, got {type(value).__name__}")
+    if not value:
+        return BadEvent(BadReason.ID_EMPTY, f"{name} is empty")
+    if len(value) > limits.max_id_bytes or len(value.encode("utf-8", "surrogatepass")) > limits.max_id_bytes:
+        return BadEvent(BadReason.ID_TOO_LONG, f"{name} is longer than {limits.max_id_bytes} bytes")
+    return value
+
+
+def _ts(value: object, limits: EventLimits, required: bool = True) -> float | BadEvent | None:
+    if value is None:
+        return BadEvent(BadReason.MISSING_FIELD, "ts ('t') is missing") if required else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return BadEvent(BadReason.WRONG_TYPE, f"ts must be a number, got {type(value).__name__}")
+    ts = float(value)
+    if not (math.isfinite(ts) and limits.min_ts <= ts <= limits.max_ts):
+        return BadEvent(BadReason.TS_OUT_OF_RANGE, f"ts {value!r} outside [{limits.min_ts}, {limits.max_ts}]")
+    return ts
+
+
+def decode_event(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> Event | BadEvent:
+    """Decode one ``events`` record; never raises."""
+    record = _unpack_map(raw, limits)
+    if isinstance(record, BadEvent):
+        return record
+    user = _id(record, "u", "user_id", limits)
+    if isinstance(user, BadEvent):
+        return user
+    item = _id(record, "i", "item_id", limits)
+    if isinstance(item, BadEvent):
+        return item
+    kind_value = record.get("k")
+    if kind_value is None:
+        return BadEvent(BadReason.MISSING_FIELD, "kind ('k') is missing")
+    if not isinstance(kind_value, str):
+        return BadEvent(BadReason.WRONG_TYPE, f"kind must be a string, got {type(kind_value).__name__}")
+    kind = _KINDS.get(kind_value)
+    if kind is None:
+        return BadEvent(
+            BadReason.UNKNOWN_KIND, f"kind {kind_value[:40]!r} is not one of click, cart, purchase"
+        )
+    ts = _ts(record.get("t"), limits)
+    if isinstance(ts, BadEvent):
+        return ts
+    session = _id(record, "s", "session_id", limits, required=False)
+    if isinstance(session, BadEvent):
+        return session
+    return Event(user, item, kind, ts, session)
+
+
+def decode_item(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> ItemMeta | BadEvent:
+    """Decode one ``items`` record; never raises."""
+    record = _unpack_map(raw, limits)
+    if isinstance(record, BadEvent):
+        return record
+    item = _id(record, "i", "item_id", limits)
+    if isinstance(item, BadEvent):
+        return item
+    texts = {}
+    for key in ("title", "cat"):
+        value = record.get(key, "")
+        if not isinstance(value, str):
+            return BadEvent(BadReason.WRONG_TYPE, f"{key} must be a string, got {type(value).__name__}")
+        texts[key] = value
+    price = record.get("price")
+    if price is not None:
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            return BadEvent(BadReason.WRONG_TYPE, f"price must be a number, got {type(price).__name__}")
+        if not (math.isfinite(price) and price >= 0):
+            return BadEvent(BadReason.BAD_VALUE, f"price must be finite and >= 0, got {price!r}")
+        price = float(price)
+    attrs = record.get("attrs", {})
+    if not isinstance(attrs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
+    ):
+        return BadEvent(BadReason.WRONG_TYPE, "attrs must be a map of strings to strings")
+    ts = _ts(record.get("t"), limits, required=False)
+    if isinstance(ts, BadEvent):
+        return ts
+    return ItemMeta(item, texts["title"], texts["cat"], price, attrs, ts)
