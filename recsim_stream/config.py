@@ -178,6 +178,17 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" = start a local Ray instance in this process; else ray://host:port or auto
+    num_cpus: int = 2
+    object_store_mb: int = 512
+
+    def __post_init__(self) -> None:
+        _require(self.num_cpus >= 1, "ray.num_cpus", "must be >= 1")
+        _require(self.object_store_mb >= 78, "ray.object_store_mb", "Ray needs at least 78 MB")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     port: int = 0  # 0 = do not expose /metrics from this process
 
@@ -194,6 +205,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 

@@ -1,0 +1,156 @@
+"""Every ``recsim_*`` metric, defined in one place on an injected registry.
+
+Names follow ``recsim_<thing>_<unit>[_total]`` in base units; labels come only from small fixed sets
+(reason, shard, partition, endpoint, status, kind), never user or item ids. Each service builds the
+group it needs on its own registry, so tests can read values without global state.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0, 300.0)
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process collector (resident memory, CPU) already on it."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class UpdaterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events_consumed = Counter(
+            "recsim_events_consumed_total", "Records read from the events topic.", registry=registry
+        )
+        self.events_trained = Counter(
+            "recsim_events_trained_total", "Events whose pairs were applied to the shards.", registry=registry
+        )
+        self.dead_lettered = Counter(
+            "recsim_events_dead_lettered_total",
+            "Records sent to the dead-letter topic.",
+            ["reason"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "recsim_consumer_lag_records",
+            "Records behind the end of each partition.",
+            ["partition"],
+            registry=registry,
+        )
+        self.sessions_open = Gauge("recsim_sessions_open", "Sessions held in memory.", registry=registry)
+        self.sessions_closed = Counter(
+            "recsim_sessions_closed_total", "Sessions closed by the watermark.", registry=registry
+        )
+        self.pairs_trained = Counter(
+            "recsim_pairs_trained_total", "Skip-gram pairs trained.", registry=registry
+        )
+        self.loss = Gauge(
+            "recsim_training_loss", "Moving average of the SGNS loss per pair.", registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "recsim_train_batch_seconds",
+            "Pull, step and push of one batch.",
+            buckets=_LATENCY_BUCKETS[3:],
+            registry=registry,
+        )
+        self.shard_rows = Gauge("recsim_shard_rows", "Rows held by each shard.", ["shard"], registry=registry)
+        self.items_new = Counter(
+            "recsim_items_new_total", "Item ids seen for the first time.", registry=registry
+        )
+        self.rows_expired = Counter("recsim_rows_expired_total", "Rows dropped by expiry.", registry=registry)
+        self.sampler_items = Gauge(
+            "recsim_sampler_items", "Distinct items in the negative sampler.", registry=registry
+        )
+        self.items_cold_started = Counter(
+            "recsim_items_cold_started_total",
+            "Items given a content-based initial vector.",
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "recsim_consumer_paused", "1 while partitions are paused for backpressure.", registry=registry
+        )
+
+
+class SnapshotMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.build_seconds = Histogram(
+            "recsim_snapshot_build_seconds",
+            "Export, write and index build of one snapshot.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.published = Counter(
+            "recsim_snapshots_published_total", "Snapshots published.", registry=registry
+        )
+        self.refused = Counter(
+            "recsim_snapshots_refused_total", "Snapshots or indexes refused.", ["reason"], registry=registry
+        )
+        self.recall = Gauge(
+            "recsim_index_recall", "Recall@20 of the last index build vs exact.", registry=registry
+        )
+        self.items = Gauge(
+            "recsim_snapshot_items", "Items in the last published snapshot.", registry=registry
+        )
+        self.last_published = Gauge(
+            "recsim_snapshot_last_published_timestamp_seconds",
+            "Unix time of the last publish.",
+            registry=registry,
+        )
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.request_seconds = Histogram(
+            "recsim_query_duration_seconds",
+            "Query latency.",
+            ["endpoint", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.swaps = Counter("recsim_index_swaps_total", "Serving states swapped in.", registry=registry)
+        self.refused = Counter(
+            "recsim_snapshot_loads_refused_total",
+            "Snapshots the query service refused to load.",
+            ["reason"],
+            registry=registry,
+        )
+        self.version = Gauge("recsim_serving_version", "Snapshot version being served.", registry=registry)
+        self.items = Gauge("recsim_index_items", "Items in the serving index.", registry=registry)
+        self.snapshot_age = Gauge(
+            "recsim_serving_snapshot_age_seconds", "Age of the served snapshot.", registry=registry
+        )
+        self.freshness = Histogram(
+            "recsim_freshness_seconds",
+            "From the newest covered event's production to being served.",
+            buckets=_FRESHNESS_BUCKETS,
+            registry=registry,
+        )
+
+
+class SimulatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events_produced = Counter(
+            "recsim_events_produced_total", "Events sent to Kafka.", ["kind"], registry=registry
+        )
+        self.items_listed = Counter(
+            "recsim_items_listed_total", "Item metadata records sent.", registry=registry
+        )
+
+
+_served: set[int] = set()
+_served_lock = threading.Lock()
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
+    """Expose ``registry`` on http://host:port/metrics from a daemon thread (once per port)."""
+    with _served_lock:
+        if port in _served:
+            return
+        start_http_server(port, addr=host, registry=registry)
+        _served.add(port)

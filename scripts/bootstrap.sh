@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the package with pinned versions (requirements.lock), once.
+# Idempotent: a stamp file records the hash of pyproject.toml + requirements.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || die "Python 3.11+ is required: install python3 (e.g. apt-get install python3 python3-venv)"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11+ is required, found $("$PY" --version 2>&1): install a newer python3"
+command -v java >/dev/null || die "Java 17+ is required for the Kafka broker: install a JDK (e.g. apt-get install openjdk-17-jre-headless)"
+jv=$(java -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}')
+[ "${jv:-0}" -ge 17 ] || die "Java 17+ is required for the Kafka broker, found Java ${jv:-unknown}"
+command -v mvn >/dev/null || die "Maven is required to resolve the Kafka broker's jars: install maven (e.g. apt-get install maven)"
+
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+stamp=.venv/.installed
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtualenv in .venv"
+  "$PY" -m venv .venv
+fi
+say "installing Python packages into .venv (pinned in requirements.lock)"
+say "first run: torch from PyPI brings ~3 GB of CUDA libraries (unused, CPU only); pip caches them for later runs"
+.venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+.venv/bin/python -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+echo "$want" > "$stamp"
+say "python packages ready"
