@@ -1,0 +1,90 @@
+"""``recsim-stream eval``: prequential evaluation of a canonical events CSV.
+
+Prints a table, optionally a PNG (``--plot``) and, with ``--json``, one JSON object on the last
+line of stdout. The main model (the streaming SGNS learner) plugs in at ``MAIN_MODEL_FACTORY``;
+until it is registered, ``eval`` scores the baselines only and the top-level metrics are null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from recsim_stream.baselines import make_baselines
+from recsim_stream.canonical_csv import CsvFormatError, read_events, read_items
+from recsim_stream.config import Config, ConfigError, add_config_arguments, load_config
+from recsim_stream.eval_report import format_table, to_json, write_plot
+from recsim_stream.evaluate import StreamModel, evaluate
+from recsim_stream.progress import Progress
+
+# Registration point for the main model: a factory (config, number of events) -> StreamModel.
+# None until the streaming SGNS learner is wired in; then it is scored as the top-level model.
+MAIN_MODEL_FACTORY: Callable[[Config, int], StreamModel] | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("events", help="canonical events CSV (ts,user_id,item_id,event_type,session_id)")
+    parser.add_argument("--items", help="canonical items CSV (item_id,title,category,price)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--baselines", action="store_true", help="also score POP, RECENT, ITEMKNN, ...")
+    parser.add_argument("--plot", metavar="PNG", help="write a plot of rolling HR@k per model")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N rows of the file")
+    add_config_arguments(parser, ["eval"], primary="eval")  # --k, --refresh-every, --session-gap-s
+
+
+def _progress_callback(total: int) -> Callable[[int, int], None]:
+    """Adapts the driver's ``(done, total)`` callback to a ``Progress`` line on stderr."""
+    progress = Progress("eval", total=total, every_s=2.0)
+
+    def report(done: int, _total: int) -> None:
+        progress.update(done - progress.count)
+        if done == total:
+            progress.finish()
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"recsim-stream eval: {exc}", file=sys.stderr)
+        return 2
+    if args.limit < 0:
+        print(f"recsim-stream eval: --limit must be >= 0, got {args.limit}", file=sys.stderr)
+        return 2
+    if MAIN_MODEL_FACTORY is None and not args.baselines:
+        print(
+            "recsim-stream eval: no main model is registered yet (eval_cli.MAIN_MODEL_FACTORY); "
+            "run with --baselines",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    try:
+        rows = read_events(args.events)
+        events = list(itertools.islice(rows, args.limit) if args.limit else rows)
+        items = list(read_items(args.items)) if args.items else []
+    except CsvFormatError as exc:
+        print(f"recsim-stream eval: {exc}", file=sys.stderr)
+        return 2
+    models: list[StreamModel] = []
+    main = None
+    if MAIN_MODEL_FACTORY is not None:
+        models.append(MAIN_MODEL_FACTORY(config, len(events)))
+        main = models[0].name
+    baselines = make_baselines(len(events)) if args.baselines else []
+    models.extend(baselines)
+    result = evaluate(events, models, config.eval, items, on_progress=_progress_callback(len(events)))
+    total_wall_s = time.perf_counter() - started
+    print(format_table(result))
+    if args.plot:
+        print(f"plot: {write_plot(result, args.plot)}")
+    if args.json:
+        report = to_json(result, main, [b.name for b in baselines], total_wall_s)
+        print(json.dumps(report, sort_keys=True))
+    return 0

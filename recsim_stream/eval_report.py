@@ -1,0 +1,82 @@
+"""Reports of a prequential run: the JSON object, a text table and a PNG of HR@k over the stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recsim_stream.evaluate import EvalResult
+
+
+def to_json(result: EvalResult, main: str | None, baselines: list[str], total_wall_s: float) -> dict:
+    """Top level: the main model's summary (values None when there is none); baselines by name."""
+    by_name = {m.name: m for m in result.models}
+    top = result.summary(by_name[main] if main is not None else None)
+    top["model"] = main
+    top["total_wall_s"] = total_wall_s
+    if baselines:
+        top["baselines"] = {name: result.summary(by_name[name]) for name in baselines}
+    return top
+
+
+def format_table(result: EvalResult) -> str:
+    """One row per model, aligned, for people reading a terminal."""
+    k = result.k
+    columns = (f"hr@{k}", f"mrr@{k}", f"hr@{k}_second_half", f"cold_hr@{k}", "wall_s", "events_per_s")
+    header = f"{'model':<16}" + "".join(f"{c:>18}" for c in columns)
+    lines = [
+        f"{result.events} events, {len(result.positions)} predictions "
+        f"({sum(result.cold)} with a cold target), top-{k}",
+        header,
+    ]
+    for model in result.models:
+        summary = result.summary(model)
+        cells = []
+        for column in columns:
+            value = summary[column]
+            if value is None:
+                cells.append(f"{'-':>18}")
+            elif column == "events_per_s":
+                cells.append(f"{value:>18,.0f}")
+            elif column == "wall_s":
+                cells.append(f"{value:>18.2f}")
+            else:
+                cells.append(f"{value:>18.4f}")
+        lines.append(f"{model.name:<16}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def rolling_hit_rate(ranks: np.ndarray, window: int) -> np.ndarray:
+    """Mean of hits over the last ``window`` predictions (fewer at the start)."""
+    hits = (ranks > 0).astype(np.float64)
+    sums = np.cumsum(hits)
+    lagged = np.concatenate([np.zeros(window), sums[:-window]]) if len(sums) > window else np.zeros(len(sums))
+    counts = np.minimum(np.arange(1, len(hits) + 1), window)
+    return (sums - lagged[: len(sums)]) / counts
+
+
+def write_plot(result: EvalResult, plot_path: str | Path, window: int | None = None) -> Path:
+    """PNG of rolling HR@k against stream position, one line per model."""
+    import matplotlib  # noqa: PLC0415 - imported only when a plot is asked for
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    n = len(result.positions)
+    window = window or max(50, n // 20)
+    positions = np.asarray(result.positions, dtype=np.int64)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for model in result.models:
+        ranks = np.asarray(model.ranks, dtype=np.int64)
+        ax.plot(positions, rolling_hit_rate(ranks, window), label=model.name, linewidth=1.2)
+    ax.set_xlabel("stream position (events)")
+    ax.set_ylabel(f"HR@{result.k}, rolling over {window} predictions")
+    ax.set_title(f"Prequential HR@{result.k} ({result.events} events, {n} predictions)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(plot_path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,212 @@
+"""Prequential (test-then-train) evaluation of streaming recommenders.
+
+Each event is first a test, then training data, in event-time order: the model is asked for its
+top-k items given the session so far, the event's item is the target, and only then does the model
+learn from the event. A model answers from the state it last *published* (``publish()`` is called
+every ``refresh_every`` events), as a live system answers from its last snapshot, so an event can
+never help predict itself or anything before the next refresh.
+
+Protocol details that the reference figures in ``shared/data/README.md`` depend on:
+- events are stable-sorted by ts (ties keep input order);
+- a session is the ``session_id`` when present, else a user's run of events without a gap above
+  ``gap_s`` (the gap is measured between that user's events without a session_id);
+- an event whose item equals the session's previous item is a *repeat*: no prediction, and models
+  are told (``Step.repeat``) so they add no pairs; a repeat purchase only marks conversion;
+- a prediction is made for every non-repeat event whose session prefix is non-empty; it is *cold*
+  when its target appeared in no earlier event of the stream;
+- "second half" means predictions made at stream positions ``>= events // 2`` (by events, not by
+  predictions), so it measures the later half of the stream in time whatever the session density.
+
+The driver is pure (no I/O): progress goes to an optional callback.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from recsim_stream.config import EvalConfig
+from recsim_stream.events import Event, EventKind, ItemMeta
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One event with the session context a learner needs; passed to ``StreamModel.learn``."""
+
+    position: int  # index of the event in the sorted stream
+    session: str  # session key: "s:<session_id>" or "u:<user_id>#<n>"
+    user_id: str
+    prefix: tuple[str, ...]  # the session's items before this event, consecutive repeats collapsed
+    item_id: str
+    kind: EventKind
+    ts: float
+    repeat: bool  # same item as the session's previous event: adds no pairs
+
+    @property
+    def purchase(self) -> bool:
+        return self.kind is EventKind.PURCHASE
+
+
+@runtime_checkable
+class StreamModel(Protocol):
+    """What the driver needs from a model under evaluation.
+
+    ``recommend`` and ``serves`` must answer from the state of the last ``publish()``; ``learn``
+    may only change unpublished state.
+    """
+
+    name: str
+
+    def observe_items(self, items: Sequence[ItemMeta]) -> None:
+        """Item metadata known before the stream starts (may be empty)."""
+
+    def recommend(self, prefix: Sequence[str], k: int) -> list[str]:
+        """Up to ``k`` item ids, best first, for a session whose items so far are ``prefix``."""
+
+    def learn(self, step: Step) -> None:
+        """Take in one event (repeats included, flagged)."""
+
+    def publish(self) -> None:
+        """Make everything learned so far visible to ``recommend``/``serves``."""
+
+    def serves(self, item_id: str) -> bool:
+        """Whether the published state has a vector (or other answerable state) for ``item_id``."""
+
+
+@dataclass
+class ModelResult:
+    """Per-prediction outcomes of one model; ``ranks[i]`` is 1-based, 0 for a miss."""
+
+    name: str
+    ranks: array = field(default_factory=lambda: array("H"))
+    covered: array = field(default_factory=lambda: array("b"))  # 1 if served state had the target
+    wall_s: float = 0.0  # seconds spent inside this model's calls
+
+
+@dataclass
+class EvalResult:
+    events: int
+    positions: array  # stream position of each prediction
+    cold: array  # 1 if the prediction's target was never seen before
+    models: list[ModelResult]
+    k: int
+
+    def summary(self, model: ModelResult | None) -> dict[str, float | int | None]:
+        """The JSON keys of the learner issue for one model (metrics None when ``model`` is None)."""
+        k = self.k
+        n = len(self.positions)
+        cold_idx = [i for i, c in enumerate(self.cold) if c]
+        out: dict[str, float | int | None] = {
+            "events": self.events,
+            "predictions": n,
+            f"hr@{k}": None,
+            f"mrr@{k}": None,
+            f"hr@{k}_second_half": None,
+            "cold_predictions": len(cold_idx),
+            f"cold_hr@{k}": None,
+            "cold_coverage": None,
+            "wall_s": None,
+            "events_per_s": None,
+        }
+        if model is None:
+            return out
+        ranks = model.ranks
+        half = self.events // 2
+        second = [r for p, r in zip(self.positions, ranks, strict=True) if p >= half]
+        if n:
+            out[f"hr@{k}"] = sum(1 for r in ranks if r) / n
+            out[f"mrr@{k}"] = sum(1.0 / r for r in ranks if r) / n
+        if second:
+            out[f"hr@{k}_second_half"] = sum(1 for r in second if r) / len(second)
+        if cold_idx:
+            out[f"cold_hr@{k}"] = sum(1 for i in cold_idx if ranks[i]) / len(cold_idx)
+            out["cold_coverage"] = sum(1 for i in cold_idx if model.covered[i]) / len(cold_idx)
+        out["wall_s"] = model.wall_s
+        out["events_per_s"] = self.events / model.wall_s if model.wall_s > 0 else None
+        return out
+
+
+class _Sessions:
+    """Session keys and collapsed item prefixes, by session_id or by per-user inactivity gap."""
+
+    def __init__(self, gap_s: float) -> None:
+        self._gap_s = gap_s
+        self._items: dict[str, list[str]] = {}
+        self._user_session: dict[str, tuple[float, int]] = {}  # user -> (last ts, session number)
+
+    def key(self, event: Event) -> str:
+        if event.session_id:
+            return "s:" + event.session_id
+        last = self._user_session.get(event.user_id)
+        number = 0
+        if last is not None:
+            last_ts, number = last
+            if event.ts - last_ts > self._gap_s:
+                self._items.pop(f"u:{event.user_id}#{number}", None)  # ended: free its items
+                number += 1
+        self._user_session[event.user_id] = (event.ts, number)
+        return f"u:{event.user_id}#{number}"
+
+    def items(self, key: str) -> list[str]:
+        return self._items.setdefault(key, [])
+
+
+def sort_stream(events: Iterable[Event]) -> list[Event]:
+    """Stable sort by event time: equal timestamps keep their input order."""
+    return sorted(events, key=lambda e: e.ts)
+
+
+def evaluate(
+    events: Iterable[Event],
+    models: Sequence[StreamModel],
+    config: EvalConfig,
+    items: Sequence[ItemMeta] = (),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Run every model on the same stream, test-then-train; ``on_progress(done, total)`` now and then."""
+    stream = sort_stream(events)
+    total = len(stream)
+    k = config.k
+    results = [ModelResult(m.name) for m in models]
+    for model, result in zip(models, results, strict=True):
+        started = time.perf_counter()
+        model.observe_items(items)
+        model.publish()
+        result.wall_s += time.perf_counter() - started
+    positions, cold = array("l"), array("b")
+    sessions = _Sessions(config.session_gap_s)
+    seen: set[str] = set()
+    clock = time.perf_counter
+    for position, event in enumerate(stream):
+        key = sessions.key(event)
+        prefix_items = sessions.items(key)
+        repeat = bool(prefix_items) and prefix_items[-1] == event.item_id
+        prefix = tuple(prefix_items)
+        target = event.item_id
+        if prefix and not repeat:
+            positions.append(position)
+            cold.append(target not in seen)
+            for model, result in zip(models, results, strict=True):
+                started = clock()
+                ranked = model.recommend(prefix, k)[:k]
+                covered = model.serves(target)
+                result.wall_s += clock() - started
+                result.ranks.append(ranked.index(target) + 1 if target in ranked else 0)
+                result.covered.append(covered)
+        step = Step(position, key, event.user_id, prefix, target, event.kind, event.ts, repeat)
+        publish = (position + 1) % config.refresh_every == 0
+        for model, result in zip(models, results, strict=True):
+            started = clock()
+            model.learn(step)
+            if publish:
+                model.publish()
+            result.wall_s += clock() - started
+        if not repeat:
+            prefix_items.append(target)
+        seen.add(target)
+        if on_progress is not None and ((position + 1) % 1000 == 0 or position + 1 == total):
+            on_progress(position + 1, total)
+    return EvalResult(total, positions, cold, results, k)
