@@ -112,7 +112,8 @@ def _unpack_map(raw: bytes, limits: EventLimits) -> dict | BadEvent:
     if not isinstance(record, dict):
         return BadEvent(BadReason.NOT_A_MAP, f"expected a msgpack map, got {type(record).__name__}")
     version = record.get("v")
-    if version != SCHEMA_VERSION:
+    # type() check: True and 1.0 compare equal to 1 but are not schema version 1.
+    if type(version) is not int or version != SCHEMA_VERSION:
         return BadEvent(BadReason.WRONG_SCHEMA_VERSION, f"expected v={SCHEMA_VERSION}, got {version!r}"[:200])
     return record
 

@@ -1,0 +1,65 @@
+import msgpack
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recsim_stream.events import (
+    BadEvent,
+    Event,
+    EventKind,
+    ItemMeta,
+    decode_event,
+    decode_item,
+    encode_event,
+    encode_item,
+)
+
+ids = st.text(min_size=1, max_size=32)
+timestamps = st.floats(min_value=0.0, max_value=4_102_444_800.0, allow_nan=False)
+events = st.builds(Event, ids, ids, st.sampled_from(list(EventKind)), timestamps, st.none() | ids)
+items = st.builds(
+    ItemMeta,
+    ids,
+    st.text(max_size=50),
+    st.text(max_size=30),
+    st.none() | st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+    st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=4),
+    st.none() | timestamps,
+)
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text() | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+event_keys = st.sampled_from(["v", "u", "i", "k", "t", "s", "title", "cat", "price", "attrs", "other"])
+
+
+@given(events)
+def test_event_round_trip(event: Event) -> None:
+    assert decode_event(encode_event(event)) == event
+
+
+@given(items)
+def test_item_round_trip(item: ItemMeta) -> None:
+    assert decode_item(encode_item(item)) == item
+
+
+@given(st.binary(max_size=300))
+def test_decoding_arbitrary_bytes_never_raises(raw: bytes) -> None:
+    assert isinstance(decode_event(raw), Event | BadEvent)
+    assert isinstance(decode_item(raw), ItemMeta | BadEvent)
+
+
+@given(st.dictionaries(event_keys, msgpack_values, max_size=8))
+def test_decoding_arbitrary_maps_never_raises(record: dict) -> None:
+    raw = msgpack.packb(record)
+    assert isinstance(decode_event(raw), Event | BadEvent)
+    assert isinstance(decode_item(raw), ItemMeta | BadEvent)
+
+
+@given(st.dictionaries(event_keys, msgpack_values, max_size=8))
+def test_arbitrary_maps_with_version_1_never_raise(record: dict) -> None:
+    raw = msgpack.packb({**record, "v": 1})
+    assert isinstance(decode_event(raw), Event | BadEvent)
+    assert isinstance(decode_item(raw), ItemMeta | BadEvent)
