@@ -1,0 +1,79 @@
+import numpy as np
+
+from recsim_stream.config import LearnConfig
+from recsim_stream.pairs import PairBatch
+from recsim_stream.sampler import NegativeSampler
+from recsim_stream.shard import ParameterShard
+from recsim_stream.trainer import SgnsTrainer, local_shard_calls
+
+CLUSTERS, PER_CLUSTER = 8, 25
+
+
+def _planted(rng: np.random.Generator, n: int) -> PairBatch:
+    """Pairs only inside clusters of PER_CLUSTER consecutive keys."""
+    centers = rng.integers(0, CLUSTERS * PER_CLUSTER, n)
+    contexts = (centers // PER_CLUSTER) * PER_CLUSTER + rng.integers(0, PER_CLUSTER, n)
+    keep = centers != contexts
+    return PairBatch(centers[keep], contexts[keep], np.ones(int(keep.sum()), np.float32))
+
+
+def _train(config: LearnConfig, steps: int) -> tuple[list[ParameterShard], list[float]]:
+    shards = [ParameterShard(config, i) for i in range(config.shards)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(shards))
+    rng = np.random.default_rng(5)
+    losses = []
+    for step in range(steps):
+        batch = _planted(rng, 1000)
+        losses.append(trainer.step(batch, tokens=batch.centers, ts=float(step)).loss)
+    return shards, losses
+
+
+def _merged(shards: list[ParameterShard]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    exports = [s.export() for s in shards]
+    keys = np.concatenate([e.keys for e in exports])
+    order = np.argsort(keys)
+    return (
+        keys[order],
+        np.concatenate([e.input for e in exports])[order],
+        np.concatenate([e.output for e in exports])[order],
+    )
+
+
+CONFIG = LearnConfig(dim=16, shards=2, negative_pool=256, sampler_table_size=1 << 14)
+
+
+def test_loss_falls_and_neighbours_share_the_cluster():
+    shards, losses = _train(CONFIG, 60)
+    keys, inputs, outputs = _merged(shards)
+    unit = inputs / np.linalg.norm(inputs, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    nearest = np.argsort(-cosine, axis=1)[:, :10]
+    purity = (keys[nearest] // PER_CLUSTER == (keys // PER_CLUSTER)[:, None]).mean()
+    assert losses[-1] < 0.5 * losses[0]
+    assert purity > 0.9
+
+
+def test_result_does_not_depend_on_the_number_of_shards():
+    one, _ = _train(LearnConfig(dim=16, shards=1, negative_pool=256, sampler_table_size=1 << 14), 5)
+    three, _ = _train(LearnConfig(dim=16, shards=3, negative_pool=256, sampler_table_size=1 << 14), 5)
+    a, b = _merged(one), _merged(three)
+    assert a[0].tolist() == b[0].tolist()
+    assert np.allclose(a[1], b[1], atol=1e-6) and np.allclose(a[2], b[2], atol=1e-6)
+
+
+def test_each_pair_counts_once_for_its_center_and_once_for_its_context():
+    shards = [ParameterShard(CONFIG, i) for i in range(2)]
+    trainer = SgnsTrainer(CONFIG, NegativeSampler(CONFIG), *local_shard_calls(shards))
+    batch = PairBatch(np.array([1, 1, 2]), np.array([2, 3, 3]), np.ones(3, np.float32))
+    result = trainer.step(batch, tokens=np.array([1, 2, 3]))
+    counts = {int(k): int(c) for s in shards for k, c in zip(s.export().keys, s.export().counts, strict=True)}
+    assert (result.pairs, {k: counts[k] for k in (1, 2, 3)}) == (3, {1: 2, 2: 2, 3: 2})
+
+
+def test_empty_batch_trains_nothing():
+    shards = [ParameterShard(CONFIG, i) for i in range(2)]
+    trainer = SgnsTrainer(CONFIG, NegativeSampler(CONFIG), *local_shard_calls(shards))
+    empty = PairBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert trainer.step(empty).pairs == 0
+    assert [s.version for s in shards] == [0, 0]
