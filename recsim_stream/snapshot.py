@@ -1,0 +1,422 @@
+"""Snapshots of the embedding tables on disk: format, atomic publish, verified load, retention.
+
+A snapshot is a folder ``<dir>/v<version:012d>/`` holding ``manifest.json`` and one ``.npy`` file per
+array. It is written to a hidden temporary folder in the same directory, fsynced, and renamed into
+place, so a reader sees either the whole folder or none of it; the ``LATEST`` pointer file is then
+replaced atomically. Loading verifies each file's sha256, dtype and shape against the manifest and
+never unpickles, so a corrupt, truncated or mismatched snapshot raises ``SnapshotError`` and the
+caller keeps serving the previous one.
+
+A *full* snapshot holds every row; a *delta* holds only the rows changed since its parent (the
+previous snapshot) and names its base (the full snapshot its chain starts from). Serving applies
+base + deltas in order, newer rows winning. A delta cannot remove rows: expired items disappear at
+the next full snapshot. This module does no indexing (no FAISS) and reads no configuration but its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recsim_stream.config import SnapshotConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+_FOLDER = re.compile(r"^v(\d{12})$")
+_TEMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+KIND_FULL = "full"
+KIND_DELTA = "delta"
+
+
+class SnapshotError(Exception):
+    """A snapshot is missing, partial, corrupt or inconsistent; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class SnapshotArrays:
+    """The rows of one snapshot. Row ``i`` of every array belongs to ``ids[i]``."""
+
+    ids: np.ndarray  # (n,) fixed-width unicode, unique, non-empty
+    input_vectors: np.ndarray  # (n, dim) float32: the item's own (centre) vectors
+    output_vectors: np.ndarray  # (n, dim) float32: the item's context vectors
+    counts: np.ndarray  # (n,) int64 interactions seen
+    cold: np.ndarray  # (n,) bool: the vector still comes mostly from the content tower
+
+    def __post_init__(self) -> None:
+        n = self.ids.shape[0] if self.ids.ndim == 1 else -1
+        dim = self.input_vectors.shape[-1]
+        expected = {
+            "ids": ("1-d fixed-width unicode", self.ids.dtype.kind == "U" and self.ids.ndim == 1),
+            "input_vectors": (f"float32 ({n}, dim)", self._is(self.input_vectors, np.float32, (n, dim))),
+            "output_vectors": (f"float32 ({n}, {dim})", self._is(self.output_vectors, np.float32, (n, dim))),
+            "counts": (f"int64 ({n},)", self._is(self.counts, np.int64, (n,))),
+            "cold": (f"bool ({n},)", self._is(self.cold, np.bool_, (n,))),
+        }
+        for name, (description, ok) in expected.items():
+            if not ok:
+                arr = getattr(self, name)
+                raise SnapshotError(f"{name}: expected {description}, got {arr.dtype} of shape {arr.shape}")
+
+    @staticmethod
+    def _is(arr: np.ndarray, dtype: type, shape: tuple[int, ...]) -> bool:
+        return arr.dtype == dtype and arr.shape == shape
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.input_vectors.shape[1])
+
+    def validate_content(self) -> None:
+        """Checks too costly for every load (the checksum covers reloads): unique, non-empty ids, finite vectors."""
+        if self.count and int(np.char.str_len(self.ids).min()) == 0:
+            raise SnapshotError("ids: expected non-empty item ids, got an empty string")
+        if np.unique(self.ids).shape[0] != self.count:
+            raise SnapshotError(f"ids: expected {self.count} distinct ids, got duplicates")
+        for name in ("input_vectors", "output_vectors"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise SnapshotError(f"{name}: expected finite floats, got NaN or inf")
+
+
+_ARRAY_NAMES = ("ids", "input_vectors", "output_vectors", "counts", "cold")
+
+
+@dataclass(frozen=True)
+class SnapshotManifest:
+    version: int
+    kind: str  # "full" | "delta"
+    base_version: int  # the full snapshot this chain starts from (itself for a full one)
+    parent_version: int | None  # the snapshot a delta applies on top of; None for a full one
+    dim: int
+    count: int  # rows in this folder (only the changed rows for a delta)
+    offsets: Mapping[str, Mapping[int, int]]  # Kafka offsets covered: {topic: {partition: next offset}}
+    newest_event_ts: float | None  # event time of the newest event whose effect is included
+    created_at: float  # wall time of the write
+    files: Mapping[str, Mapping[str, object]] = field(
+        default_factory=dict
+    )  # name -> file, sha256, dtype, shape
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "version": self.version,
+            "kind": self.kind,
+            "base_version": self.base_version,
+            "parent_version": self.parent_version,
+            "dim": self.dim,
+            "count": self.count,
+            "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()},
+            "newest_event_ts": self.newest_event_ts,
+            "created_at": self.created_at,
+            "files": {name: dict(info) for name, info in self.files.items()},
+        }
+
+    @classmethod
+    def from_json(cls, raw: object, where: str) -> SnapshotManifest:
+        try:
+            if raw["format_version"] != FORMAT_VERSION:
+                raise SnapshotError(
+                    f"{where}: expected format_version {FORMAT_VERSION}, got {raw['format_version']!r}"
+                )
+            manifest = cls(
+                version=int(raw["version"]),
+                kind=str(raw["kind"]),
+                base_version=int(raw["base_version"]),
+                parent_version=None if raw["parent_version"] is None else int(raw["parent_version"]),
+                dim=int(raw["dim"]),
+                count=int(raw["count"]),
+                offsets={
+                    str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw["offsets"].items()
+                },
+                newest_event_ts=None if raw["newest_event_ts"] is None else float(raw["newest_event_ts"]),
+                created_at=float(raw["created_at"]),
+                files={str(n): dict(info) for n, info in raw["files"].items()},
+            )
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SnapshotError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+        if manifest.kind not in (KIND_FULL, KIND_DELTA):
+            raise SnapshotError(f"{where}: expected kind full or delta, got {manifest.kind!r}")
+        if (manifest.kind == KIND_DELTA) != (manifest.parent_version is not None):
+            raise SnapshotError(
+                f"{where}: a delta needs a parent_version and a full snapshot must not have one"
+            )
+        if set(manifest.files) != set(_ARRAY_NAMES):
+            raise SnapshotError(
+                f"{where}: expected files {sorted(_ARRAY_NAMES)}, got {sorted(manifest.files)}"
+            )
+        return manifest
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    manifest: SnapshotManifest
+    arrays: SnapshotArrays
+
+
+def folder_name(version: int) -> str:
+    return f"v{version:012d}"
+
+
+def apply_delta(base: SnapshotArrays, delta: SnapshotArrays) -> SnapshotArrays:
+    """Rows of ``delta`` replace the rows of ``base`` with the same id; new ids are appended."""
+    if delta.count and base.count and delta.dim != base.dim:
+        raise SnapshotError(f"delta: expected dim {base.dim} like its base, got {delta.dim}")
+    keep = ~np.isin(base.ids, delta.ids)
+    return SnapshotArrays(
+        *(np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES)
+    )
+
+
+class SnapshotStore:
+    """One snapshot directory. Single writer (the snapshotter), any number of reader processes."""
+
+    def __init__(self, config: SnapshotConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.root = Path(config.dir)
+        self._clock = clock
+
+    # -- reading ---------------------------------------------------------------------------------
+    def versions(self) -> list[int]:
+        """Published versions, oldest first (temporary and half-deleted folders are not listed)."""
+        if not self.root.is_dir():
+            return []
+        found = (_FOLDER.match(p.name) for p in self.root.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def latest_version(self) -> int | None:
+        """The version ``LATEST`` names; the newest folder if there is no pointer yet; None if empty."""
+        pointer = self.root / LATEST
+        try:
+            text = pointer.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            versions = self.versions()
+            return versions[-1] if versions else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"{pointer}: unreadable pointer ({exc})") from exc
+        if not text.isdigit():
+            raise SnapshotError(f"{pointer}: expected a version number, got {text[:40]!r}")
+        return int(text)
+
+    def read_manifest(self, version: int) -> SnapshotManifest:
+        path = self.root / folder_name(version) / MANIFEST
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise SnapshotError(f"{path}: snapshot {version} does not exist (or was pruned)") from exc
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{path}: unreadable manifest ({exc})") from exc
+        manifest = SnapshotManifest.from_json(raw, str(path))
+        if manifest.version != version:
+            raise SnapshotError(f"{path}: expected version {version}, got {manifest.version}")
+        return manifest
+
+    def read(self, version: int) -> Snapshot:
+        """Load one folder, verifying every file against the manifest."""
+        manifest = self.read_manifest(version)
+        folder = self.root / folder_name(version)
+        loaded = {name: self._read_array(folder, name, manifest) for name in _ARRAY_NAMES}
+        arrays = SnapshotArrays(**loaded)
+        if arrays.count != manifest.count or (arrays.count and arrays.dim != manifest.dim):
+            raise SnapshotError(
+                f"{folder}: manifest says {manifest.count} rows x {manifest.dim}, "
+                f"arrays hold {arrays.count} x {arrays.input_vectors.shape[1]}"
+            )
+        return Snapshot(manifest, arrays)
+
+    def read_chain(self, version: int, after: int | None = None) -> list[Snapshot]:
+        """The snapshots to apply, oldest first, to serve ``version``: its full base, then each delta.
+
+        With ``after`` (a version already served from the same chain), only the snapshots newer than
+        it; if ``after`` is not on the chain, the whole chain.
+        """
+        manifests = [self.read_manifest(version)]
+        while manifests[-1].parent_version is not None:
+            parent = manifests[-1].parent_version
+            if parent == after:
+                break
+            if parent >= manifests[-1].version:
+                raise SnapshotError(f"snapshot {manifests[-1].version}: parent {parent} is not older")
+            manifests.append(self.read_manifest(parent))
+        return [self.read(m.version) for m in reversed(manifests)]
+
+    def load(self, version: int) -> Snapshot:
+        """``version`` with its chain applied: every row to serve, under ``version``'s manifest."""
+        chain = self.read_chain(version)
+        arrays = chain[0].arrays
+        for delta in chain[1:]:
+            arrays = apply_delta(arrays, delta.arrays)
+        return Snapshot(chain[-1].manifest, arrays)
+
+    def _read_array(self, folder: Path, name: str, manifest: SnapshotManifest) -> np.ndarray:
+        info = manifest.files[name]
+        path = folder / str(info.get("file", ""))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"{path}: cannot read {name} ({exc})") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != info.get("sha256"):
+            raise SnapshotError(
+                f"{path}: expected sha256 {info.get('sha256')}, got {digest} (corrupt or partial)"
+            )
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise SnapshotError(f"{path}: not a valid .npy file ({exc})") from exc
+        if str(arr.dtype) != info.get("dtype") or list(arr.shape) != list(info.get("shape", [])):
+            raise SnapshotError(
+                f"{path}: manifest says {info.get('dtype')} {info.get('shape')}, file holds {arr.dtype} {list(arr.shape)}"
+            )
+        return arr
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(
+        self,
+        version: int,
+        arrays: SnapshotArrays,
+        *,
+        offsets: Mapping[str, Mapping[int, int]],
+        newest_event_ts: float | None,
+        parent_version: int | None = None,
+    ) -> SnapshotManifest:
+        """Publish a full snapshot (``parent_version=None``) or a delta on ``parent_version``.
+
+        Writes the folder atomically, points ``LATEST`` at it, then prunes old versions.
+        """
+        latest = self.latest_version()
+        if latest is not None and version <= latest:
+            raise SnapshotError(f"snapshot {version}: expected a version above the latest, {latest}")
+        arrays.validate_content()
+        base_version = version
+        if parent_version is not None:
+            parent = self.read_manifest(parent_version)
+            if parent.dim != arrays.dim and arrays.count:
+                raise SnapshotError(
+                    f"delta {version}: expected dim {parent.dim} like parent, got {arrays.dim}"
+                )
+            base_version = parent.base_version
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f"{_TEMP_PREFIX}{folder_name(version)}-{secrets.token_hex(4)}"
+        temp.mkdir()
+        try:
+            files = {name: _write_array(temp, name, getattr(arrays, name)) for name in _ARRAY_NAMES}
+            manifest = SnapshotManifest(
+                version=version,
+                kind=KIND_FULL if parent_version is None else KIND_DELTA,
+                base_version=base_version,
+                parent_version=parent_version,
+                dim=arrays.dim,
+                count=arrays.count,
+                offsets=offsets,
+                newest_event_ts=newest_event_ts,
+                created_at=self._clock(),
+                files=files,
+            )
+            _write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+            _fsync_dir(temp)
+            os.rename(temp, self.root / folder_name(version))
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
+        self._point_latest(version)
+        self.prune()
+        return manifest
+
+    def _point_latest(self, version: int) -> None:
+        temp = self.root / f"{_TEMP_PREFIX}{LATEST}-{secrets.token_hex(4)}"
+        _write_durably(temp, f"{version}\n".encode("ascii"))
+        os.replace(temp, self.root / LATEST)
+        _fsync_dir(self.root)
+
+    def prune(self) -> list[int]:
+        """Delete all but the newest ``keep`` versions, keeping every snapshot their chains need.
+
+        A folder is first renamed to a hidden name (one atomic step), so readers never list it
+        half-deleted; a reader that is mid-load of it gets a ``SnapshotError`` and tries again later.
+        """
+        versions = self.versions()
+        keep = set(versions[-self.config.keep :])
+        latest = self.latest_version()
+        if latest is not None:
+            keep.add(latest)
+        for version in list(keep):
+            keep.update(self._ancestors(version))
+        removed = []
+        for version in versions:
+            if version in keep:
+                continue
+            trash = self.root / f"{_TRASH_PREFIX}{folder_name(version)}-{secrets.token_hex(4)}"
+            os.rename(self.root / folder_name(version), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(version)
+        return removed
+
+    def remove_stale_temp(self) -> None:
+        """Clear folders a crashed writer left behind; call once when the (single) writer starts."""
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if not path.name.startswith((_TEMP_PREFIX, _TRASH_PREFIX)):
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _ancestors(self, version: int) -> list[int]:
+        found = []
+        try:
+            parent = self.read_manifest(version).parent_version
+            while parent is not None:
+                found.append(parent)
+                parent = self.read_manifest(parent).parent_version
+        except SnapshotError:
+            pass  # a broken chain serves nothing; keeping what exists of it is harmless
+        return found
+
+
+def _write_array(folder: Path, name: str, arr: np.ndarray) -> dict[str, object]:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(arr), allow_pickle=False)
+    data = buffer.getvalue()
+    file = f"{name}.npy"
+    _write_durably(folder / file, data)
+    return {
+        "file": file,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "dtype": str(arr.dtype),
+        "shape": list(arr.shape),
+    }
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

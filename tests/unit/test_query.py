@@ -1,0 +1,197 @@
+import threading
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
+from recsim_stream.metrics import ApiMetrics
+from recsim_stream.query import (
+    IndexHolder,
+    NotReady,
+    SnapshotWatcher,
+    UnknownItem,
+    build_main,
+    build_state,
+    empty_like,
+)
+from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotManifest, SnapshotStore, folder_name
+
+INDEX = IndexConfig()
+
+
+def _arrays(ids, inputs, outputs=None, counts=None):
+    inputs = np.array(inputs, np.float32)
+    n = len(ids)
+    return SnapshotArrays(
+        ids=np.array(ids, dtype="U"),
+        input_vectors=inputs,
+        output_vectors=inputs.copy() if outputs is None else np.array(outputs, np.float32),
+        counts=np.arange(n, dtype=np.int64) if counts is None else np.array(counts, np.int64),
+        cold=np.array([i == n - 1 for i in range(n)], dtype=bool),
+    )
+
+
+CATALOGUE = _arrays(
+    ["a", "b", "c", "d"],
+    inputs=[[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]],
+    # What follows "a" in sessions is "c": its output vector points along a's input vector.
+    outputs=[[0, 1], [0, 1], [1, 0], [-1, 0]],
+)
+
+
+def _holder(arrays=CATALOGUE, version=1, metrics=None):
+    holder = IndexHolder(ApiConfig(session_items=2), metrics)
+    manifest = SnapshotManifest(version, "full", version, None, arrays.dim, arrays.count, {}, None, 0.0)
+    main = build_main(Snapshot(manifest, arrays), INDEX)
+    holder.swap(build_state(main, empty_like(arrays), manifest, INDEX))
+    return holder
+
+
+def test_queries_before_any_snapshot_are_not_ready():
+    with pytest.raises(NotReady):
+        IndexHolder(ApiConfig()).similar("a", 3)
+
+
+def test_similar_returns_cosine_neighbours_without_the_item_itself():
+    version, results = _holder().similar("a", 2)
+    assert version == 1
+    assert [i for i, _ in results] == ["b", "d"]
+
+
+def test_similar_of_an_unknown_item_raises():
+    with pytest.raises(UnknownItem):
+        _holder().similar("zzz", 2)
+
+
+def test_recommend_scores_input_against_output_vectors():
+    _, results, unknown = _holder().recommend(["a"], 1)
+    assert results[0][0] == "c"
+    assert unknown == []
+
+
+def test_recommend_never_returns_session_or_excluded_items():
+    _, results, _ = _holder().recommend(["a"], 4, exclude=["c"])
+    assert {i for i, _ in results} == {"b", "d"}
+
+
+def test_recommend_reports_and_ignores_unknown_items():
+    _, results, unknown = _holder().recommend(["nope", "a"], 1)
+    assert unknown == ["nope"]
+    assert results[0][0] == "c"
+
+
+def test_recommend_with_only_unknown_items_raises():
+    with pytest.raises(UnknownItem):
+        _holder().recommend(["nope"], 3)
+
+
+def test_item_returns_vector_count_and_cold_flag():
+    _, row = _holder().item("d")
+    assert row == {
+        "item_id": "d",
+        "vector": [pytest.approx(0.1), pytest.approx(0.9)],
+        "interactions": 3,
+        "cold": True,
+    }
+
+
+def test_swap_ignores_an_older_version():
+    holder = _holder(version=5)
+    older = _holder(version=3).state
+    assert holder.swap(older) is False
+    assert holder.state.version == 5
+
+
+def _store(tmp_path, keep=5):
+    return SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=keep))
+
+
+def _watcher(store, registry=None, index=INDEX):
+    metrics = ApiMetrics(registry or CollectorRegistry())
+    holder = IndexHolder(ApiConfig(), metrics)
+    return SnapshotWatcher(store, holder, index, poll_s=0.01), holder
+
+
+def test_watcher_loads_the_latest_full_snapshot(tmp_path):
+    store = _store(tmp_path)
+    store.write(1, CATALOGUE, offsets={"events": {0: 5}}, newest_event_ts=1.0)
+    watcher, holder = _watcher(store)
+    assert watcher.poll_once() is True
+    assert holder.snapshot_info()["items"] == 4
+    assert watcher.poll_once() is False
+
+
+def test_watcher_applies_a_delta_on_top_of_the_served_base(tmp_path):
+    store = _store(tmp_path)
+    store.write(1, CATALOGUE, offsets={}, newest_event_ts=None)
+    watcher, holder = _watcher(store)
+    watcher.poll_once()
+    main = holder.state.main
+    store.write(
+        2,
+        _arrays(["d", "e"], inputs=[[1, 0], [0, -1]], counts=[9, 1]),
+        offsets={},
+        newest_event_ts=None,
+        parent_version=1,
+    )
+    assert watcher.poll_once() is True
+    assert holder.state.main is main  # the approximate indexes were not rebuilt
+    assert holder.item("d")[1]["interactions"] == 9
+    assert holder.snapshot_info()["items"] == 5
+    _, results = holder.similar("a", 4)
+    assert [i for i, _ in results][:2] == ["d", "b"]
+    assert [i for i, _ in results].count("d") == 1
+
+
+def test_watcher_keeps_serving_when_a_snapshot_is_corrupt(tmp_path):
+    registry = CollectorRegistry()
+    store = _store(tmp_path)
+    store.write(1, CATALOGUE, offsets={}, newest_event_ts=None)
+    watcher, holder = _watcher(store, registry)
+    watcher.poll_once()
+    store.write(2, CATALOGUE, offsets={}, newest_event_ts=None)
+    (store.root / folder_name(2) / "ids.npy").write_bytes(b"garbage")
+    assert watcher.poll_once() is False
+    assert holder.state.version == 1
+    assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "corrupt"}) == 1.0
+    watcher.poll_once()  # a refused version is not retried (nor counted) again
+    assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "corrupt"}) == 1.0
+
+
+def test_watcher_refuses_an_index_below_the_recall_gate(tmp_path):
+    registry = CollectorRegistry()
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(2000, 32)).astype(np.float32)
+    arrays = _arrays([f"i{j}" for j in range(2000)], inputs=vectors)
+    store = _store(tmp_path)
+    store.write(1, arrays, offsets={}, newest_event_ts=None)
+    starved = IndexConfig(exact_below=100, kind="ivf", ivf_nlist=100, ivf_nprobe=1, recall_sample=50)
+    watcher, holder = _watcher(store, registry, index=starved)
+    assert watcher.poll_once() is False
+    assert holder.state is None
+    assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "recall"}) == 1.0
+
+
+def test_watcher_thread_swaps_in_each_notified_version(tmp_path):
+    store = _store(tmp_path)
+    watcher, holder = _watcher(store)
+    swapped = threading.Event()
+    real_swap = holder.swap
+
+    def swap_and_signal(state):
+        done = real_swap(state)
+        if state.version == 3:
+            swapped.set()
+        return done
+
+    holder.swap = swap_and_signal
+    watcher.start()
+    try:
+        store.write(1, CATALOGUE, offsets={}, newest_event_ts=None)
+        store.write(3, CATALOGUE, offsets={}, newest_event_ts=None)
+        watcher.notify()
+        assert swapped.wait(timeout=20)
+    finally:
+        watcher.stop()
+    assert holder.state.version == 3
