@@ -38,11 +38,17 @@ class KafkaConfig:
     # Upper bound on records one poll returns; the updater's batch size on the Kafka side.
     max_poll_records: int = 20000
     poll_timeout_ms: int = 200
+    # Producer batching. On localhost kafka-python's per-record Python work is the bottleneck, and
+    # a longer linger or bigger batches measured no faster (see kafka_io.py): the defaults are its own.
+    producer_linger_ms: int = 0
+    producer_batch_bytes: int = 16384
 
     def __post_init__(self) -> None:
         _require(bool(self.bootstrap), "kafka.bootstrap", "must name at least one host:port")
         _require(self.partitions >= 1, "kafka.partitions", f"must be >= 1, got {self.partitions}")
         _require(self.max_poll_records >= 1, "kafka.max_poll_records", "must be >= 1")
+        _require(self.producer_linger_ms >= 0, "kafka.producer_linger_ms", "must be >= 0")
+        _require(self.producer_batch_bytes >= 1024, "kafka.producer_batch_bytes", "must be >= 1024")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,18 @@ class SimConfig:
     drift_per_1k_events: float = 0.02  # probability a user's interest moves, per 1k events
     popularity_skew: float = 1.1  # Zipf exponent of item popularity within a cluster
     out: str = ""  # write canonical CSV to this folder instead of Kafka
+    interests_per_user: int = 3  # most clusters one user is interested in at a time
+    session_events: float = 6.0  # mean events per session
+    max_session_events: int = 50
+    off_cluster: float = 0.1  # share of clicks outside the session's cluster
+    repeat_view: float = 0.15  # chance an event repeats the previous item (real streams do this)
+    cart_share: float = 0.02  # share of events that are carts
+    purchase_share: float = 0.015  # share of events that are purchases
+    dwell_median_s: float = 20.0  # event time between a user's events inside a session
+    # A user's sessions are separated by more than session_gap_s (keep it >= sessions.gap_s, so the
+    # session windows cut where the simulator does) plus an exponential gap of this mean.
+    session_gap_s: float = 1800.0
+    session_gap_mean_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _require(self.events >= 0, "sim.events", "must be >= 0")
@@ -81,6 +99,26 @@ class SimConfig:
         _require(self.items >= 1, "sim.items", "must be >= 1")
         _require(1 <= self.clusters <= self.items, "sim.clusters", "must be between 1 and sim.items")
         _require(self.users >= 1, "sim.users", "must be >= 1")
+        _require(self.new_items_per_1k_events >= 0, "sim.new_items_per_1k_events", "must be >= 0")
+        _require(0 <= self.drift_per_1k_events <= 1, "sim.drift_per_1k_events", "must be within [0, 1]")
+        _require(self.popularity_skew >= 0, "sim.popularity_skew", "must be >= 0")
+        _require(self.interests_per_user >= 1, "sim.interests_per_user", "must be >= 1")
+        _require(self.max_session_events >= 2, "sim.max_session_events", "must be >= 2")
+        _require(
+            1 <= self.session_events <= self.max_session_events,
+            "sim.session_events",
+            "must be between 1 and sim.max_session_events",
+        )
+        for name in ("off_cluster", "repeat_view", "cart_share", "purchase_share"):
+            _require(0 <= getattr(self, name) < 1, f"sim.{name}", "must be within [0, 1)")
+        _require(
+            self.cart_share + self.purchase_share + self.repeat_view < 0.9,
+            "sim.cart_share",
+            "cart_share + purchase_share + repeat_view must stay below 0.9",
+        )
+        _require(self.dwell_median_s > 0, "sim.dwell_median_s", "must be > 0")
+        _require(self.session_gap_s > 0, "sim.session_gap_s", "must be > 0")
+        _require(self.session_gap_mean_s >= 0, "sim.session_gap_mean_s", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,6 +132,9 @@ class SessionConfig:
         _require(self.gap_s > 0, "sessions.gap_s", "must be > 0")
         _require(self.allowed_lateness_s >= 0, "sessions.allowed_lateness_s", "must be >= 0")
         _require(self.max_events >= 2, "sessions.max_events", "must be >= 2")
+        _require(
+            self.max_duration_s > 0, "sessions.max_duration_s", f"must be > 0, got {self.max_duration_s}"
+        )
 
 
 @dataclass(frozen=True)
@@ -108,6 +149,15 @@ class PairConfig:
 
     def __post_init__(self) -> None:
         _require(self.window >= 1, "pairs.window", "must be >= 1")
+        for name in (
+            "click_weight",
+            "cart_weight",
+            "purchase_weight",
+            "purchase_context_weight",
+            "cart_context_weight",
+        ):
+            value = getattr(self, name)
+            _require(value >= 0, f"pairs.{name}", f"must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +171,11 @@ class LearnConfig:
     seed: int = 13
     expire_after_s: float = 0.0  # rows untouched this long (event time) expire; 0 = never
     torch_threads: int = 1  # pinned: 2 threads collapse when another process takes a core
+    sampler_table_size: int = 1 << 20  # slots of the negative-sampling table (8 bytes each)
+    # Distinct negatives per batch: each pair draws its negatives from a pool this large, drawn from
+    # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
+    negative_pool: int = 2048
+    adagrad_initial: float = 0.1  # starting value of each row's squared-gradient accumulator
 
     def __post_init__(self) -> None:
         _require(1 <= self.dim <= 1024, "learn.dim", "must be between 1 and 1024")
@@ -128,6 +183,14 @@ class LearnConfig:
         _require(self.learning_rate > 0, "learn.learning_rate", "must be > 0")
         _require(self.shards >= 1, "learn.shards", "must be >= 1")
         _require(self.batch_pairs >= 1, "learn.batch_pairs", "must be >= 1")
+        _require(
+            0 < self.sampler_power <= 1, "learn.sampler_power", f"must be in (0, 1], got {self.sampler_power}"
+        )
+        _require(self.expire_after_s >= 0, "learn.expire_after_s", "must be >= 0 (0 = never)")
+        _require(self.torch_threads >= 1, "learn.torch_threads", "must be >= 1")
+        _require(self.sampler_table_size >= 1024, "learn.sampler_table_size", "must be >= 1024")
+        _require(self.negative_pool >= 0, "learn.negative_pool", "must be >= 0 (0 = no pool)")
+        _require(self.adagrad_initial > 0, "learn.adagrad_initial", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -135,9 +198,12 @@ class SnapshotConfig:
     dir: str = "var/snapshots"
     interval_s: float = 2.0
     keep: int = 5
+    # A full snapshot every this many; deltas (rows changed since the previous one) in between.
+    full_every: int = 20
 
     def __post_init__(self) -> None:
         _require(self.interval_s > 0, "snapshot.interval_s", "must be > 0")
+        _require(self.full_every >= 1, "snapshot.full_every", "must be >= 1")
         _require(self.keep >= 1, "snapshot.keep", "must be >= 1")
 
 
@@ -148,12 +214,25 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     ivf_nprobe: int = 16
+    ivf_nlist: int = 0  # IVF cells; 0 = about 4 * sqrt(items)
     recall_gate: float = 0.9  # refuse to publish an index whose recall@20 on a sample is below this
     recall_sample: int = 200
+    seed: int = 17  # IVF training sample and recall-gate queries
+    # Extra neighbours asked of the main index so that rows overridden by the delta index can be dropped.
+    merge_margin: int = 32
+    # Weight of log(1 + count) added to next-item scores: the learner's sampler_power (see scoring.py).
+    popularity_power: float = 0.75
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")
+        _require(self.exact_below >= 0, "index.exact_below", f"must be >= 0, got {self.exact_below}")
+        _require(self.hnsw_m >= 4, "index.hnsw_m", f"must be >= 4, got {self.hnsw_m}")
+        _require(self.hnsw_ef_search >= 1, "index.hnsw_ef_search", "must be >= 1")
+        _require(self.ivf_nprobe >= 1, "index.ivf_nprobe", "must be >= 1")
+        _require(self.ivf_nlist >= 0, "index.ivf_nlist", "must be >= 0 (0 = about 4 * sqrt(items))")
         _require(0.0 <= self.recall_gate <= 1.0, "index.recall_gate", "must be within [0, 1]")
+        _require(self.recall_sample >= 1, "index.recall_sample", "must be >= 1")
+        _require(self.merge_margin >= 0, "index.merge_margin", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -162,19 +241,55 @@ class ApiConfig:
     port: int = 8000
     max_k: int = 1000
     max_body_bytes: int = 64 * 1024
+    max_request_items: int = 100  # items (and exclusions) one /recommend body may name
+    session_items: int = 3  # the last this many items of a session form its query vector
+    poll_s: float = 0.25  # how often the query service looks for a new snapshot
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "api.port", "must be a TCP port")
+        _require(self.max_k >= 1, "api.max_k", f"must be >= 1, got {self.max_k}")
+        _require(self.max_body_bytes >= 256, "api.max_body_bytes", "must be >= 256")
+        _require(self.max_request_items >= 1, "api.max_request_items", "must be >= 1")
+        _require(self.session_items >= 1, "api.session_items", "must be >= 1")
+        _require(self.poll_s > 0, "api.poll_s", "must be > 0")
 
 
 @dataclass(frozen=True)
 class ContentConfig:
+    """The cold-start content tower (content.py, content_features.py)."""
+
     enabled: bool = True
     encoder: str = "hashed"  # minilm | hashed (character n-grams; no model weights needed)
-    hashed_dim: int = 2048
+    hashed_dim: int = 32768  # buckets of the hashed word + character 3-gram bag (sparse updates)
+    category_buckets: int = 4096  # hashed buckets for category path prefixes / genres
+    attribute_buckets: int = 16384  # hashed buckets for key=value attributes (brand, year, ...)
+    hidden: int = 128  # width of the tower's hidden layers
+    learning_rate: float = 0.003  # Adam
+    temperature: float = 0.1  # of the in-batch softmax over co-occurring pairs
+    alignment_weight: float = 1.0  # weight of (1 - cosine) to the item's learned vector
+    # Chance, per item and field (title, category, attributes, price), that training blanks it, so the
+    # tower also places new items whose metadata is partial (and cannot lean on one field alone).
+    field_dropout: float = 0.2
+    blend_half_life: float = 10.0  # interactions at which a vector is half content, half learned
+    text_cache_size: int = 100_000  # distinct titles whose text features are kept (LRU)
+    encode_batch: int = 128  # texts per sentence-encoder forward pass
+    seed: int = 17  # initial weights
 
     def __post_init__(self) -> None:
         _require(self.encoder in ("minilm", "hashed"), "content.encoder", "must be minilm or hashed")
+        for name in ("hashed_dim", "category_buckets", "attribute_buckets", "hidden", "encode_batch"):
+            value = getattr(self, name)
+            _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")
+        _require(self.text_cache_size >= 0, "content.text_cache_size", "must be >= 0 (0 = no cache)")
+        _require(self.learning_rate > 0, "content.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.temperature > 0, "content.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.alignment_weight >= 0, "content.alignment_weight", "must be >= 0")
+        _require(
+            0 <= self.field_dropout < 1,
+            "content.field_dropout",
+            f"must be in [0, 1), got {self.field_dropout}",
+        )
+        _require(self.blend_half_life > 0, "content.blend_half_life", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -194,6 +309,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Prequential evaluation (evaluate.py): the protocol of the learner issue."""
+
+    k: int = 20  # list length scored (HR@k, MRR@k)
+    refresh_every: int = 1000  # events between publishes of a model's served state
+    session_gap_s: float = 1800.0  # inactivity that splits a user's events when there is no session_id
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.k <= 1000, "eval.k", f"must be between 1 and 1000, got {self.k}")
+        _require(self.refresh_every >= 1, "eval.refresh_every", f"must be >= 1, got {self.refresh_every}")
+        _require(self.session_gap_s > 0, "eval.session_gap_s", f"must be > 0, got {self.session_gap_s}")
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     limits: EventLimits = field(default_factory=EventLimits)
@@ -207,6 +336,7 @@ class Config:
     content: ContentConfig = field(default_factory=ContentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))

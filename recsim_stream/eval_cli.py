@@ -1,8 +1,8 @@
 """``recsim-stream eval``: prequential evaluation of a canonical events CSV.
 
 Prints a table, optionally a PNG (``--plot``) and, with ``--json``, one JSON object on the last
-line of stdout. The main model (the streaming SGNS learner) plugs in at ``MAIN_MODEL_FACTORY``;
-until it is registered, ``eval`` scores the baselines only and the top-level metrics are null.
+line of stdout. The main model is the streaming SGNS learner (``sgns_model``), fed the same way the
+updater feeds it; ``--baselines`` adds the references on the same stream and protocol.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from recsim_stream.config import Config, ConfigError, add_config_arguments, load
 from recsim_stream.eval_report import format_table, to_json, write_plot
 from recsim_stream.evaluate import StreamModel, evaluate
 from recsim_stream.progress import Progress
+from recsim_stream.sgns_model import make_model
 
-# Registration point for the main model: a factory (config, number of events) -> StreamModel.
-# None until the streaming SGNS learner is wired in; then it is scored as the top-level model.
-MAIN_MODEL_FACTORY: Callable[[Config, int], StreamModel] | None = None
+# The main model: a factory (config, number of events) -> StreamModel, scored as the top-level result.
+MAIN_MODEL_FACTORY: Callable[[Config, int], StreamModel] | None = make_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", action="store_true", help="also score POP, RECENT, ITEMKNN, ...")
     parser.add_argument("--plot", metavar="PNG", help="write a plot of rolling HR@k per model")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N rows of the file")
-    add_config_arguments(parser, ["eval"], primary="eval")  # --k, --refresh-every, --session-gap-s
+    # --k, --refresh-every, --session-gap-s; and the learner's settings (--learn-dim, --pairs-window, ...)
+    add_config_arguments(parser, ["eval", "learn", "pairs", "content"], primary="eval")
 
 
 def _progress_callback(total: int) -> Callable[[int, int], None]:

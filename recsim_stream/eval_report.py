@@ -23,7 +23,7 @@ def to_json(result: EvalResult, main: str | None, baselines: list[str], total_wa
 def format_table(result: EvalResult) -> str:
     """One row per model, aligned, for people reading a terminal."""
     k = result.k
-    columns = (f"hr@{k}", f"mrr@{k}", f"hr@{k}_second_half", f"cold_hr@{k}", "wall_s", "events_per_s")
+    columns = (f"hr@{k}", f"mrr@{k}", f"hr@{k}_second_half", f"cold_hr@{k}", "wall_s", "events_per_s", "learn_events_per_s")
     header = f"{'model':<16}" + "".join(f"{c:>18}" for c in columns)
     lines = [
         f"{result.events} events, {len(result.positions)} predictions "
@@ -37,7 +37,7 @@ def format_table(result: EvalResult) -> str:
             value = summary[column]
             if value is None:
                 cells.append(f"{'-':>18}")
-            elif column == "events_per_s":
+            elif column in ("events_per_s", "learn_events_per_s"):
                 cells.append(f"{value:>18,.0f}")
             elif column == "wall_s":
                 cells.append(f"{value:>18.2f}")

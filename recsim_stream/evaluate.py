@@ -84,6 +84,7 @@ class ModelResult:
     ranks: array = field(default_factory=lambda: array("H"))
     covered: array = field(default_factory=lambda: array("b"))  # 1 if served state had the target
     wall_s: float = 0.0  # seconds spent inside this model's calls
+    learn_s: float = 0.0  # of which in observe_items, learn and publish: the learning core's cost
 
 
 @dataclass
@@ -110,6 +111,7 @@ class EvalResult:
             "cold_coverage": None,
             "wall_s": None,
             "events_per_s": None,
+            "learn_events_per_s": None,
         }
         if model is None:
             return out
@@ -126,6 +128,7 @@ class EvalResult:
             out["cold_coverage"] = sum(1 for i in cold_idx if model.covered[i]) / len(cold_idx)
         out["wall_s"] = model.wall_s
         out["events_per_s"] = self.events / model.wall_s if model.wall_s > 0 else None
+        out["learn_events_per_s"] = self.events / model.learn_s if model.learn_s > 0 else None
         return out
 
 
@@ -175,7 +178,9 @@ def evaluate(
         started = time.perf_counter()
         model.observe_items(items)
         model.publish()
-        result.wall_s += time.perf_counter() - started
+        spent = time.perf_counter() - started
+        result.wall_s += spent
+        result.learn_s += spent
     positions, cold = array("l"), array("b")
     sessions = _Sessions(config.session_gap_s)
     seen: set[str] = set()
@@ -203,7 +208,9 @@ def evaluate(
             model.learn(step)
             if publish:
                 model.publish()
-            result.wall_s += clock() - started
+            spent = clock() - started
+            result.wall_s += spent
+            result.learn_s += spent
         if not repeat:
             prefix_items.append(target)
         seen.add(target)

@@ -32,6 +32,7 @@ from recsim_stream.index import (
     merge_with_delta,
 )
 from recsim_stream.metrics import ApiMetrics
+from recsim_stream.scoring import query_with_prior, session_query, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
     Snapshot,
@@ -65,7 +66,7 @@ class MainBuild:
     arrays: SnapshotArrays
     positions: Mapping[str, int]
     similar: VectorIndex  # normalised input vectors
-    recommend: VectorIndex  # raw output vectors
+    recommend: VectorIndex  # output vectors with the popularity prior (scoring.with_prior)
     recall: Mapping[str, float]
 
 
@@ -101,10 +102,12 @@ def build_main(snapshot: Snapshot, config: IndexConfig) -> MainBuild:
     arrays = snapshot.arrays
     unit_inputs = l2_normalise(arrays.input_vectors)
     similar = build_index(unit_inputs, config)
-    recommend = build_index(arrays.output_vectors, config)
+    outputs = with_prior(arrays.output_vectors, arrays.counts, config.popularity_power)
+    recommend = build_index(outputs, config)
+    queries = np.hstack([arrays.input_vectors, np.ones((arrays.count, 1), np.float32)])
     recall = {
         "similar": gate_recall(similar, unit_inputs, unit_inputs, config),
-        "recommend": gate_recall(recommend, arrays.output_vectors, arrays.input_vectors, config),
+        "recommend": gate_recall(recommend, outputs, queries, config),
     }
     positions = {item: i for i, item in enumerate(arrays.ids.tolist())}
     return MainBuild(snapshot.manifest.version, arrays, positions, similar, recommend, recall)
@@ -132,7 +135,10 @@ def build_state(
         positions=ChainMap(delta_positions, main.positions),
         item_count=n_main - len(overridden) + delta.count,
         similar=merge_with_delta(main.similar, live, l2_normalise(delta.input_vectors), config.merge_margin),
-        recommend=merge_with_delta(main.recommend, live, delta.output_vectors, config.merge_margin),
+        recommend=merge_with_delta(
+            main.recommend, live, with_prior(delta.output_vectors, delta.counts, config.popularity_power),
+            config.merge_margin,
+        ),
         built_at=clock(),
         build_seconds=time.perf_counter() - started,
     )
@@ -204,8 +210,10 @@ class IndexHolder:
     ) -> tuple[int, list[tuple[str, float]], list[str]]:
         """(version, next-item candidates for a session, the session's unknown items).
 
-        The query is the mean input vector of the session's last ``session_items`` known items,
-        scored against output vectors. The session's own items and ``exclude`` are never returned.
+        The query is the recency-weighted mean input vector of the session's last ``session_items``
+        known items, scored against output vectors plus the popularity prior (the discovery score of
+        scoring.py, the one ``recsim-stream eval`` measures). The session's own items and ``exclude``
+        are never returned: this endpoint answers "what next that the user has not seen".
         """
         state = self._current()
         known = [(i, state.positions[i]) for i in items if i in state.positions]
@@ -213,7 +221,7 @@ class IndexHolder:
         if not known:
             raise UnknownItem(items[0] if items else "")
         recent = [p for _, p in known[-self.config.session_items :]]
-        query = np.mean([state.input_vector(p) for p in recent], axis=0)
+        query = query_with_prior(session_query(np.stack([state.input_vector(p) for p in recent])))
         banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
         return (

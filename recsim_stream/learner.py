@@ -1,0 +1,91 @@
+"""The streaming learning core: events -> session windows -> pairs -> SGNS batches on the shards.
+
+The same object runs in the updater (shards are Ray actors) and in ``recsim-stream eval`` (shards in
+process): only the pull/push callables differ, so what eval measures is what production trains.
+Item ids become stable 64-bit keys here, once per event, and stay keys until a snapshot names them.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+from recsim_stream.config import Config
+from recsim_stream.events import BadEvent, Event
+from recsim_stream.pairs import PairBuffer
+from recsim_stream.sampler import NegativeSampler
+from recsim_stream.scoring import RevisitShare
+from recsim_stream.sessions import Arrival, SessionWindows
+from recsim_stream.sharding import item_key
+from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, StepResult
+
+
+class ItemKeys:
+    """item id <-> key, interned: one hash per distinct item, a dict lookup per event."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, int] = {}
+        self.names: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def key(self, item_id: str) -> int:
+        key = self._keys.get(item_id)
+        if key is None:
+            key = self._keys[item_id] = item_key(item_id)
+            self.names[key] = item_id
+        return key
+
+    def known(self, item_id: str) -> bool:
+        return item_id in self._keys
+
+    def name_array(self, keys: np.ndarray) -> list[str]:
+        names = self.names
+        return [names[k] for k in keys.tolist()]
+
+
+class Learner:
+    """Accumulates pairs per event and trains them in batches of ``learn.batch_pairs``."""
+
+    def __init__(self, config: Config, pull: PullFn, push: PushFn) -> None:
+        self.config = config
+        self.windows: SessionWindows[int] = SessionWindows(config.sessions)
+        self.items = ItemKeys()
+        self.pairs = PairBuffer(config.pairs)
+        self.sampler = NegativeSampler(config.learn)
+        self.trainer = SgnsTrainer(config.learn, self.sampler, pull, push)
+        self._tokens = array("q")  # keys of the non-repeat events behind the pending pairs
+        self.newest_ts = float("-inf")
+        self.pairs_trained = 0
+        self.events_added = 0
+        self.revisits = RevisitShare()
+
+    def add(self, event: Event, partition: int = 0) -> Arrival[int] | BadEvent:
+        """Window one event and make its pairs; a late event comes back as a BadEvent."""
+        arrival = self.windows.add(event, partition, self.items.key(event.item_id))
+        if isinstance(arrival, BadEvent):
+            return arrival
+        if not arrival.repeat:
+            self._tokens.append(arrival.item)
+            if len(arrival.session.items) >= 3:  # an item other than the last one to return to
+                self.revisits.observe(not arrival.first_seen)
+        self.pairs.add(arrival)
+        if event.ts > self.newest_ts:
+            self.newest_ts = event.ts
+        self.events_added += 1
+        return arrival
+
+    def ready(self) -> bool:
+        """Enough pairs for one batch."""
+        return len(self.pairs) >= self.config.learn.batch_pairs
+
+    def train(self) -> StepResult:
+        """Train everything pending (one pull and one push per shard)."""
+        batch = self.pairs.take()
+        tokens = np.frombuffer(self._tokens, dtype=np.int64)
+        self._tokens = array("q")
+        result = self.trainer.step(batch, tokens=tokens, ts=self.newest_ts if len(batch) else None)
+        self.pairs_trained += result.pairs
+        return result

@@ -1,0 +1,195 @@
+"""Content features (hashing, tokens, bags, the text cache) and the content/learned blend."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recsim_stream.config import ConfigError, ContentConfig
+from recsim_stream.content_features import (
+    MISSING,
+    Bags,
+    FeatureExtractor,
+    HashedTextEncoder,
+    LruCache,
+    attribute_tokens,
+    blend,
+    category_tokens,
+    has_vector,
+    learned_weight,
+    price_features,
+    stable_hash,
+    text_tokens,
+)
+from recsim_stream.events import ItemMeta
+
+
+class CountingEncoder:
+    """A deterministic stand-in sentence encoder that records what it was asked to encode."""
+
+    dim = 2
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+
+def test_stable_hash_is_pinned_to_a_literal_value():
+    assert stable_hash("text", "w:phone") == 18301676551278525805
+
+
+def test_hashed_bag_is_the_same_in_another_process_with_another_hash_seed():
+    code = "from recsim_stream.content_features import HashedTextEncoder; print(HashedTextEncoder(2048).bag('Red phone')[0].tolist())"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(HashedTextEncoder(2048).bag("Red phone")[0].tolist())
+
+
+def test_hashed_bag_of_a_text_is_pinned():
+    ids, weights = HashedTextEncoder(2048).bag("Red phone")
+    assert ids.tolist() == [105, 131, 309, 400, 515, 856, 1389, 1474, 1557, 1714]
+    assert np.allclose(weights, 1 / math.sqrt(10))
+
+
+def test_hashed_bag_weights_count_repeated_tokens():
+    ids, weights = HashedTextEncoder(1 << 20).bag("go go")  # w:go, c:<go, c:go> each twice
+    assert len(ids) == 3
+    assert np.allclose(weights, 1 / math.sqrt(3))
+
+
+def test_text_tokens_are_words_and_edged_character_trigrams():
+    assert text_tokens("TV") == ["w:tv", "c:<tv", "c:tv>"]
+
+
+def test_text_tokens_of_an_empty_title_are_empty():
+    assert text_tokens(" - ") == []
+
+
+def test_category_tokens_are_the_prefixes_of_a_dotted_path():
+    assert category_tokens("electronics.smartphone") == ["electronics", "electronics.smartphone"]
+
+
+def test_category_tokens_split_movielens_genres():
+    assert category_tokens("Action|Comedy") == ["action", "comedy"]
+
+
+def test_category_tokens_of_no_category_is_the_missing_token():
+    assert category_tokens("") == [MISSING]
+
+
+def test_attribute_tokens_are_key_value_pairs_in_key_order():
+    assert attribute_tokens({"year": "1995", "Brand": " Apple"}) == ["brand=apple", "year=1995"]
+
+
+def test_price_features_are_log1p_and_a_missing_flag():
+    assert price_features(99.0) == (math.log1p(99.0), 0.0)
+    assert price_features(None) == (0.0, 1.0)
+
+
+def test_bags_concat_gives_embedding_bag_offsets():
+    bags = Bags.concat([(np.array([3, 4]), np.array([0.5, 0.5])), (np.array([7]), np.array([1.0]))])
+    assert bags.ids.tolist() == [3, 4, 7]
+    assert bags.offsets.tolist() == [0, 2]
+    assert bags.weights.dtype == np.float32
+
+
+def test_extract_builds_one_bag_per_item_and_price_rows():
+    extractor = FeatureExtractor(ContentConfig())
+    items = [
+        ItemMeta("a", "red phone", "electronics.smartphone", 99.0, {"brand": "x"}),
+        ItemMeta("b"),
+    ]
+    features = extractor.extract(items)
+    assert len(features) == 2
+    assert features.categories.offsets.tolist() == [0, 2]
+    assert features.attributes.offsets.tolist() == [0, 1]
+    assert features.price.tolist() == [[pytest.approx(math.log1p(99.0)), 0.0], [0.0, 1.0]]
+
+
+def test_a_hidden_field_reads_as_that_field_arriving_empty():
+    extractor = FeatureExtractor(ContentConfig())
+    item = ItemMeta("a", "red phone", "electronics.smartphone", 99.0, {"brand": "x"})
+    hidden = extractor.extract([item], hidden=np.array([[True, True, True, True]]))
+    empty = extractor.extract([ItemMeta("a")])
+    for field in ("categories", "attributes"):
+        assert getattr(hidden, field).ids.tolist() == getattr(empty, field).ids.tolist()
+    assert hidden.text.ids.tolist() == empty.text.ids.tolist()
+    assert hidden.price.tolist() == empty.price.tolist()
+
+
+def test_dense_text_encodes_each_distinct_title_once():
+    encoder = CountingEncoder()
+    extractor = FeatureExtractor(ContentConfig(encoder="minilm"), encoder)
+    first = extractor.extract([ItemMeta("a", "banana"), ItemMeta("b", "kiwi"), ItemMeta("c", "banana")])
+    extractor.extract([ItemMeta("d", "kiwi"), ItemMeta("e", "apple")])
+    assert encoder.calls == [["banana", "kiwi"], ["apple"]]
+    assert first.text.tolist() == [[6.0, 3.0], [4.0, 0.0], [6.0, 3.0]]
+
+
+def test_minilm_extractor_without_an_encoder_is_refused():
+    with pytest.raises(ValueError, match="no sentence encoder"):
+        FeatureExtractor(ContentConfig(encoder="minilm"))
+
+
+def test_lru_cache_forgets_the_least_recently_used_entry():
+    cache = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.get("a")
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+
+
+def test_content_config_refuses_a_dropout_of_one():
+    with pytest.raises(ConfigError, match="content.field_dropout"):
+        ContentConfig(field_dropout=1.0)
+
+
+def test_learned_weight_is_half_at_the_half_life():
+    assert learned_weight(10, half_life=10.0) == 0.5
+
+
+def test_blend_of_a_new_item_is_its_content_vector():
+    assert blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0, half_life=10.0).tolist() == [1.0, 0.0]
+
+
+def test_blend_at_the_half_life_is_the_midpoint():
+    assert blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 10, half_life=10.0).tolist() == [0.5, 0.5]
+
+
+def test_blend_after_many_interactions_is_nearly_the_learned_vector():
+    mixed = blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 990, half_life=10.0)
+    assert mixed.tolist() == pytest.approx([0.01, 0.99])
+
+
+def test_blend_works_on_a_batch_with_one_count_per_item():
+    content = np.array([[1.0, 0.0], [1.0, 0.0]])
+    learned = np.array([[0.0, 1.0], [0.0, 1.0]])
+    assert blend(content, learned, np.array([0, 30]), half_life=10.0).tolist() == [[1.0, 0.0], [0.25, 0.75]]
+
+
+def test_blend_without_metadata_is_the_learned_vector():
+    assert blend(None, np.array([0.0, 2.0]), 3, half_life=10.0).tolist() == [0.0, 2.0]
+
+
+def test_blend_without_interactions_is_the_content_vector():
+    assert blend(np.array([2.0, 0.0]), None, 0, half_life=10.0).tolist() == [2.0, 0.0]
+
+
+def test_blend_of_neither_vector_is_refused():
+    with pytest.raises(ValueError, match="got neither"):
+        blend(None, None, 0, half_life=10.0)
+
+
+def test_an_item_with_neither_metadata_nor_interactions_has_no_vector():
+    assert has_vector(has_metadata=False, interactions=0) is False
+    assert has_vector(has_metadata=True, interactions=0) is True
+    assert has_vector(has_metadata=False, interactions=1) is True
