@@ -13,9 +13,9 @@ import numpy as np
 
 from recsim_stream.config import Config
 from recsim_stream.events import BadEvent, Event
-from recsim_stream.pairs import PairBuffer
+from recsim_stream.pairs import PairBatch, PairBuffer
 from recsim_stream.sampler import NegativeSampler
-from recsim_stream.scoring import RevisitShare
+from recsim_stream.scoring import Share
 from recsim_stream.sessions import Arrival, SessionWindows
 from recsim_stream.sharding import item_key
 from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, StepResult
@@ -60,16 +60,22 @@ class Learner:
         self.newest_ts = float("-inf")
         self.pairs_trained = 0
         self.events_added = 0
-        self.revisits = RevisitShare()
+        self.revisits = Share()  # next item is an earlier item of its session
+        self.new_items = Share()  # next item was never seen before
+        self.last_batch: PairBatch | None = None  # what the content tower trains on next
 
     def add(self, event: Event, partition: int = 0) -> Arrival[int] | BadEvent:
         """Window one event and make its pairs; a late event comes back as a BadEvent."""
+        new = not self.items.known(event.item_id)
         arrival = self.windows.add(event, partition, self.items.key(event.item_id))
         if isinstance(arrival, BadEvent):
             return arrival
         if not arrival.repeat:
             self._tokens.append(arrival.item)
-            if len(arrival.session.items) >= 3:  # an item other than the last one to return to
+            length = len(arrival.session.items)
+            if length >= 2:  # a prediction would have been asked for
+                self.new_items.observe(new)
+            if length >= 3:  # an item other than the last one to return to
                 self.revisits.observe(not arrival.first_seen)
         self.pairs.add(arrival)
         if event.ts > self.newest_ts:
@@ -83,7 +89,7 @@ class Learner:
 
     def train(self) -> StepResult:
         """Train everything pending (one pull and one push per shard)."""
-        batch = self.pairs.take()
+        batch = self.last_batch = self.pairs.take()
         tokens = np.frombuffer(self._tokens, dtype=np.int64)
         self._tokens = array("q")
         result = self.trainer.step(batch, tokens=tokens, ts=self.newest_ts if len(batch) else None)

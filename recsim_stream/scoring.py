@@ -7,11 +7,15 @@ popularity; on MovieLens-100k it scored HR@20 0.016 against 0.155 with the corre
 (``recsim-stream eval``). The query is a recency-weighted mean of the session's last items' *input*
 vectors, scored against candidates' *output* vectors, as SGNS trains.
 
-Re-visits: users return to items they viewed earlier in a session (on the REES46 sample a large
-share of next items are such re-visits; on MovieLens none are). The answer is a two-component
-mixture, ``p = (1 - s) * p_discovery + s * p_revisit``, where ``p_revisit`` spreads over the
-session's earlier items by recency and the share ``s`` is estimated online from the stream itself
-(``RevisitShare``), so each stream gets the mixture it shows.
+The answer is a mixture of three ways a session goes on, each share estimated online from the
+stream itself (``Share``), so each stream gets the mixture it shows:
+- re-visit (share ``r``): back to an item viewed earlier in the session, by recency; on the REES46
+  sample a large share of next items are re-visits, on MovieLens none are;
+- new item (share ``c``): an item never interacted with, served from its content vector (cold start),
+  ranked by the same dot product over cold items only (they have no popularity to speak of); about
+  half of REES46's next items are new, under 2% of MovieLens's;
+- discovery (the rest): a known item, by the SGNS score above.
+``p = r * p_revisit + c * p_new + (1 - r - c) * p_discovery``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ def query_with_prior(query: np.ndarray) -> np.ndarray:
     return np.append(query, np.float32(1.0)).astype(np.float32, copy=False)
 
 
+def _softmax_within(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Softmax over the entries where ``mask`` holds, zero elsewhere."""
+    out = np.zeros_like(logits)
+    if mask.any():
+        chosen = logits[mask]
+        e = np.exp(chosen - chosen.max())
+        out[mask] = e / e.sum()
+    return out
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` highest scores, best first."""
     k = min(k, len(scores))
@@ -69,12 +83,9 @@ def revisit_distribution(earlier: Sequence[int]) -> dict[int, float]:
 
 
 @dataclass
-class RevisitShare:
-    """Online estimate of P(next item is an earlier session item | the session has earlier items).
-
-    Counted over non-repeat events whose session already holds at least two items (so an item
-    other than the last one exists to return to); Laplace-smoothed.
-    """
+class Share:
+    """Online, Laplace-smoothed estimate of how often something happens when it can happen: e.g.
+    P(the next item is an earlier session item | the session has one to return to)."""
 
     hits: int = 0
     chances: int = 0
@@ -100,6 +111,8 @@ class Embeddings:
         counts: np.ndarray,
         popularity_power: float = 0.75,
         revisit_share: float = 0.0,
+        cold: np.ndarray | None = None,
+        new_item_share: float = 0.0,
     ) -> None:
         self.ids = ids
         self.inputs = inputs
@@ -107,6 +120,8 @@ class Embeddings:
         self.counts = counts
         self.prior = popularity_prior(counts, popularity_power)
         self.revisit_share = revisit_share
+        self.cold = np.zeros(len(ids), dtype=bool) if cold is None else cold
+        self.new_item_share = new_item_share if self.cold.any() else 0.0
         self.position = {item: i for i, item in enumerate(ids)}
 
     @classmethod
@@ -118,9 +133,11 @@ class Embeddings:
         positions = [self.position[i] for i in session_items if i in self.position]
         if not positions:
             return []
-        logits = self.outputs @ session_query(self.inputs[positions[-SESSION_ITEMS:]]) + self.prior
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        dots = self.outputs @ session_query(self.inputs[positions[-SESSION_ITEMS:]])
+        cold = self.cold
+        probs = _softmax_within(dots + self.prior, ~cold) * (1.0 - self.new_item_share)
+        if self.new_item_share:
+            probs += _softmax_within(dots, cold) * self.new_item_share
         # The last item is never the next one (that would be a repeat, not a new event).
         earlier = [self.position[i] for i in session_items[:-1] if i in self.position]
         if earlier and self.revisit_share > 0:

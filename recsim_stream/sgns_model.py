@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config, SessionConfig
 from recsim_stream.evaluate import Step
 from recsim_stream.events import BadEvent, Event, ItemMeta
@@ -41,9 +42,13 @@ class SgnsStreamModel:
         pull, push = local_shard_calls(self.shards)
         self.learner = Learner(config, pull, push)
         self.served = Embeddings.empty(config.learn.dim)
+        self.cold_start = (
+            ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if config.content.enabled else None
+        )
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
-        """Metadata is used by the content tower (cold start); the SGNS core alone ignores it."""
+        if self.cold_start is not None:
+            self.cold_start.observe_items(items)
 
     def learn(self, step: Step) -> None:
         # The protocol's session key is unique per session, so it stands in for the session id.
@@ -58,14 +63,32 @@ class SgnsStreamModel:
         self.learner.train()
         exports = [shard.export() for shard in self.shards]
         keys = np.concatenate([e.keys for e in exports])
-        names = self.learner.items.name_array(keys)
+        ids = self.learner.items.name_array(keys)
+        inputs = np.concatenate([e.input for e in exports])
+        outputs = np.concatenate([e.output for e in exports])
+        counts = np.concatenate([e.counts for e in exports])
+        if self.cold_start is not None and self.cold_start.metadata:
+            batch = self.learner.last_batch
+            if batch is not None and len(batch):
+                names = self.learner.items.names
+                position = {item: i for i, item in enumerate(ids)}
+                self.cold_start.train(
+                    [names[k] for k in batch.centers.tolist()],
+                    [names[k] for k in batch.contexts.tolist()],
+                    position, inputs, outputs,
+                )
+            ids, inputs, outputs, counts, cold = self.cold_start.complete(ids, inputs, outputs, counts)
+        else:
+            cold = None
         self.served = Embeddings(
-            names,
-            np.concatenate([e.input for e in exports]),
-            np.concatenate([e.output for e in exports]),
-            np.concatenate([e.counts for e in exports]),
+            ids,
+            inputs,
+            outputs,
+            counts,
             popularity_power=self.config.learn.sampler_power,
             revisit_share=self.learner.revisits.value,
+            cold=cold,
+            new_item_share=self.learner.new_items.value,
         )
 
     def recommend(self, prefix: Sequence[str], k: int) -> list[str]:
