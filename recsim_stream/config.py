@@ -283,6 +283,19 @@ class ContentConfig:
     text_cache_size: int = 100_000  # distinct titles whose text features are kept (LRU)
     encode_batch: int = 128  # texts per sentence-encoder forward pass
     seed: int = 17  # initial weights
+    # Training budget, in pairs per learner event so that a fixed seed gives a fixed run (a clock would
+    # not): each publish trains ceil(events * train_pairs_per_event / train_batch) steps, young_boost
+    # times more while the tower has taken fewer than young_steps steps.
+    train_batch: int = 256  # co-occurring pairs per tower step
+    train_pairs_per_event: float = 0.25
+    young_steps: int = 50
+    young_boost: float = 4.0
+    reservoir_pairs: int = 16384  # co-occurring pairs kept (uniform over the stream) to train on
+    reencode_every_steps: int = 16  # tower steps after which every cached content vector is recomputed
+    # Cold-component temperature, fitted by likelihood on up to this many new-item targets per publish
+    # against a sample of this many cold candidates.
+    calibration_events: int = 128
+    calibration_candidates: int = 512
 
     def __post_init__(self) -> None:
         _require(self.encoder in ("minilm", "hashed"), "content.encoder", "must be minilm or hashed")
@@ -299,6 +312,14 @@ class ContentConfig:
             f"must be in [0, 1), got {self.field_dropout}",
         )
         _require(self.blend_half_life > 0, "content.blend_half_life", "must be > 0")
+        _require(self.train_batch >= 2, "content.train_batch", f"must be >= 2 (in-batch negatives), got {self.train_batch}")
+        for name in ("reservoir_pairs", "reencode_every_steps", "calibration_candidates"):
+            value = getattr(self, name)
+            _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")
+        for name in ("train_pairs_per_event", "young_steps", "calibration_events"):
+            value = getattr(self, name)
+            _require(value >= 0, f"content.{name}", f"must be >= 0, got {value}")
+        _require(self.young_boost >= 1, "content.young_boost", f"must be >= 1, got {self.young_boost}")
 
 
 @dataclass(frozen=True)
@@ -315,6 +336,12 @@ class RayConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 0  # 0 = do not expose /metrics from this process
+    # Loopback by default; 0.0.0.0 in containers, where Prometheus scrapes from another host.
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "metrics.port", f"must be a TCP port (0 = off), got {self.port}")
+        _require(bool(self.host), "metrics.host", "must name an address to listen on")
 
 
 @dataclass(frozen=True)
