@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsim_stream.config import ApiConfig, Config
-from recsim_stream.metrics import ApiMetrics, new_registry
+from recsim_stream.metrics import ApiMetrics, new_registry, serve_metrics
 from recsim_stream.query import IndexHolder, NotReady, SnapshotWatcher, UnknownItem
 from recsim_stream.snapshot import SnapshotStore
 
@@ -186,6 +186,8 @@ def serve(config: Config) -> None:
     import uvicorn
 
     registry = new_registry()
+    if config.metrics.port:
+        serve_metrics(registry, config.metrics.port)
     holder = IndexHolder(config.api, ApiMetrics(registry))
     watcher = SnapshotWatcher(SnapshotStore(config.snapshot), holder, config.index, config.api.poll_s)
     watcher.start()

@@ -1,0 +1,132 @@
+"""Training speed of the SGNS path against gensim's Cython loop, on the same sessions.
+
+Both see the same synthetic sessions (Zipf popularity inside clusters, as in real catalogues), the same
+window (5), negatives (5) and dimension (64). gensim's work is counted as the pairs it updates in
+expectation: word2vec samples a reduced window b ~ U{1..window} per position, so a position pairs
+with min(b, i) + min(b, L-1-i) others, about 0.66x the full window. Ours counts every pair it trains.
+The ratio of the two pairs/s, measured in one run, is the figure that matters on a shared machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from recsim_stream.config import LearnConfig
+from recsim_stream.pairs import PairBatch
+from recsim_stream.sampler import NegativeSampler
+from recsim_stream.shard import ParameterShard
+from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, local_shard_calls
+
+WINDOW = 5
+
+
+def zipf_sessions(tokens: int, items: int = 100_000, clusters: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """Sessions of 2-15 items from one cluster each (10% noise), Zipf popularity within and across clusters."""
+    rng = np.random.default_rng(seed)
+    per = items // clusters
+    cluster_p = 1 / np.arange(1, clusters + 1) ** 0.8
+    cluster_p /= cluster_p.sum()
+    item_p = 1 / np.arange(1, per + 1, dtype=np.float64)
+    item_p /= item_p.sum()
+    sessions, total = [], 0
+    while total < tokens:
+        length = int(rng.integers(2, 16))
+        session = rng.choice(clusters, p=cluster_p) * per + rng.choice(per, length, p=item_p)
+        noise = rng.random(length) < 0.1
+        session[noise] = rng.integers(0, items, int(noise.sum()))
+        sessions.append(session)
+        total += length
+    return sessions
+
+
+def window_pairs(sessions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every (center, context) pair within the window, both directions."""
+    centers, contexts = [], []
+    for s in sessions:
+        for offset in range(1, min(WINDOW, len(s) - 1) + 1):
+            centers += [s[:-offset], s[offset:]]
+            contexts += [s[offset:], s[:-offset]]
+    return np.concatenate(centers).astype(np.int64), np.concatenate(contexts).astype(np.int64)
+
+
+def gensim_expected_pairs(sessions: list[np.ndarray]) -> float:
+    total = 0.0
+    for s in sessions:
+        i = np.arange(len(s))
+        for b in range(1, WINDOW + 1):
+            total += (np.minimum(b, i) + np.minimum(b, len(s) - 1 - i)).sum() / WINDOW
+    return total
+
+
+def sgns_pairs_per_s(
+    config: LearnConfig, make_calls: Callable[[], tuple[PullFn, PushFn]], tokens: np.ndarray,
+    centers: np.ndarray, contexts: np.ndarray, batches: int = 40,
+) -> float:
+    """Pairs/s of sample -> pull -> step -> push over fresh shards (rows created as keys arrive)."""
+    sampler = NegativeSampler(config)
+    sampler.observe(tokens)
+    trainer = SgnsTrainer(config, sampler, *make_calls())
+    size = config.batch_pairs
+    n = min(len(centers), batches * size)
+    ones = np.ones(size, dtype=np.float32)
+    started = time.perf_counter()
+    for s in range(0, n, size):
+        c = centers[s : s + size]
+        trainer.step(PairBatch(c, contexts[s : s + size], ones[: len(c)]), ts=0.0)
+    return n / (time.perf_counter() - started)
+
+
+def gensim_pairs_per_s(sessions: list[np.ndarray], seed: int) -> float:
+    from gensim.models import Word2Vec  # a bench dependency only
+
+    sentences = [[str(x) for x in s] for s in sessions]
+    model = Word2Vec(vector_size=64, window=WINDOW, sg=1, negative=5, workers=1, min_count=1, sample=0, seed=seed)
+    model.build_vocab(sentences)
+    started = time.perf_counter()
+    model.train(sentences, total_examples=len(sentences), epochs=1)
+    return gensim_expected_pairs(sessions) / (time.perf_counter() - started)
+
+
+def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Median pairs/s of gensim and of our path (in-process shards, and Ray shards) and their ratios."""
+    sessions = zipf_sessions(400_000)
+    centers, contexts = window_pairs(sessions)
+    order = np.random.default_rng(1).permutation(len(centers))
+    centers, contexts = centers[order], contexts[order]
+    tokens = np.concatenate(sessions)
+    config = LearnConfig(dim=64, negatives=5, shards=2)
+    log(f"bench learner: {len(sessions):,} sessions, {len(tokens):,} tokens, {len(centers):,} window pairs")
+    results: dict[str, list[float]] = {"gensim": [], "sgns_local": [], "sgns_ray": []}
+    shards_ray = None
+    if with_ray:
+        from recsim_stream.config import RayConfig
+        from recsim_stream.ray_actors import RayShards, init_ray
+
+        init_ray(RayConfig())
+    for rep in range(repeats):
+        results["gensim"].append(gensim_pairs_per_s(sessions, seed=rep))
+        results["sgns_local"].append(sgns_pairs_per_s(
+            config, lambda: local_shard_calls([ParameterShard(config, i) for i in range(config.shards)]),
+            tokens, centers, contexts,
+        ))
+        if with_ray:
+            if shards_ray is not None:
+                shards_ray.kill()
+            shards_ray = RayShards(config)
+            results["sgns_ray"].append(sgns_pairs_per_s(
+                config, lambda s=shards_ray: (s.pull, s.push), tokens, centers, contexts,
+            ))
+        log(f"bench learner: run {rep + 1}/{repeats}: " + ", ".join(
+            f"{name} {values[-1] / 1e6:.3f}M pairs/s" for name, values in results.items() if values))
+    if shards_ray is not None:
+        shards_ray.kill()
+    medians = {name: statistics.median(v) for name, v in results.items() if v}
+    out = {f"{name}_pairs_per_s": round(v) for name, v in medians.items()}
+    for name in ("sgns_local", "sgns_ray"):
+        if name in medians:
+            out[f"{name}_vs_gensim"] = round(medians[name] / medians["gensim"], 3)
+    return out
