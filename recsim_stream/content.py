@@ -247,13 +247,22 @@ class ContentTower:
         self._steps += 1
         return float(loss.detach())
 
+    @property
+    def vector_norm(self) -> float:
+        """Running mean norm of the learned vectors trained on: the scale ``encode`` gives."""
+        return self._vector_norm
+
     def encode(self, items: Sequence[ItemMeta]) -> np.ndarray:
         """(len(items), dim) float32 content vectors, in item order."""
+        return self.encode_unit(items) * np.float32(self._vector_norm)
+
+    def encode_unit(self, items: Sequence[ItemMeta]) -> np.ndarray:
+        """(len(items), dim) float32 unit content vectors (what the siamese loss compares), in item order."""
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         self._net.eval()
         with torch.no_grad():
-            out = F.normalize(self._net(self.features.extract(items)), dim=1) * self._vector_norm
+            out = F.normalize(self._net(self.features.extract(items)), dim=1)
         return out.numpy().astype(np.float32, copy=False)
 
     def state(self) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ updater feeds it; ``--baselines`` adds the references on the same stream and pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -33,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", action="store_true", help="also score POP, RECENT, ITEMKNN, ...")
     parser.add_argument("--plot", metavar="PNG", help="write a plot of rolling HR@k per model")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N rows of the file")
+    parser.add_argument(
+        "--no-content",
+        action="store_true",
+        help="switch the cold-start content tower off (sets content.enabled=false), to measure what it adds",
+    )
     # --k, --refresh-every, --session-gap-s; and the learner's settings (--learn-dim, --pairs-window, ...)
     add_config_arguments(parser, ["eval", "learn", "pairs", "content"], primary="eval")
 
@@ -52,6 +58,8 @@ def _progress_callback(total: int) -> Callable[[int, int], None]:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
+        if args.no_content:
+            config = dataclasses.replace(config, content=dataclasses.replace(config.content, enabled=False))
     except ConfigError as exc:
         print(f"recsim-stream eval: {exc}", file=sys.stderr)
         return 2

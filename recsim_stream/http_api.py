@@ -187,7 +187,7 @@ def serve(config: Config) -> None:
 
     registry = new_registry()
     if config.metrics.port:
-        serve_metrics(registry, config.metrics.port)
+        serve_metrics(registry, config.metrics.port, config.metrics.host)
     holder = IndexHolder(config.api, ApiMetrics(registry))
     watcher = SnapshotWatcher(SnapshotStore(config.snapshot), holder, config.index, config.api.poll_s)
     watcher.start()

@@ -1,8 +1,10 @@
 """Every ``recsim_*`` metric, defined in one place on an injected registry.
 
 Names follow ``recsim_<thing>_<unit>[_total]`` in base units; labels come only from small fixed sets
-(reason, shard, partition, endpoint, status, kind), never user or item ids. Each service builds the
-group it needs on its own registry, so tests can read values without global state.
+(``LABELS``), never user or item ids. Each service builds the group it needs on its own registry, so
+tests can read values without global state. Labelled counters whose label values are known up front
+are created at zero, so the first increment shows up in ``rate()`` and ``increase()`` (a series born
+at 1 has no earlier sample to differ from) and alerts see the first dead letter or refusal.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
+
+from recsim_stream.events import BadReason, EventKind
+
+# Every label name a recsim metric may carry; each has a small, fixed set of values.
+LABELS = frozenset({"reason", "shard", "partition", "endpoint", "status", "kind", "index"})
+SNAPSHOT_WRITE_REFUSALS = ("write_failed",)
+SNAPSHOT_LOAD_REFUSALS = ("corrupt", "recall")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0, 300.0)
@@ -37,6 +46,8 @@ class UpdaterMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in BadReason:
+            self.dead_lettered.labels(reason.value)
         self.consumer_lag = Gauge(
             "recsim_consumer_lag_records",
             "Records behind the end of each partition.",
@@ -60,6 +71,12 @@ class UpdaterMetrics:
             registry=registry,
         )
         self.shard_rows = Gauge("recsim_shard_rows", "Rows held by each shard.", ["shard"], registry=registry)
+        self.shard_table_bytes = Gauge(
+            "recsim_shard_table_bytes",
+            "Bytes of the input and output tables of each shard: the bulk of the Ray actors' memory.",
+            ["shard"],
+            registry=registry,
+        )
         self.items_new = Counter(
             "recsim_items_new_total", "Item ids seen for the first time.", registry=registry
         )
@@ -89,11 +106,13 @@ class SnapshotMetrics:
             "recsim_snapshots_published_total", "Snapshots published.", registry=registry
         )
         self.refused = Counter(
-            "recsim_snapshots_refused_total", "Snapshots or indexes refused.", ["reason"], registry=registry
+            "recsim_snapshots_refused_total",
+            "Snapshots the updater failed to publish.",
+            ["reason"],
+            registry=registry,
         )
-        self.recall = Gauge(
-            "recsim_index_recall", "Recall@20 of the last index build vs exact.", registry=registry
-        )
+        for reason in SNAPSHOT_WRITE_REFUSALS:
+            self.refused.labels(reason)
         self.items = Gauge(
             "recsim_snapshot_items", "Items in the last published snapshot.", registry=registry
         )
@@ -120,6 +139,15 @@ class ApiMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in SNAPSHOT_LOAD_REFUSALS:
+            self.refused.labels(reason)
+        # Measured where the gate runs: the query service builds the index it serves.
+        self.recall = Gauge(
+            "recsim_index_recall_ratio",
+            "Recall@20 against exact search of the index last built, per index (similar, recommend).",
+            ["index"],
+            registry=registry,
+        )
         self.version = Gauge("recsim_serving_version", "Snapshot version being served.", registry=registry)
         self.items = Gauge("recsim_index_items", "Items in the serving index.", registry=registry)
         self.snapshot_age = Gauge(
@@ -138,6 +166,8 @@ class SimulatorMetrics:
         self.events_produced = Counter(
             "recsim_events_produced_total", "Events sent to Kafka.", ["kind"], registry=registry
         )
+        for kind in EventKind:
+            self.events_produced.labels(kind.value)
         self.items_listed = Counter(
             "recsim_items_listed_total", "Item metadata records sent.", registry=registry
         )
@@ -147,10 +177,15 @@ _served: set[int] = set()
 _served_lock = threading.Lock()
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
-    """Expose ``registry`` on http://host:port/metrics from a daemon thread (once per port)."""
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
+    """Expose ``registry`` on http://host:port/metrics from a daemon thread, once per port.
+
+    Returns the port listened on: with ``port=0`` the OS picks a free one (tests), so there is no race
+    between finding a free port and binding it."""
     with _served_lock:
         if port in _served:
-            return
-        start_http_server(port, addr=host, registry=registry)
-        _served.add(port)
+            return port
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        bound = int(server.server_port)
+        _served.add(bound)
+        return bound

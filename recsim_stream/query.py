@@ -181,6 +181,8 @@ class IndexHolder:
             self.metrics.swaps.inc()
             self.metrics.version.set(state.version)
             self.metrics.items.set(state.item_count)
+            for index, recall in state.main.recall.items():
+                self.metrics.recall.labels(index=index).set(recall)
             if state.manifest.newest_event_ts is not None:
                 self.metrics.freshness.observe(max(0.0, self._clock() - state.manifest.newest_event_ts))
         return True

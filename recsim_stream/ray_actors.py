@@ -4,7 +4,10 @@
 class is exactly what runs remotely. A call costs about a millisecond, so the trainer sends one pull
 and one push per shard per batch of thousands of pairs, issued to all shards before waiting for any.
 Ray runs one caller's calls to an actor in submission order, which makes an export issued right after
-a push see that push: the snapshot barrier costs no stall.
+a push see that push: the snapshot barrier costs no stall. The same order lets a push go without
+waiting: the next batch's pull queues behind it on each shard, so a batch costs one round trip, not
+two. ``barrier()`` waits for every push in flight (and raises if a shard failed); the updater calls it
+before committing offsets, so a commit still means "applied to the shards".
 """
 
 from __future__ import annotations
@@ -50,12 +53,18 @@ class RayShards:
             ShardActor.options(num_cpus=0, scheduling_strategy="SPREAD", max_concurrency=1).remote(config, i)
             for i in range(config.shards)
         ]
+        self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
 
     def pull(self, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         return ray.get([actor.pull.remote(keys) for actor, keys in zip(self.actors, parts, strict=True)])
 
-    def push(self, updates: list[RowUpdate]) -> list[int]:
-        return ray.get([actor.push.remote(*u) for actor, u in zip(self.actors, updates, strict=True)])
+    def push(self, updates: list[RowUpdate]) -> None:
+        self._pending.extend(actor.push.remote(*u) for actor, u in zip(self.actors, updates, strict=True))
+
+    def barrier(self) -> list[int]:
+        """Wait until every push in flight is applied; returns the shard versions it reached."""
+        pending, self._pending = self._pending, []
+        return ray.get(pending)
 
     def export(self, since: Sequence[int | None]) -> list[ShardExport]:
         return ray.get([a.export.remote(s) for a, s in zip(self.actors, since, strict=True)])

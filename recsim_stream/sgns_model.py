@@ -45,6 +45,7 @@ class SgnsStreamModel:
         self.cold_start = (
             ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if config.content.enabled else None
         )
+        self._events_at_publish = 0
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
         if self.cold_start is not None:
@@ -53,33 +54,45 @@ class SgnsStreamModel:
     def learn(self, step: Step) -> None:
         # The protocol's session key is unique per session, so it stands in for the session id.
         event = Event(step.user_id, step.item_id, step.kind, step.ts, step.session)
+        if self.cold_start is not None and not step.repeat and not self.learner.items.known(step.item_id):
+            self.cold_start.record_new_item(step.prefix, step.item_id)
         arrival = self.learner.add(event)
         if isinstance(arrival, BadEvent):  # cannot happen on a sorted stream with infinite lateness
             raise RuntimeError(f"eval stream refused an event: {arrival.detail}")
         if self.learner.ready():
-            self.learner.train()
+            self._train()
+
+    def _train(self) -> None:
+        """Train the pending pairs; the cold start keeps a sample of them to train the tower on."""
+        self.learner.train()
+        batch = self.learner.last_batch
+        if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
+            names = self.learner.items.names
+            self.cold_start.remember_pairs(
+                [names[k] for k in batch.centers.tolist()], [names[k] for k in batch.contexts.tolist()]
+            )
 
     def publish(self) -> None:
-        self.learner.train()
+        self._train()
         exports = [shard.export() for shard in self.shards]
         keys = np.concatenate([e.keys for e in exports])
         ids = self.learner.items.name_array(keys)
         inputs = np.concatenate([e.input for e in exports])
         outputs = np.concatenate([e.output for e in exports])
         counts = np.concatenate([e.counts for e in exports])
+        cold = content = None
+        cold_temperature = self.config.content.temperature
         if self.cold_start is not None and self.cold_start.metadata:
-            batch = self.learner.last_batch
-            if batch is not None and len(batch):
-                names = self.learner.items.names
+            self.cold_start.calibrate(self.served)
+            events = self.learner.events_added - self._events_at_publish
+            self._events_at_publish = self.learner.events_added
+            if self.cold_start.reservoir.left:
                 position = {item: i for i, item in enumerate(ids)}
-                self.cold_start.train(
-                    [names[k] for k in batch.centers.tolist()],
-                    [names[k] for k in batch.contexts.tolist()],
-                    position, inputs, outputs,
-                )
-            ids, inputs, outputs, counts, cold = self.cold_start.complete(ids, inputs, outputs, counts)
-        else:
-            cold = None
+                self.cold_start.train(events, position, inputs, outputs)
+            rows = self.cold_start.complete(ids, inputs, outputs, counts)
+            ids, inputs, outputs, counts = rows.ids, rows.inputs, rows.outputs, rows.counts
+            cold, content = rows.cold, rows.content
+            cold_temperature = self.cold_start.cold_temperature()
         self.served = Embeddings(
             ids,
             inputs,
@@ -89,6 +102,8 @@ class SgnsStreamModel:
             revisit_share=self.learner.revisits.value,
             cold=cold,
             new_item_share=self.learner.new_items.value,
+            content=content,
+            cold_temperature=cold_temperature,
         )
 
     def recommend(self, prefix: Sequence[str], k: int) -> list[str]:

@@ -42,8 +42,9 @@ class RowUpdate(NamedTuple):
 
 # pull([keys for shard 0, keys for shard 1, ...]) -> [(input rows, output rows) per shard]
 PullFn = Callable[[list[np.ndarray]], Sequence[tuple[np.ndarray, np.ndarray]]]
-# push([update for shard 0, update for shard 1, ...]) -> [new version per shard]
-PushFn = Callable[[list[RowUpdate]], Sequence[int]]
+# push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
+# push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
+PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class StepResult:
     loss: float  # mean over pairs of the weighted SGNS loss, before this step's update
     pairs: int
     rows: int  # distinct keys pulled and pushed
-    versions: tuple[int, ...]  # per shard, after the push
+    versions: tuple[int, ...]  # per shard, after the push (empty when the push is asynchronous)
 
 
 def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]:
@@ -115,5 +116,6 @@ class SgnsTrainer:
         updates = [
             RowUpdate(keys[p], grads.grad_in[p], grads.grad_out[p], interactions[p], ts) for p in parts
         ]
-        versions = tuple(int(v) for v in self._push(updates))
+        pushed = self._push(updates)
+        versions = () if pushed is None else tuple(int(v) for v in pushed)
         return StepResult(loss=grads.loss / n, pairs=n, rows=len(keys), versions=versions)

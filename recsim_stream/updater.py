@@ -68,8 +68,9 @@ class DeadLetters(Protocol):
     def flush(self) -> None: ...
 
 
-class Exporter(Protocol):
+class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
+    def barrier(self) -> object: ...
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Updater:
         source: Source,
         dead_letters: DeadLetters,
         learner: Learner,
-        shards: Exporter,
+        shards: Shards,
         snapshotter: Snapshotter | None,
         metrics: UpdaterMetrics,
         cold_keys: Callable[[], set[int]] = set,
@@ -177,6 +178,7 @@ class Updater:
                 self._train()
             next_offsets[(record.topic, record.partition)] = record.offset + 1
         self._train()
+        self.shards.barrier()  # every push applied before the offsets can be committed
         self.dead_letters.flush()  # a dead letter must be durable before its offset is committed
         self.processed.update(next_offsets)
         good = len(records) - bad
@@ -252,6 +254,7 @@ class Updater:
         expired = 0
         for shard in stats:
             self.metrics.shard_rows.labels(str(shard["shard"])).set(shard["rows"])
+            self.metrics.shard_table_bytes.labels(str(shard["shard"])).set(shard["table_bytes"])
             expired += shard["expired_total"]
         self.metrics.rows_expired.inc(max(0, expired - self._expired_seen))
         self._expired_seen = max(self._expired_seen, expired)

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(
         KAFKA_PORT=port,
-        KAFKA_DATA_DIR=str(data / "kafka" / "data"),
-        KAFKA_LOG_DIR=str(data / "kafka" / "logs"),
+        KAFKA_DATA=str(data / "kafka" / "data"),
+        KAFKA_LOGS=str(data / "kafka" / "logs"),
         RECSIM_KAFKA_BOOTSTRAP=config.kafka.bootstrap,
         RECSIM_SNAPSHOT_DIR=str(data / "snapshots"),
     )

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     registry = new_registry()
     metrics = UpdaterMetrics(registry)
     if config.metrics.port:
-        serve_metrics(registry, config.metrics.port)
+        serve_metrics(registry, config.metrics.port, config.metrics.host)
     ensure_topics(config.kafka)
     init_ray(config.ray)
     shards = RayShards(config.learn)
