@@ -1,6 +1,7 @@
 """``recsim-stream up``: the whole system on one machine, on embedded defaults (``make run``).
 
-Starts the Kafka broker (deploy/kafka/kafka.sh), creates the topics, then the updater (with its Ray
+Starts from an empty broker and snapshot folder under ``--data-dir`` (a demo, not a deployment), then
+the Kafka broker (deploy/kafka/kafka.sh), the topics, the updater (with its Ray
 shards and the snapshotter), the query API, the simulator and a Prometheus server scraping them, each
 as a child process whose output is prefixed with its name. Ctrl-C stops everything it started, in
 reverse order, and stops the broker.
@@ -77,7 +78,15 @@ class Stack:
                     proc.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C and a supervisor's TERM both stop everything in order, even when started with SIGINT
+    # ignored (a background job of a non-interactive shell inherits that).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     config = load_config(args)
     data = (REPO / args.data_dir).resolve()
     host, _, port = config.kafka.bootstrap.rpartition(":")
@@ -95,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         RECSIM_KAFKA_BOOTSTRAP=config.kafka.bootstrap,
         RECSIM_SNAPSHOT_DIR=str(data / "snapshots"),
     )
+    # A fresh demo each time: the simulator's event clock runs ahead of the wall clock, so events kept
+    # from an earlier run would put the watermark hours ahead of the new run's events.
+    for folder in ("kafka", "snapshots", "prometheus"):
+        shutil.rmtree(data / folder, ignore_errors=True)
     cli = [sys.executable, "-m", "recsim_stream.cli"]
     stack = Stack()
     print(f"==> starting the Kafka broker on {config.kafka.bootstrap}", flush=True)
