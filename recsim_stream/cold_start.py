@@ -36,7 +36,7 @@ from recsim_stream.scoring import Embeddings
 _BLEND_UNTIL = 0.95
 # Temperatures the cold softmax may take; cosines live in [-1, 1], so 0.01 is nearly an argmax and 1
 # nearly uniform.
-TEMPERATURE_GRID = np.geomspace(0.01, 1.0, 21)
+TEMPERATURE_GRID = np.geomspace(0.001, 1.0, 16)
 _CALIBRATION_DECAY = 0.95  # per calibration: old evidence fades, so a drifting stream is followed
 
 

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # A fresh demo each time: the simulator's event clock runs ahead of the wall clock, so events kept
     # from an earlier run would put the watermark hours ahead of the new run's events.
+    subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False, capture_output=True)  # one left by a crash
     for folder in ("kafka", "snapshots", "prometheus"):
         shutil.rmtree(data / folder, ignore_errors=True)
     cli = [sys.executable, "-m", "recsim_stream.cli"]
