@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = _Reporter(updater, shards, snapshotter)
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else float("inf")
     last_record = time.monotonic()
+    first_poll: float | None = None  # start of the first poll that returned records
     print(
         f"train: consuming {config.kafka.events_topic} on {config.kafka.bootstrap} as group "
         f"{config.kafka.group_id!r}; {config.learn.shards} shards; snapshots in {config.snapshot.dir}",
@@ -97,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         next_report = time.monotonic() + 5.0
         while not stop.is_set() and time.monotonic() < deadline:
+            polled_at = time.monotonic()
             if updater.step():
                 last_record = time.monotonic()
+                first_poll = polled_at if first_poll is None else first_poll
             elif args.idle_exit_s and time.monotonic() - last_record >= args.idle_exit_s:
                 break
             if time.monotonic() >= next_report:
@@ -111,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
         reporter(updater.totals)
         t = updater.totals
         elapsed = time.monotonic() - reporter.started
+        busy = last_record - first_poll if first_poll is not None else 0.0
+        rate = f"{t.records / busy:,.0f} records/s, {t.pairs / busy:,.0f} pairs/s" if busy > 0 else "-"
         print(
             f"train: done: {t.events:,} events, {t.pairs:,} pairs, {t.dead_lettered:,} dead-lettered in "
-            f"{elapsed:.1f} s",
+            f"{elapsed:.1f} s; from first to last record {busy:.2f} s: {rate}",
             file=sys.stderr,
         )
     finally:
