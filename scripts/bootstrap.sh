@@ -20,13 +20,24 @@ stamp=.venv/.installed
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+# Every pinned wheel is kept in a wheelhouse outside the repo, so a fresh clone on the same machine
+# installs offline: torch alone with its CUDA libraries is ~3 GB and must never download twice.
+WHEELS=${RECSIM_WHEELHOUSE:-$HOME/.cache/recsim-stream/wheels}
+BUILD_TOOLS="setuptools==84.2.1 wheel==0.48.0"
+mkdir -p "$WHEELS"
 if [ ! -x .venv/bin/python ]; then
   say "creating the virtualenv in .venv"
   "$PY" -m venv .venv
 fi
-say "installing Python packages into .venv (pinned in requirements.lock)"
-say "first run: torch from PyPI brings ~3 GB of CUDA libraries (unused, CPU only); pip caches them for later runs"
-.venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-.venv/bin/python -m pip install --progress-bar on -c requirements.lock -e '.[dev]'
+pip_offline() { .venv/bin/python -m pip install --quiet --no-index --find-links "$WHEELS" "$@"; }
+if ! pip_offline $BUILD_TOOLS 2>/dev/null || ! pip_offline -r requirements.lock 2>/dev/null; then
+  say "downloading the pinned wheels into $WHEELS (once per machine; the first time ~3 GB: torch from PyPI"
+  say "ships CUDA libraries, unused here)"
+  .venv/bin/python -m pip download --progress-bar on --dest "$WHEELS" $BUILD_TOOLS -r requirements.lock
+  say "installing Python packages into .venv"
+  pip_offline $BUILD_TOOLS
+  pip_offline -r requirements.lock
+fi
+pip_offline --no-deps -e .
 echo "$want" > "$stamp"
 say "python packages ready"
