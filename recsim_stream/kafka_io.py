@@ -4,12 +4,12 @@ The only module that imports ``kafka``; everything else sees bytes, ``Event`` an
 Events are keyed by user id, so one user's events land in one partition, in order; items are keyed by
 item id on a compacted topic, so the newest metadata of each item is kept.
 
-Measured against the local broker (``deploy/kafka``) on the shared 2-core machine, 100k encoded
-events, median of 3: kafka-python's producer with these settings about 35-40k records/s at load ~3
-and 11-12k records/s at load ~8 (this wrapper); consuming 32k records/s at load ~8. The producer is
-bound by kafka-python's per-record Python work (send, accumulator, partitioner), not by the broker:
-``linger_ms`` 5-10 with 64-256 KiB batches measured no faster, so it keeps kafka-python's batching
-defaults (``KafkaConfig.producer_*``).
+Measured against a private local broker (``deploy/kafka``) on the shared 2-core machine, 200k encoded
+events on 4 partitions, median of 3 (``scripts/bench_kafka_clients.py``, figures in BENCHMARKS.md):
+the producer is bound by kafka-python's per-record Python work (send, accumulator, record futures),
+not by the broker; it reaches ~43k records/s with the native ``crc32c`` package and ~23k without it
+(kafka-python then checksums every batch in pure Python). Raw polling reaches ~145k records/s with
+native CRC and ~45k without; librdkafka (confluent-kafka) produced 4-8x faster in the same runs.
 """
 
 from __future__ import annotations
