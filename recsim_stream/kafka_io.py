@@ -307,6 +307,10 @@ class EventConsumer:
             max_poll_interval_ms=config.max_poll_interval_ms,
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             allow_auto_create_topics=False,
+            # A member that joined before the broker's metadata listed a new topic's partitions gets
+            # an empty assignment until the next metadata refresh (5 min by default); re-reading the
+            # metadata every few seconds lets it rejoin with partitions soon after.
+            metadata_max_age_ms=5000,
             metrics_enabled=False,
         )
         self._on_revoke: RevokeHandler = lambda _partitions: {}
