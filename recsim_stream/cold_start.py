@@ -12,7 +12,7 @@ item with no interaction is served from content alone and flagged cold.
 
 Three things make the cold component hit rather than merely cover:
 - the tower trains on a uniform reservoir of co-occurring pairs from the whole stream
-  (``PairReservoir``), with a budget in pairs per learner event, larger while it is young;
+  (``PairReservoir``), within a budget of pairs per learner event;
 - cold items are ranked by the cosine of *content* vectors (``scoring.Embeddings.cold_scores``);
 - that softmax's temperature is fitted by likelihood on the new items sessions actually went on to
   (``TemperatureFit``), scored against the table that served them.
@@ -62,7 +62,9 @@ class PairReservoir:
     def add(self, left: Sequence[str], right: Sequence[str]) -> None:
         n = len(left)
         if len(right) != n:
-            raise ValueError(f"reservoir.add needs as many right items as left items, got {n} and {len(right)}")
+            raise ValueError(
+                f"reservoir.add needs as many right items as left items, got {n} and {len(right)}"
+            )
         head = min(n, self.capacity - len(self.left))
         self.left.extend(left[:head])
         self.right.extend(right[:head])
@@ -107,12 +109,12 @@ class TemperatureFit:
     def observe(self, target: np.ndarray, candidates: np.ndarray, log_scale: np.ndarray) -> None:
         """``target`` (m,): each event's cosine with the item it went on to; ``candidates`` (m, s):
         cosines with a sample of the other cold items (-inf where none); ``log_scale`` (m,): log of how
-        many other cold items each event's sample stands for per sampled item."""
+        many other cold items each sampled one stands for."""
         if not len(target):
             return
-        grid = TEMPERATURE_GRID[:, None, None]
-        t = target[None, :, None] / grid[:, :, 0:1]  # (G, m, 1)
-        c = candidates[None, :, :] / grid + log_scale[None, :, None]  # (G, m, s)
+        tau = TEMPERATURE_GRID[:, None, None]
+        t = target[None, :, None] / tau  # (G, m, 1)
+        c = candidates[None, :, :] / tau + log_scale[None, :, None]  # (G, m, s)
         both = np.concatenate([t, c], axis=2)
         top = both.max(axis=2, keepdims=True)
         log_z = np.log(np.exp(both - top).sum(axis=2)) + top[:, :, 0]
@@ -170,19 +172,15 @@ class ColdStart:
     def train(self, events: int, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> int:
         """Tower steps earned by ``events`` learner events, on reservoir pairs whose items both have
         learned rows (at ``position`` in ``inputs``/``outputs``). Returns the steps taken."""
-        config = self.config
-        self._budget += events * config.train_pairs_per_event
+        self._budget += events * self.config.train_pairs_per_event
         taken = 0
-        while True:
-            young = self.tower.steps < config.young_steps
-            cost = config.train_batch / (config.young_boost if young else 1.0)
-            if self._budget < cost:
-                return taken
+        while self._budget >= self.config.train_batch:
             if not self._step(position, inputs, outputs):
                 self._budget = 0.0  # nothing to train on yet: earn afresh rather than burst later
-                return taken
-            self._budget -= cost
+                break
+            self._budget -= self.config.train_batch
             taken += 1
+        return taken
 
     def _step(self, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> bool:
         reservoir = self.reservoir
@@ -207,7 +205,9 @@ class ColdStart:
         )
         return True
 
-    def complete(self, ids: list[str], inputs: np.ndarray, outputs: np.ndarray, counts: np.ndarray) -> ServedRows:
+    def complete(
+        self, ids: list[str], inputs: np.ndarray, outputs: np.ndarray, counts: np.ndarray
+    ) -> ServedRows:
         """The served table: learned rows blended with content for items with few interactions, plus
         a content-only row for every item with metadata and no learned row, and every row's unit
         content vector."""
@@ -248,7 +248,9 @@ class ColdStart:
             self._content = self._content[[self._row[i] for i in order]]
             self._row = {item: r for r, item in enumerate(order)}
         start = len(self._content)
-        self._content = np.vstack([self._content, self.tower.encode_unit([self.metadata[i] for i in missing])])
+        self._content = np.vstack(
+            [self._content, self.tower.encode_unit([self.metadata[i] for i in missing])]
+        )
         self._row.update((item, start + r) for r, item in enumerate(missing))
 
     def record_new_item(self, prefix: Sequence[str], target: str) -> None:
@@ -277,7 +279,9 @@ class ColdStart:
             return
         rng = np.random.default_rng([self.config.seed, self._calibrations])
         self._calibrations += 1
-        sample = cold_rows[rng.choice(len(cold_rows), min(len(cold_rows), self.config.calibration_candidates), replace=False)]
+        sample = cold_rows[
+            rng.choice(len(cold_rows), min(len(cold_rows), self.config.calibration_candidates), replace=False)
+        ]
         q = np.vstack(queries)
         target_rows = np.asarray(targets)
         candidates = q @ served.content[sample].T
@@ -287,7 +291,3 @@ class ColdStart:
         log_scale = np.log((len(cold_rows) - 1) / np.maximum(sampled_others, 1))
         target_scores = np.einsum("ij,ij->i", q, served.content[target_rows])
         self.temperature.observe(target_scores, candidates, log_scale)
-
-    def cold_temperature(self) -> float:
-        return self.temperature.value
-

@@ -310,7 +310,11 @@ class ContentConfig:
             f"must be in [0, 1), got {self.field_dropout}",
         )
         _require(self.blend_half_life > 0, "content.blend_half_life", "must be > 0")
-        _require(self.train_batch >= 2, "content.train_batch", f"must be >= 2 (in-batch negatives), got {self.train_batch}")
+        _require(
+            self.train_batch >= 2,
+            "content.train_batch",
+            f"must be >= 2 (in-batch negatives), got {self.train_batch}",
+        )
         for name in ("reservoir_pairs", "reencode_every_steps", "calibration_candidates"):
             value = getattr(self, name)
             _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")

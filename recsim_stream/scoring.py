@@ -15,9 +15,9 @@ stream itself (``Share``), so each stream gets the mixture it shows:
   have no popularity to speak of) by the cosine of its content vector with the content vectors of the
   session's last items, at a temperature calibrated online (``cold_start.TemperatureFit``); about
   half of REES46's next items are new, under 2% of MovieLens's. Content against content, because that
-  is what the tower's siamese loss trains and it needs no learned vector of the new item's neighbours:
-  on the REES46 sample it ranked a cold target in the top 20 of the cold items 57% of the time, with an
-  untrained tower even, against ~0% for learned input . content output;
+  is what the tower's siamese loss trains and it needs no learned vector of the session's items: on
+  the REES46 sample it ranked a new target in the top 20 of the cold items 57% of the time with an
+  untrained tower, and took the end-to-end cold_hr@20 from 0.0 (learned input . content output) to 0.21;
 - discovery (the rest): a known item, by the SGNS score above.
 ``p = r * p_revisit + c * p_new + (1 - r - c) * p_discovery``.
 """

@@ -43,7 +43,9 @@ class SgnsStreamModel:
         self.learner = Learner(config, pull, push)
         self.served = Embeddings.empty(config.learn.dim)
         self.cold_start = (
-            ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if config.content.enabled else None
+            ColdStart(config.content, config.learn.dim, config.learn.torch_threads)
+            if config.content.enabled
+            else None
         )
         self._events_at_publish = 0
 
@@ -92,7 +94,7 @@ class SgnsStreamModel:
             rows = self.cold_start.complete(ids, inputs, outputs, counts)
             ids, inputs, outputs, counts = rows.ids, rows.inputs, rows.outputs, rows.counts
             cold, content = rows.cold, rows.content
-            cold_temperature = self.cold_start.cold_temperature()
+            cold_temperature = self.cold_start.temperature.value
         self.served = Embeddings(
             ids,
             inputs,

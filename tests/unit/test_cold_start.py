@@ -1,0 +1,210 @@
+"""The cold-start pieces around the tower: pair reservoir, temperature fit, cold scoring, blend."""
+
+import numpy as np
+import pytest
+
+from recsim_stream.cold_start import TEMPERATURE_GRID, ColdStart, PairReservoir, TemperatureFit
+from recsim_stream.config import ConfigError, ContentConfig
+from recsim_stream.events import ItemMeta
+from recsim_stream.scoring import Embeddings
+
+
+def test_reservoir_keeps_every_pair_until_full():
+    reservoir = PairReservoir(4, seed=1)
+    reservoir.add(["a", "b"], ["x", "y"])
+    assert (reservoir.left, reservoir.right, reservoir.seen) == (["a", "b"], ["x", "y"], 2)
+
+
+def test_reservoir_never_holds_more_than_its_capacity():
+    reservoir = PairReservoir(3, seed=1)
+    reservoir.add([str(i) for i in range(100)], [str(i) for i in range(100)])
+    assert (len(reservoir), reservoir.seen) == (3, 100)
+
+
+def test_reservoir_keeps_pairs_together():
+    reservoir = PairReservoir(5, seed=2)
+    reservoir.add([f"l{i}" for i in range(50)], [f"r{i}" for i in range(50)])
+    assert [r[1:] for r in reservoir.right] == [left[1:] for left in reservoir.left]
+
+
+def test_reservoir_samples_the_stream_uniformly():
+    kept_late = 0
+    for seed in range(200):
+        reservoir = PairReservoir(10, seed=seed)
+        for start in range(0, 100, 20):  # five batches of 20
+            ids = [str(i) for i in range(start, start + 20)]
+            reservoir.add(ids, ids)
+        kept_late += sum(int(i) >= 50 for i in reservoir.left)
+    assert kept_late / (200 * 10) == pytest.approx(0.5, abs=0.05)
+
+
+def test_reservoir_is_the_same_for_the_same_seed():
+    runs = []
+    for _ in range(2):
+        reservoir = PairReservoir(4, seed=9)
+        reservoir.add([str(i) for i in range(30)], [str(i) for i in range(30)])
+        runs.append(reservoir.left)
+    assert runs[0] == runs[1]
+
+
+def test_reservoir_restored_from_state_continues_identically():
+    first = PairReservoir(4, seed=3)
+    first.add([str(i) for i in range(10)], [str(i) for i in range(10)])
+    second = PairReservoir(4, seed=3)
+    second.restore(first.state())
+    first.add(["p", "q", "r"], ["p", "q", "r"])
+    second.add(["p", "q", "r"], ["p", "q", "r"])
+    assert second.state() == first.state()
+
+
+def test_reservoir_refuses_unequal_sides():
+    with pytest.raises(ValueError, match="as many right items"):
+        PairReservoir(4, seed=1).add(["a"], [])
+
+
+def test_temperature_is_the_initial_one_before_any_evidence():
+    assert TemperatureFit(0.1).value == 0.1
+
+
+def test_a_target_far_above_the_others_fits_the_sharpest_temperature():
+    fit = TemperatureFit(0.1)
+    fit.observe(np.array([1.0]), np.array([[0.0, 0.0]]), np.array([0.0]))
+    assert fit.value == TEMPERATURE_GRID[0]
+
+
+def test_a_target_no_better_than_the_others_fits_the_flattest_temperature():
+    fit = TemperatureFit(0.1)
+    fit.observe(np.array([0.0]), np.array([[0.5, 0.5]]), np.array([0.0]))
+    assert fit.value == TEMPERATURE_GRID[-1]
+
+
+def _table(cold: list[bool], content: np.ndarray, temperature: float, new_item_share: float) -> Embeddings:
+    n = len(cold)
+    vectors = np.zeros((n, 2), dtype=np.float32)
+    return Embeddings(
+        [f"i{k}" for k in range(n)],
+        vectors,
+        vectors,
+        np.array([0 if c else 5 for c in cold]),
+        cold=np.array(cold),
+        new_item_share=new_item_share,
+        content=content,
+        cold_temperature=temperature,
+    )
+
+
+_CONTENT = np.array([[1, 0], [1, 0], [0, 1], [0.8, 0.6]], dtype=np.float64)
+
+
+def test_cold_items_are_scored_by_content_cosine_with_the_session():
+    table = _table([False, True, True, True], _CONTENT, 0.1, 0.5)
+    assert table.cold_scores([0]).round(3).tolist() == [1.0, 0.0, 0.8]
+
+
+def test_a_sharp_cold_component_gives_its_mass_to_the_closest_cold_item_only():
+    table = _table([False, True, True, True], _CONTENT, 0.01, 0.9)
+    assert table.recommend(["i0"], 2) == ["i1", "i0"]
+
+
+def test_a_flat_cold_component_spreads_its_mass_over_the_cold_items():
+    table = _table([False, True, True, True], _CONTENT, 1.0, 0.9)
+    assert table.recommend(["i0"], 2) == ["i1", "i3"]
+
+
+def test_cold_scores_ignore_session_items_without_metadata():
+    content = _CONTENT.copy()
+    content[0] = 0.0
+    table = _table([False, True, True, True], content, 0.1, 0.5)
+    assert table.cold_scores([0]) is None
+
+
+def test_embeddings_refuse_content_of_another_length():
+    with pytest.raises(ValueError, match="one row per id"):
+        _table([False, True], _CONTENT, 0.1, 0.5)
+
+
+def _items() -> list[ItemMeta]:
+    return [
+        ItemMeta("a", "samsung phone", "electronics.smartphone", 300.0),
+        ItemMeta("b", "samsung phone", "electronics.smartphone", 310.0),
+        ItemMeta("c", "ikea sofa", "furniture.sofa", 500.0),
+    ]
+
+
+def test_complete_adds_a_cold_content_row_for_each_item_with_metadata_only():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    rows = cold_start.complete(
+        ["a"], np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.array([100])
+    )
+    assert (rows.ids, rows.cold.tolist(), rows.counts.tolist()) == (
+        ["a", "b", "c"],
+        [False, True, True],
+        [100, 0, 0],
+    )
+
+
+def test_complete_leaves_a_well_known_item_as_learned():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    rows = cold_start.complete(
+        ["a"], np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.array([1000])
+    )
+    assert rows.inputs[0].tolist() == [1.0, 1.0]
+
+
+def test_complete_gives_unit_content_rows():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    rows = cold_start.complete(
+        [], np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    )
+    assert np.linalg.norm(rows.content, axis=1).round(5).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_items_with_the_same_metadata_have_the_closest_content_before_any_training():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=4)
+    cold_start.observe_items(_items())
+    rows = cold_start.complete(
+        [], np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    )
+    cosines = rows.content @ rows.content[0]
+    assert cosines[1] > cosines[2]
+
+
+def test_train_takes_the_steps_its_event_budget_pays_for():
+    cold_start = ColdStart(ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    vectors = np.ones((3, 2), np.float32)
+    assert cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors) == 2
+
+
+def test_train_skips_pairs_without_learned_rows():
+    cold_start = ColdStart(ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(["a", "a"], ["b", "c"])
+    vectors = np.ones((1, 2), np.float32)
+    assert cold_start.train(4, {"a": 0}, vectors, vectors) == 0
+
+
+def test_pairs_with_an_item_without_metadata_are_not_remembered():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(["a", "a"], ["b", "zz"])
+    assert cold_start.reservoir.left == ["a"]
+
+
+def test_calibration_on_a_target_matching_its_session_sharpens_the_temperature():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    served = _table([False, True, True, True], _CONTENT, 0.1, 0.5)
+    cold_start.metadata.update({f"i{k}": ItemMeta(f"i{k}") for k in range(4)})
+    cold_start.record_new_item(["i0"], "i1")
+    cold_start.calibrate(served)
+    assert cold_start.temperature.value == TEMPERATURE_GRID[0]
+
+
+def test_content_config_refuses_a_train_batch_of_one():
+    with pytest.raises(ConfigError, match="content.train_batch"):
+        ContentConfig(train_batch=1)
