@@ -108,6 +108,7 @@ class EvalResult:
             f"hr@{k}_second_half": None,
             "cold_predictions": len(cold_idx),
             f"cold_hr@{k}": None,
+            f"warm_hr@{k}": None,
             "cold_coverage": None,
             "wall_s": None,
             "events_per_s": None,
@@ -123,6 +124,9 @@ class EvalResult:
             out[f"mrr@{k}"] = sum(1.0 / r for r in ranks if r) / n
         if second:
             out[f"hr@{k}_second_half"] = sum(1 for r in second if r) / len(second)
+        warm = n - len(cold_idx)
+        if warm:
+            out[f"warm_hr@{k}"] = sum(1 for i, c in enumerate(self.cold) if not c and ranks[i]) / warm
         if cold_idx:
             out[f"cold_hr@{k}"] = sum(1 for i in cold_idx if ranks[i]) / len(cold_idx)
             out["cold_coverage"] = sum(1 for i in cold_idx if model.covered[i]) / len(cold_idx)
