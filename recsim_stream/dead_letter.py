@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from recsim_stream.events import BadEvent, BadReason
+from recsim_stream.events import BadEvent, BadReason, unpack_versioned_map
 
 DEAD_LETTER_VERSION = 1
 MAX_KEPT_VALUE_BYTES = 64 * 1024
@@ -104,21 +104,9 @@ def _shape_error(record: dict) -> str | None:
 
 def decode_dead_letter(raw: bytes) -> DeadLetter | BadEvent:
     """Decode one dead-letter record; never raises."""
-    if not isinstance(raw, bytes | bytearray | memoryview):
-        return BadEvent(BadReason.WRONG_TYPE, f"record value must be bytes, got {type(raw).__name__}")
-    if len(raw) > MAX_DEAD_LETTER_BYTES:
-        return BadEvent(BadReason.TOO_LARGE, f"{len(raw)} bytes > limit {MAX_DEAD_LETTER_BYTES}")
-    try:
-        record = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        return BadEvent(BadReason.NOT_MSGPACK, f"{type(exc).__name__}: {exc}"[:200])
-    if not isinstance(record, dict):
-        return BadEvent(BadReason.NOT_A_MAP, f"expected a msgpack map, got {type(record).__name__}")
-    version = record.get("v")
-    if not _is_int(version) or version != DEAD_LETTER_VERSION:
-        return BadEvent(
-            BadReason.WRONG_SCHEMA_VERSION, f"expected v={DEAD_LETTER_VERSION}, got {version!r}"[:200]
-        )
+    record = unpack_versioned_map(raw, MAX_DEAD_LETTER_BYTES, DEAD_LETTER_VERSION)
+    if isinstance(record, BadEvent):
+        return record
     missing = [name for name in _FIELDS if name not in record]
     if missing:
         return BadEvent(BadReason.MISSING_FIELD, f"missing {', '.join(missing)}")

@@ -100,21 +100,24 @@ def encode_item(item: ItemMeta) -> bytes:
     return msgpack.packb(record)
 
 
-def _unpack_map(raw: bytes, limits: EventLimits) -> dict | BadEvent:
+def unpack_versioned_map(raw: bytes, max_bytes: int, version: int) -> dict | BadEvent:
+    """The msgpack map of one record with schema version ``version``, or why not; never raises.
+
+    Shared by every record type on the wire (events, items, dead letters)."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         return BadEvent(BadReason.WRONG_TYPE, f"record value must be bytes, got {type(raw).__name__}")
-    if len(raw) > limits.max_record_bytes:
-        return BadEvent(BadReason.TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_record_bytes}")
+    if len(raw) > max_bytes:
+        return BadEvent(BadReason.TOO_LARGE, f"{len(raw)} bytes > limit {max_bytes}")
     try:
         record = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         return BadEvent(BadReason.NOT_MSGPACK, f"{type(exc).__name__}: {exc}"[:200])
     if not isinstance(record, dict):
         return BadEvent(BadReason.NOT_A_MAP, f"expected a msgpack map, got {type(record).__name__}")
-    version = record.get("v")
+    found = record.get("v")
     # type() check: True and 1.0 compare equal to 1 but are not schema version 1.
-    if type(version) is not int or version != SCHEMA_VERSION:
-        return BadEvent(BadReason.WRONG_SCHEMA_VERSION, f"expected v={SCHEMA_VERSION}, got {version!r}"[:200])
+    if type(found) is not int or found != version:
+        return BadEvent(BadReason.WRONG_SCHEMA_VERSION, f"expected v={version}, got {found!r}"[:200])
     return record
 
 
@@ -148,7 +151,7 @@ def _ts(value: object, limits: EventLimits, required: bool = True) -> float | Ba
 
 def decode_event(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> Event | BadEvent:
     """Decode one ``events`` record; never raises."""
-    record = _unpack_map(raw, limits)
+    record = unpack_versioned_map(raw, limits.max_record_bytes, SCHEMA_VERSION)
     if isinstance(record, BadEvent):
         return record
     user = _id(record, "u", "user_id", limits)
@@ -178,7 +181,7 @@ def decode_event(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> Event | B
 
 def decode_item(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> ItemMeta | BadEvent:
     """Decode one ``items`` record; never raises."""
-    record = _unpack_map(raw, limits)
+    record = unpack_versioned_map(raw, limits.max_record_bytes, SCHEMA_VERSION)
     if isinstance(record, BadEvent):
         return record
     item = _id(record, "i", "item_id", limits)
