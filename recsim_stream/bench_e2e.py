@@ -1,0 +1,729 @@
+"""``recsim-stream bench e2e``: the whole data path measured through the real components.
+
+A broker (its own, on a free port, or ``--bootstrap``), the updater (``recsim-stream train``) and the
+query API (``recsim-stream serve``) run as child processes exactly as deployed; this process drives the
+simulator into Kafka at a fixed rate through ``RecordProducer``, and a separate query process fires
+``POST /recommend`` and ``GET /items/{id}/similar`` while the stream runs, so query latency is measured
+under ingest and training load on the same cores.
+
+Freshness is wall-clock: for each item listed while the stream runs, the time from producing its
+first click to the first ``GET /items/{id}`` that shows the item with at least one learned interaction
+(its own behaviour reached the served vectors; a cold-start vector from metadata alone does not count).
+Everything started here is stopped on the way out, also on Ctrl-C and on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsim_stream.config import KafkaConfig, SimConfig
+from recsim_stream.events import ItemMeta
+from recsim_stream.kafka_io import RecordProducer, ensure_topics
+from recsim_stream.pacing import RateLimiter
+from recsim_stream.sim import Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
+Log = Callable[[str], None]
+
+_PROGRESS_EVERY_S = 5.0
+_SHIP_EVERY_S = 0.2  # how often clicks and first clicks of new items go to the query process
+_PROBE_EVERY_S = 0.2  # how often the query process asks the API for each new item not yet fresh
+_READY_TIMEOUT_S = 180.0
+
+
+class BenchError(RuntimeError):
+    """A component did not start, died, or did not finish its work in time."""
+
+
+@dataclass(frozen=True)
+class E2EOptions:
+    items: int = 5000  # initial catalogue size (sim.items)
+    rate: float = 2000.0  # events per wall second in the paced phase
+    duration: float = 60.0  # seconds of the paced phase
+    full_speed_s: float = 0.0  # seconds of a following unpaced phase (0 = none)
+    qps: float = 50.0  # queries per second from the query process
+    bootstrap: str = ""  # use this broker instead of starting one
+    snapshot_interval_s: float = 1.0
+    drain_timeout_s: float = 180.0  # how long the updater may take to train what was produced
+    fresh_grace_s: float = 15.0  # after draining, how long new items may take to be served
+    seed: int = 7
+    plot: str = ""  # PNG path: freshness per new item and query latency over time
+    keep_logs: bool = False  # keep the folder with the children's logs (always kept on failure)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "items": self.items >= 1,
+            "rate": self.rate >= 0 and math.isfinite(self.rate),
+            "duration": self.duration > 0,
+            "full_speed_s": self.full_speed_s >= 0,
+            "qps": self.qps > 0,
+            "snapshot_interval_s": self.snapshot_interval_s > 0,
+            "drain_timeout_s": self.drain_timeout_s > 0,
+            "fresh_grace_s": self.fresh_grace_s >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bench e2e: invalid {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100, linear interpolation), or None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def metric_totals(text: str) -> dict[str, float]:
+    """Prometheus exposition text -> sample name -> value summed over its labels."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+    return totals
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def free_port(pair: bool = False) -> int:
+    """A free port on 127.0.0.1 (and P + 1 too with ``pair``: the broker's controller port)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not pair:
+            return port
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise BenchError("found no two adjacent free ports on 127.0.0.1 in 50 tries")
+
+
+class Children:
+    """Child processes, each in its own process group with its output in a log file; stopped in
+    reverse order with SIGINT to the group (so they finish cleanly), then SIGKILL after a timeout."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.folder / f"{name}.log", "w") as out:
+            proc = subprocess.Popen(
+                argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{name} exited with status {proc.returncode}; its last output:\n{self.log(name)[-3000:]}"
+                )
+
+    def stop(self, name: str, timeout_s: float = 30.0) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # anything it left behind in its group
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class PeakRss:
+    """Samples VmHWM (peak resident set) of watched processes and all their descendants; a process's
+    peak is kept after it exits. Sampling, not a final read, because Ray's workers and the children
+    themselves are gone by the time the benchmark reports."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s = every_s
+        self.roots: dict[str, int] = {}
+        self.peak_kb: dict[int, tuple[str, int]] = {}  # pid -> (root name, peak kB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        self.roots[name] = pid
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def mb_by_root(self) -> dict[str, float]:
+        out = {name: 0.0 for name in self.roots}
+        for name, kb in self.peak_kb.values():
+            out[name] += kb / 1024.0
+        return {name: round(mb, 1) for name, mb in out.items()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                ppid = _ppid(int(entry.name))
+                if ppid is not None:
+                    children.setdefault(ppid, []).append(int(entry.name))
+        roots = dict(self.roots)
+        other_roots = set(roots.values())
+        for name, root in roots.items():
+            todo = [root]
+            while todo:
+                pid = todo.pop()
+                todo.extend(child for child in children.get(pid, ()) if child not in other_roots)
+                kb = _vm_hwm_kb(pid)
+                if kb is not None and kb > self.peak_kb.get(pid, (name, 0))[1]:
+                    self.peak_kb[pid] = (name, kb)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+@contextmanager
+def broker(options: E2EOptions, folder: Path, log: Log) -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, broker pid or None): ``options.bootstrap`` as is, or a fresh broker stopped on exit."""
+    if options.bootstrap:
+        yield options.bootstrap, None
+        return
+    port = free_port(pair=True)
+    where = ["--port", str(port), "--data", str(folder / "kafka-data"), "--logs", str(folder / "kafka-logs")]
+    log(f"bench e2e: starting a broker on 127.0.0.1:{port}")
+    try:
+        subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=_READY_TIMEOUT_S)
+        pid_file = folder / "kafka-logs" / "kafka.pid"
+        yield f"127.0.0.1:{port}", int(pid_file.read_text()) if pid_file.exists() else None
+    finally:
+        subprocess.run([str(KAFKA_SH), "stop", *where], check=False, timeout=90)
+
+
+def _get(client: httpx.Client, url: str) -> httpx.Response | None:
+    try:
+        return client.get(url, timeout=5.0)
+    except httpx.HTTPError:
+        return None
+
+
+def _wait_for(what: str, ready: Callable[[], bool], children: Children, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        children.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not ready within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+# --- the query process ----------------------------------------------------------------------------
+
+
+def query_worker(
+    api: str, inbox: mp.Queue, stop: mp.Event, shared: mp.Array, out_path: str, qps: float, seed: int
+) -> None:
+    """Runs in its own process: queries at up to ``qps`` (one at a time, like one client) on items the
+    API is known to serve, while a thread probes new items until each is served with a learned
+    interaction; the probes run beside the queries so that many waiting items neither slow the query
+    rate nor coarsen the freshness measurement. ``shared`` holds (queries, failed, new items waiting,
+    new items fresh) for progress lines; the full record goes to ``out_path`` as JSON.
+
+    Queries use only items the API has already returned (from a probe or a result), so a 404 or 503
+    is a real failure, not an item that has not reached the snapshot yet."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    clicked: deque[str] = deque(maxlen=4096)  # items seen in the stream so far, newest last
+    served: list[str] = []  # items the API has returned: safe query subjects
+    served_set: set[str] = set()
+    pending: dict[str, float] = {}  # new item -> wall time its first click was produced
+    fresh: list[tuple[str, float, float]] = []  # (item, first click produced, first served learned)
+    queries: list[tuple[float, str, int, float]] = []  # (wall time, endpoint, status, ms)
+
+    def learn_served(ids: Sequence[str]) -> None:
+        with lock:
+            for item in ids:
+                if item not in served_set and len(served) < 50_000:
+                    served_set.add(item)
+                    served.append(item)
+
+    def probe(client: httpx.Client, item: str) -> bool:
+        """Whether ``item`` is served with at least one learned interaction."""
+        response = _get(client, f"/items/{item}")
+        if response is None or response.status_code != 200:
+            return False
+        learn_served([item])
+        return response.json()["interactions"] >= 1
+
+    def probe_loop() -> None:
+        with httpx.Client(base_url=api) as client:
+            while not stop.is_set():
+                with lock:
+                    waiting = list(pending.items())
+                    bootstrap = rng.sample(list(clicked), min(5, len(clicked))) if len(served) < 20 else []
+                for item, produced in waiting:
+                    if probe(client, item):
+                        with lock:
+                            fresh.append((item, produced, time.time()))
+                            del pending[item]
+                for item in bootstrap:  # until the first results: find a few served items
+                    probe(client, item)
+                shared[2], shared[3] = len(pending), len(fresh)
+                stop.wait(_PROBE_EVERY_S)
+
+    def query(client: httpx.Client) -> None:
+        with lock:
+            subjects = [rng.choice(served) for _ in range(3)]
+            latest = list(clicked)[-1:]
+        if rng.random() < 0.5:
+            endpoint = "recommend"
+            started = time.perf_counter()
+            try:
+                response = client.post("/recommend", json={"items": subjects + latest, "k": 20}, timeout=5.0)
+            except httpx.HTTPError:
+                response = None
+        else:
+            endpoint = "similar"
+            started = time.perf_counter()
+            response = _get(client, f"/items/{subjects[0]}/similar?k=20")
+        ms = (time.perf_counter() - started) * 1000.0
+        status = 0 if response is None else response.status_code
+        queries.append((time.time(), endpoint, status, ms))
+        shared[0] += 1
+        if status == 200:
+            learn_served([r["item_id"] for r in response.json()["results"]])
+        else:
+            shared[1] += 1
+
+    prober = threading.Thread(target=probe_loop, daemon=True)
+    prober.start()
+    next_query = time.monotonic()
+    with httpx.Client(base_url=api) as client:
+        while not stop.is_set():
+            while not inbox.empty():
+                clicks, first_clicks = inbox.get()
+                with lock:
+                    clicked.extend(clicks)
+                    pending.update(first_clicks)
+            if served and time.monotonic() >= next_query:
+                query(client)
+                next_query = max(next_query + 1.0 / qps, time.monotonic() - 1.0)
+            delay = next_query - time.monotonic() if served else _SHIP_EVERY_S
+            stop.wait(max(0.0, min(delay, _SHIP_EVERY_S)))
+    prober.join()
+    with lock:
+        record = {"queries": queries, "fresh": fresh, "unresolved": pending}
+    Path(out_path).write_text(json.dumps(record))
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Produced:
+    events: int = 0
+    items: int = 0
+    new_items_clicked: int = 0
+    started: float = 0.0  # wall time of the first event
+    paced_end: float = 0.0  # wall time the paced phase ended
+    at_paced_end: dict[str, float] | None = None  # the updater's metrics then, if a full-speed phase ran
+    ended: float = 0.0  # wall time the last record was acknowledged
+
+
+class _Probe:
+    """The running services as the benchmark sees them: metrics of the updater and the API."""
+
+    def __init__(self, updater_metrics: str, api: str) -> None:
+        self.updater_metrics = updater_metrics
+        self.api = api
+        self.client = httpx.Client()
+
+    def updater(self) -> dict[str, float]:
+        response = _get(self.client, self.updater_metrics)
+        return metric_totals(response.text) if response is not None and response.status_code == 200 else {}
+
+    def api_metrics(self) -> dict[str, float]:
+        response = _get(self.client, f"{self.api}/metrics")
+        return metric_totals(response.text) if response is not None and response.status_code == 200 else {}
+
+
+def _progress_line(produced: _Produced, probe: _Probe, shared: mp.Array, phase: str) -> str:
+    trained = probe.updater().get("recsim_events_trained_total", 0.0)
+    swaps = probe.api_metrics().get("recsim_index_swaps_total", 0.0)
+    return (
+        f"bench e2e [{phase}]: {produced.events:,} events sent, {trained:,.0f} trained, "
+        f"{shared[0]:,} queries ({shared[1]:,} failed), {swaps:,.0f} swaps, "
+        f"new items fresh {shared[3]:,} (waiting {shared[2]:,})"
+    )
+
+
+def _produce(
+    options: E2EOptions,
+    producer: RecordProducer,
+    inbox: mp.Queue,
+    children: Children,
+    progress: Callable[[str, _Produced], None],
+    updater_metrics: Callable[[], dict[str, float]],
+) -> _Produced:
+    """The simulator into Kafka: ``duration`` s at ``rate``, then ``full_speed_s`` s unpaced."""
+    sim_config = SimConfig(items=options.items, seed=options.seed, rate=options.rate)
+    simulator = Simulator(sim_config, start_ts=time.time())
+    listed_new: set[str] = set()
+    seen_new: set[str] = set()
+    clicks: list[str] = []
+    first_clicks: dict[str, float] = {}
+    out = _Produced()
+    limiter = RateLimiter(options.rate)
+    phase, phase_end = "paced", float("inf")
+    ship_at = report_at = time.monotonic()
+    catalogue = options.items
+    for record in simulator.stream():
+        if isinstance(record, ItemMeta):
+            producer.send_item(record)
+            out.items += 1
+            if out.items > catalogue:
+                listed_new.add(record.item_id)
+            continue
+        if out.events == 0:
+            out.started = time.time()
+            phase_end = time.monotonic() + options.duration
+        if phase == "paced":
+            limiter.admit()
+        producer.send_event(record)
+        out.events += 1
+        clicks.append(record.item_id)
+        if record.item_id in listed_new and record.item_id not in seen_new:
+            seen_new.add(record.item_id)
+            first_clicks[record.item_id] = time.time()
+        if out.events % 64:
+            continue
+        now = time.monotonic()
+        if now >= ship_at:
+            inbox.put((clicks[-256:], first_clicks))
+            out.new_items_clicked += len(first_clicks)
+            clicks, first_clicks = [], {}
+            ship_at = now + _SHIP_EVERY_S
+        if now >= report_at:
+            children.check()
+            progress(phase, out)
+            report_at = now + _PROGRESS_EVERY_S
+        if now >= phase_end:
+            if phase == "full speed" or options.full_speed_s == 0:
+                break
+            out.paced_end, out.at_paced_end = time.time(), updater_metrics()
+            phase, phase_end = "full speed", now + options.full_speed_s
+    producer.flush()
+    out.ended = time.time()
+    out.paced_end = out.paced_end or out.ended
+    inbox.put((clicks[-256:], first_clicks))
+    out.new_items_clicked += len(first_clicks)
+    return out
+
+
+def run(options: E2EOptions, log: Log) -> dict:
+    """Run the benchmark; returns the summary (see ``summarise``). Cleans up whatever it started."""
+    folder = Path(tempfile.mkdtemp(prefix="recsim-bench-e2e-"))
+    try:
+        result = _run_in(options, folder, log)
+    except KeyboardInterrupt:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    except BaseException:
+        log(f"bench e2e: the logs of the failed run are kept in {folder}")
+        raise
+    if options.keep_logs:
+        shutil.rmtree(folder / "kafka-data", ignore_errors=True)
+        log(f"bench e2e: the logs of the run are in {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
+    suffix = uuid.uuid4().hex[:8]
+    rss = PeakRss()
+    rss.watch("bench", os.getpid())
+    children = Children(folder)
+    ctx = mp.get_context("spawn")  # never fork a process that holds Kafka client threads
+    stop, inbox, shared = ctx.Event(), ctx.Queue(), ctx.Array("q", 4)
+    worker: mp.process.BaseProcess | None = None
+    rss.start()
+    with broker(options, folder, log) as (bootstrap, broker_pid):
+        try:
+            if broker_pid is not None:
+                rss.watch("broker", broker_pid)
+            kafka = KafkaConfig(
+                bootstrap=bootstrap,
+                events_topic=f"bench-events-{suffix}",
+                items_topic=f"bench-items-{suffix}",
+                dlq_topic=f"bench-dlq-{suffix}",
+                group_id=f"bench-{suffix}",
+            )
+            ensure_topics(kafka)
+            metrics_port, api_port = free_port(), free_port()
+            snapshots = str(folder / "snapshots")
+            cli = [sys.executable, "-m", "recsim_stream.cli"]
+            updater = children.start(
+                "updater",
+                [*cli, "train", "--kafka-bootstrap", bootstrap, "--kafka-events-topic", kafka.events_topic,
+                 "--kafka-items-topic", kafka.items_topic, "--kafka-dlq-topic", kafka.dlq_topic,
+                 "--kafka-group-id", kafka.group_id, "--snapshot-dir", snapshots,
+                 "--snapshot-interval-s", str(options.snapshot_interval_s),
+                 "--metrics-port", str(metrics_port)],
+            )  # fmt: skip
+            rss.watch("updater", updater.pid)
+            api = children.start("api", [*cli, "serve", "--port", str(api_port), "--snapshot-dir", snapshots])
+            rss.watch("api", api.pid)
+            api_url = f"http://127.0.0.1:{api_port}"
+            probe = _Probe(f"http://127.0.0.1:{metrics_port}/metrics", api_url)
+            log("bench e2e: waiting for the updater (Ray) and the query API")
+            _wait_for("updater", lambda: "train: consuming" in children.log("updater"), children,
+                      _READY_TIMEOUT_S)  # fmt: skip
+            _wait_for("query API", lambda: _get(probe.client, f"{api_url}/healthz") is not None, children,
+                      _READY_TIMEOUT_S)  # fmt: skip
+            worker = ctx.Process(
+                target=query_worker,
+                args=(api_url, inbox, stop, shared, str(folder / "queries.json"), options.qps, options.seed),
+                name="bench-queries",
+            )
+            worker.start()
+            rss.watch("queries", worker.pid)
+            producer = RecordProducer(kafka)
+            try:
+                produced = _produce(
+                    options,
+                    producer,
+                    inbox,
+                    children,
+                    lambda phase, out: log(_progress_line(out, probe, shared, phase)),
+                    probe.updater,
+                )
+            finally:
+                producer.close()
+            drained_at = _drain(produced, probe, children, shared, options, log)
+            _wait_fresh(shared, produced, children, options)
+            updater_totals, api_totals = probe.updater(), probe.api_metrics()
+            stop.set()
+            worker.join(timeout=30)
+            queried = json.loads((folder / "queries.json").read_text())
+            children.stop("updater")
+            final_line = next(
+                (line for line in reversed(children.log("updater").splitlines()) if "train: done" in line), ""
+            )
+        finally:
+            stop.set()
+            if worker is not None and worker.is_alive():
+                worker.join(timeout=10)
+                if worker.is_alive():
+                    worker.terminate()
+            children.stop_all()
+            rss.stop()
+    result = summarise(produced, drained_at, updater_totals, api_totals, queried, rss.mb_by_root())
+    result["updater_final_line"] = final_line
+    if options.plot:
+        plot(options.plot, queried, produced.started)
+        log(f"bench e2e: wrote {options.plot}")
+    return result
+
+
+def _drain(
+    produced: _Produced, probe: _Probe, children: Children, shared: mp.Array, options: E2EOptions, log: Log
+) -> float:
+    """Wait until the updater has trained or dead-lettered every event produced; the wall time it had."""
+    deadline = time.monotonic() + options.drain_timeout_s
+    report_at = time.monotonic() + _PROGRESS_EVERY_S
+    while True:
+        totals = probe.updater()
+        done = totals.get("recsim_events_trained_total", 0.0) + totals.get(
+            "recsim_events_dead_lettered_total", 0.0
+        )
+        if done >= produced.events:
+            return time.time()
+        children.check()
+        now = time.monotonic()
+        if now > deadline:
+            raise BenchError(
+                f"the updater handled {done:,.0f} of {produced.events:,} events within "
+                f"{options.drain_timeout_s:.0f} s of the producer's end"
+            )
+        if now >= report_at:
+            log(_progress_line(produced, probe, shared, "draining"))
+            report_at = now + _PROGRESS_EVERY_S
+        time.sleep(0.1)
+
+
+def _wait_fresh(shared: mp.Array, produced: _Produced, children: Children, options: E2EOptions) -> None:
+    """Give new items clicked near the end up to ``fresh_grace_s`` to reach the served snapshot."""
+    deadline = time.monotonic() + options.fresh_grace_s
+    while time.monotonic() < deadline:
+        pending, fresh = shared[2], shared[3]
+        if pending == 0 and fresh >= produced.new_items_clicked:
+            return
+        children.check()
+        time.sleep(0.1)
+
+
+def summarise(
+    produced: _Produced,
+    drained_at: float,
+    updater: dict[str, float],
+    api: dict[str, float],
+    queried: dict,
+    peak_rss_mb: dict[str, float],
+) -> dict:
+    """The JSON summary: counts, rates over [first event produced, updater drained], percentiles."""
+    window = max(drained_at - produced.started, 1e-9)
+    freshness = [served - produced_at for _item, produced_at, served in queried["fresh"]]
+    latencies = [ms for _t, _endpoint, _status, ms in queried["queries"]]
+    times = [t for t, _endpoint, _status, _ms in queried["queries"]]
+    failed = sum(1 for _t, _endpoint, status, _ms in queried["queries"] if status != 200)
+    trained = int(updater.get("recsim_events_trained_total", 0))
+    return {
+        "events_produced": produced.events,
+        "item_records_produced": produced.items,
+        "events_trained": trained,
+        "dead_lettered": int(updater.get("recsim_events_dead_lettered_total", 0)),
+        "produce_events_per_s": round(produced.events / max(produced.ended - produced.started, 1e-9), 1),
+        "ingest_events_per_s": round(trained / window, 1),
+        "train_pairs_per_s": round(updater.get("recsim_pairs_trained_total", 0.0) / window, 1),
+        "drain_after_produce_s": round(drained_at - produced.ended, 2),
+        **_full_speed_rates(produced, drained_at, updater),
+        "new_items_clicked": produced.new_items_clicked,
+        "freshness_measured": len(freshness),
+        "freshness_unresolved": len(queried["unresolved"]),
+        "freshness_p50_s": _round(percentile(freshness, 50), 3),
+        "freshness_p95_s": _round(percentile(freshness, 95), 3),
+        "queries": len(latencies),
+        "failed_queries": failed,
+        "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,
+        "query_p50_ms": _round(percentile(latencies, 50), 2),
+        "query_p99_ms": _round(percentile(latencies, 99), 2),
+        "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
+        "swaps": int(api.get("recsim_index_swaps_total", 0)),
+        "snapshot_loads_refused": int(api.get("recsim_snapshot_loads_refused_total", 0)),
+        "items": int(api.get("recsim_index_items", 0)),
+        "peak_rss_mb": round(sum(peak_rss_mb.values()), 1),
+        "peak_rss_mb_by_process": peak_rss_mb,
+    }
+
+
+def _full_speed_rates(produced: _Produced, drained_at: float, updater: dict[str, float]) -> dict:
+    """Rates over [end of the paced phase, drained]: the updater's capacity when the input is not paced."""
+    if produced.at_paced_end is None:
+        return {}
+    window = max(drained_at - produced.paced_end, 1e-9)
+    before = produced.at_paced_end
+    return {
+        "full_speed_ingest_events_per_s": round(
+            (updater.get("recsim_events_trained_total", 0.0) - before.get("recsim_events_trained_total", 0.0))
+            / window,
+            1,
+        ),
+        "full_speed_train_pairs_per_s": round(
+            (updater.get("recsim_pairs_trained_total", 0.0) - before.get("recsim_pairs_trained_total", 0.0))
+            / window,
+            1,
+        ),
+    }
+
+
+def plot(path: str, queried: dict, started: float) -> None:
+    """Two panels over wall time since the first event: each new item's freshness, query latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fresh = queried["fresh"]
+    top.scatter([p - started for _i, p, _s in fresh], [s - p for _i, p, s in fresh], s=12)
+    top.set_ylabel("freshness (s)\nfirst click produced -> served")
+    top.set_title("new items: time from first click to being served with it")
+    top.grid(alpha=0.3)
+    for endpoint, colour in (("recommend", "tab:blue"), ("similar", "tab:orange")):
+        points = [(t - started, ms) for t, e, _status, ms in queried["queries"] if e == endpoint]
+        if points:
+            bottom.scatter(*zip(*points, strict=True), s=4, alpha=0.5, color=colour, label=endpoint)
+    failed = [(t - started, ms) for t, _e, status, ms in queried["queries"] if status != 200]
+    if failed:
+        bottom.scatter(*zip(*failed, strict=True), s=20, marker="x", color="red", label="failed")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("query latency (ms)")
+    bottom.set_xlabel("seconds since the first event")
+    bottom.legend(loc="upper right")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
