@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from recsim_stream.config import KafkaConfig, SimConfig
 from recsim_stream.events import ItemMeta
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
 from recsim_stream.pacing import RateLimiter
+from recsim_stream.ports import free_port
 from recsim_stream.sim import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,23 +117,6 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def free_port(pair: bool = False) -> int:
-    """A free port on 127.0.0.1 (and P + 1 too with ``pair``: the broker's controller port)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if not pair:
-            return port
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise BenchError("found no two adjacent free ports on 127.0.0.1 in 50 tries")
 
 
 class Children:

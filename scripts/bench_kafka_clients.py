@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from kafka.record import util as record_util
 from recsim_stream.config import KafkaConfig, SimConfig
 from recsim_stream.events import Event, encode_event
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
+from recsim_stream.ports import free_port
 from recsim_stream.sim import Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,21 +57,6 @@ KAFKA_PYTHON_CONSUMERS: dict[str, dict] = {
 
 def say(message: str) -> None:
     print(f"bench_kafka_clients: {message}", file=sys.stderr, flush=True)
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P + 1 (the broker's controller port) are free right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as controller:
-            try:
-                controller.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("found no two adjacent free ports on 127.0.0.1 in 50 tries")
 
 
 def make_records(n: int) -> list[tuple[bytes, bytes]]:
@@ -270,7 +255,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as folder:
-        port = free_port_pair()
+        port = free_port(pair=True)
         where = ["--port", str(port), "--data", f"{folder}/data", "--logs", f"{folder}/logs"]
         say(f"starting a broker on 127.0.0.1:{port}")
         subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=180)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,25 +23,10 @@ import pytest
 
 from recsim_stream.config import KafkaConfig
 from recsim_stream.kafka_io import ensure_topics
+from recsim_stream.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
-
-
-def _free_port_pair() -> int:
-    """A port P such that P and P + 1 (the controller's) are free right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65535:
-            with socket.socket() as controller:
-                try:
-                    controller.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("found no two adjacent free ports on 127.0.0.1 in 50 tries")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +36,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     folder = tmp_path_factory.mktemp("kafka")
-    port = _free_port_pair()
+    port = free_port(pair=True)
     where = ["--port", str(port), "--data", str(folder / "data"), "--logs", str(folder / "logs")]
     subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=180)
     try:
@@ -161,12 +145,6 @@ class PrometheusServer:
             time.sleep(0.2)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -204,7 +182,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         ],
     }
     (folder / "prometheus.yml").write_text(json.dumps(config))
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     log = folder / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
