@@ -21,7 +21,7 @@ Three things make the cold component hit rather than merely cover:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,11 @@ class ColdStart:
             self.metadata[item.item_id] = item
             self._row.pop(item.item_id, None)  # (re-)encode with this metadata
 
+    def forget(self, item_id: str) -> None:
+        """The item was deleted from the catalogue (a tombstone on the items topic)."""
+        self.metadata.pop(item_id, None)
+        self._row.pop(item_id, None)
+
     def remember_pairs(self, left_ids: Sequence[str], right_ids: Sequence[str]) -> None:
         """Offer co-occurring pairs to the reservoir; pairs with an item without metadata are dropped."""
         meta = self.metadata
@@ -182,14 +187,40 @@ class ColdStart:
             taken += 1
         return taken
 
+    def train_pulling(self, events: int, rows: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]) -> int:
+        """``train`` for a learner whose rows live elsewhere (the updater's shards): ``rows(ids)``
+        returns the learned (inputs, outputs) of ``ids`` and is called only when a step is due, for
+        the items of the pairs the due steps will draw, so a poll that earns no step costs nothing."""
+        earned = self._budget + events * self.config.train_pairs_per_event
+        steps = int(earned // self.config.train_batch)
+        if not steps or not len(self.reservoir):
+            if len(self.reservoir):
+                self._budget = earned
+                return 0
+            return self.train(
+                events, {}, np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
+            )
+        # Only the items of the pairs these steps will draw: a few thousand rows, not the reservoir's.
+        reservoir, ids = self.reservoir, set()
+        for step in range(self.tower.steps, self.tower.steps + steps):
+            for i in self._draw(step).tolist():
+                ids.update((reservoir.left[i], reservoir.right[i]))
+        ids = sorted(ids)
+        inputs, outputs = rows(ids)
+        return self.train(events, {item: r for r, item in enumerate(ids)}, inputs, outputs)
+
+    def _draw(self, step: int) -> np.ndarray:
+        """Reservoir positions of the pairs tower step ``step`` trains on (ascending)."""
+        size = len(self.reservoir)
+        rng = np.random.default_rng([self.config.seed, step])
+        chosen = rng.choice(size, min(size, self.config.train_batch), replace=False) if size else []
+        return np.sort(np.asarray(chosen, dtype=np.int64))
+
     def _step(self, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> bool:
         reservoir = self.reservoir
-        size = len(reservoir)
-        rng = np.random.default_rng([self.config.seed, self.tower.steps])
-        chosen = rng.choice(size, min(size, self.config.train_batch), replace=False) if size else []
         pairs = [
             (reservoir.left[i], reservoir.right[i])
-            for i in np.sort(chosen).tolist()
+            for i in self._draw(self.tower.steps).tolist()
             if reservoir.left[i] in position and reservoir.right[i] in position
         ]
         if len(pairs) < 2:
@@ -206,14 +237,20 @@ class ColdStart:
         return True
 
     def complete(
-        self, ids: list[str], inputs: np.ndarray, outputs: np.ndarray, counts: np.ndarray
+        self,
+        ids: list[str],
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        counts: np.ndarray,
+        learned_elsewhere: Collection[str] = (),
     ) -> ServedRows:
         """The served table: learned rows blended with content for items with few interactions, plus
         a content-only row for every item with metadata and no learned row, and every row's unit
-        content vector."""
+        content vector. ``learned_elsewhere``: items with a learned row not among ``ids`` (a delta
+        snapshot holds only the rows changed since the last one); they get no content-only row."""
         self._refresh_content()
         known = set(ids)
-        fresh = [i for i in self.metadata if i not in known]
+        fresh = [i for i in self.metadata if i not in known and i not in learned_elsewhere]
         all_ids = ids + fresh
         rows = np.fromiter((self._row.get(i, -1) for i in all_ids), dtype=np.int64, count=len(all_ids))
         content = self._content[rows]
@@ -233,6 +270,12 @@ class ColdStart:
             np.concatenate([counts == 0, np.ones(len(fresh), dtype=bool)]),
             content,
         )
+
+    @property
+    def encoding(self) -> int:
+        """Tower steps at the last re-encoding of every item: content vectors made since are stable
+        until it changes (or the item's metadata does)."""
+        return self._encoded_at
 
     def _refresh_content(self) -> None:
         """Encode items not encoded yet, or all of them once the tower has moved enough."""
@@ -257,6 +300,21 @@ class ColdStart:
         """A session went on to an item the learner had never seen: evidence for the temperature."""
         if prefix and target in self.metadata:
             self._new_item_events.append((tuple(prefix), target))
+
+    def calibrate_on_content(self, learned: Collection[str]) -> None:
+        """``calibrate`` without a served table at hand (the updater publishes deltas): the items
+        that were cold when the new-item events arrived are those with metadata and no learned row
+        at the last publish, ``learned`` being the items that had one."""
+        if not self._new_item_events:
+            return
+        self._refresh_content()
+        ids = [""] * len(self._content)  # "" marks rows of re-observed items, awaiting compaction
+        for item, row in self._row.items():
+            ids[row] = item
+        cold = np.fromiter((bool(i) and i not in learned for i in ids), dtype=bool, count=len(ids))
+        no_vectors = np.zeros((len(ids), 0), dtype=np.float32)
+        counts = np.zeros(len(ids), dtype=np.int64)
+        self.calibrate(Embeddings(ids, no_vectors, no_vectors, counts, cold=cold, content=self._content))
 
     def calibrate(self, served: Embeddings) -> None:
         """Fit the cold temperature on the new-item events since the last call, scored by ``served``,

@@ -50,6 +50,7 @@ __all__ = [
     "ConsumerRecord",
     "DeadLetterSink",
     "EventConsumer",
+    "ItemsReader",
     "KafkaIOError",
     "RecordProducer",
 ]
@@ -404,6 +405,60 @@ class EventConsumer:
             self._consumer.close(autocommit=False)
         finally:
             self._in_call = False
+
+
+class ItemsReader:
+    """Reads the compacted ``items`` topic from its beginning, outside any consumer group.
+
+    Item metadata is state every updater rebuilds at start (the newest record per item id survives
+    compaction), not work to share out or commit: so every partition is assigned to this reader and
+    nothing is committed. Polls default to a zero timeout, so the updater's loop never waits on it;
+    ``caught_up`` says when everything the topic held at start has been read, so the updater can
+    load the catalogue before its first events (or a backlog would meet an empty catalogue).
+    """
+
+    def __init__(self, config: KafkaConfig, timeout_s: float = 30.0) -> None:
+        self.config = config
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=config.bootstrap,
+            client_id="recsim-items-reader",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=config.max_poll_records,
+            metrics_enabled=False,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not (partitions := self._consumer.partitions_for_topic(config.items_topic)):
+            if time.monotonic() > deadline:
+                self._consumer.close()
+                raise KafkaIOError(
+                    f"items topic {config.items_topic!r} on {config.bootstrap}: expected partitions "
+                    f"within {timeout_s:.0f} s, found none (was ensure_topics run?)"
+                )
+            time.sleep(0.1)
+        assigned = [TopicPartition(config.items_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(assigned)
+        self._consumer.seek_to_beginning(*assigned)
+        self._ends_at_start = self._consumer.end_offsets(assigned)
+        self._caught_up = False
+
+    def caught_up(self) -> bool:
+        """Whether every record the topic held when this reader started has been read."""
+        if not self._caught_up:
+            self._caught_up = all(
+                self._consumer.position(tp) >= end for tp, end in self._ends_at_start.items()
+            )
+        return self._caught_up
+
+    def poll(self, timeout_ms: int = 0) -> list[ConsumerRecord]:
+        """Records fetched so far (up to ``max_poll_records``), each with ``topic``, ``partition``,
+        ``offset``, ``key`` and ``value``."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
+        return [record for records in batches.values() for record in records]
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
 
 
 class DeadLetterSink:

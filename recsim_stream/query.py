@@ -6,6 +6,15 @@ whole state even while a swap happens. ``SnapshotWatcher`` is the bridge from di
 snapshot directory (which another process writes), builds the next state and swaps it in; a
 snapshot that fails to load or fails the recall gate is counted and the old state keeps serving.
 
+Next-item answers mix two of scoring.py's components, as ``recsim-stream eval`` does. *Discovery*
+(known items): the approximate index over output vectors with the popularity prior. *New item*
+(cold rows, served from the content tower, when the snapshot carries content vectors and a
+``new_item_share``): every cold row is scored exactly, by the cosine of its content vector with the
+session's content query at the published temperature; that softmax, times the share, is set against
+the discovery softmax, times one minus it. Cold rows are therefore left out of the discovery search
+(they have no popularity to speak of), and the discovery normaliser, which an approximate index
+cannot give, is estimated from the top hits plus a uniform sample of known rows for the tail.
+
 Rows of a state are a *main* part (the full snapshot the approximate indexes were built over, shared
 between states of the same base) followed by a *delta* part (rows changed since, indexed exactly).
 """
@@ -17,7 +26,7 @@ import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,7 +41,7 @@ from recsim_stream.index import (
     merge_with_delta,
 )
 from recsim_stream.metrics import ApiMetrics
-from recsim_stream.scoring import query_with_prior, session_query, with_prior
+from recsim_stream.scoring import query_with_prior, session_query, top_k, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
     Snapshot,
@@ -70,6 +79,50 @@ class MainBuild:
     recall: Mapping[str, float]
 
 
+TAIL_SAMPLE = 1024  # known rows sampled to estimate the discovery softmax's normaliser beyond the top hits
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """The new-item component of a state: every cold row, scored exactly (a brute-force scan: cold
+    rows are the few items not clicked yet; 100k of them x 128 floats is ~13 Mflop a query)."""
+
+    share: float  # probability that a session goes on to a new item
+    temperature: float  # of the softmax over content cosines
+    positions: np.ndarray  # (m,) state positions of the cold rows
+    content: np.ndarray  # (m, width) their unit content vectors
+    outputs: np.ndarray  # (m, dim) their (content-derived) output vectors, for sessions without content
+    known_rows: int  # rows in the discovery component
+    tail: np.ndarray  # (s, dim + 1) a uniform sample of known rows' ``with_prior`` vectors
+    tail_positions: np.ndarray  # (s,) their state positions
+
+    def log_normaliser(self, query: np.ndarray, head: np.ndarray, head_positions: np.ndarray) -> float:
+        """log sum exp of every known row's discovery score: the ``head`` scores exactly, each of
+        the other rows as the mean of the sampled rows outside the head (a uniform sample of them)."""
+        if not self.known_rows:
+            return 0.0
+        parts = [head.astype(np.float64)]
+        rest = self.known_rows - len(head)
+        outside = ~np.isin(self.tail_positions, head_positions)
+        if rest > 0 and outside.any():
+            sampled = (self.tail[outside] @ query).astype(np.float64)
+            top = sampled.max()
+            parts.append(np.array([np.log(rest) + top + np.log(np.mean(np.exp(sampled - top)))]))
+        scores = np.concatenate(parts)
+        top = scores.max()
+        return float(top + np.log(np.exp(scores - top).sum()))
+
+    def log_probabilities(self, content_query: np.ndarray | None, learned_query: np.ndarray) -> np.ndarray:
+        """log P(cold row | next item is new), over ``positions``; by the learned dot product when the
+        session has no content vector (as scoring.Embeddings falls back)."""
+        if content_query is None:
+            logits = (self.outputs @ learned_query).astype(np.float64)
+        else:
+            logits = (self.content @ content_query).astype(np.float64) / self.temperature
+        top = logits.max()
+        return logits - (top + np.log(np.exp(logits - top).sum()))
+
+
 @dataclass(frozen=True)
 class ServingState:
     version: int
@@ -79,9 +132,10 @@ class ServingState:
     positions: Mapping[str, int]  # id -> position; delta positions are offset by the main size
     item_count: int  # distinct ids served (len(positions) would walk both maps)
     similar: MergedIndex
-    recommend: MergedIndex
+    recommend: MergedIndex  # discovery: known rows only when ``new_items`` is set
     built_at: float  # wall time the state was ready
     build_seconds: float
+    new_items: NewItems | None = None
 
     def row(self, position: int) -> tuple[SnapshotArrays, int]:
         """(arrays, row) that hold ``position``."""
@@ -95,6 +149,20 @@ class ServingState:
     def item_id(self, position: int) -> str:
         arrays, row = self.row(position)
         return str(arrays.ids[row])
+
+    def content_query(self, positions: Sequence[int]) -> np.ndarray | None:
+        """Unit recency-weighted mean of the content vectors of ``positions`` (oldest first) that have
+        one; None when none has (scoring.Embeddings.content_query)."""
+        rows = []
+        for position in positions:
+            arrays, row = self.row(position)
+            if arrays.content_vectors is not None and arrays.content_vectors[row].any():
+                rows.append(arrays.content_vectors[row])
+        if not rows:
+            return None
+        query = session_query(np.stack(rows))
+        norm = float(np.linalg.norm(query))
+        return query / norm if norm > 0 else None
 
 
 def build_main(snapshot: Snapshot, config: IndexConfig) -> MainBuild:
@@ -127,6 +195,15 @@ def build_state(
     live = np.ones(n_main, dtype=bool)
     live[overridden] = False
     delta_positions = {item: n_main + j for j, item in enumerate(delta.ids.tolist())}
+    recommend = merge_with_delta(
+        main.recommend,
+        live,
+        with_prior(delta.output_vectors, delta.counts, config.popularity_power),
+        config.merge_margin,
+    )
+    new_items = _new_items(main.arrays, delta, live, manifest, config)
+    if new_items is not None:  # cold rows answer through the new-item component only
+        recommend = replace(recommend, live=recommend.live & ~np.concatenate([main.arrays.cold, delta.cold]))
     return ServingState(
         version=manifest.version,
         manifest=manifest,
@@ -135,21 +212,66 @@ def build_state(
         positions=ChainMap(delta_positions, main.positions),
         item_count=n_main - len(overridden) + delta.count,
         similar=merge_with_delta(main.similar, live, l2_normalise(delta.input_vectors), config.merge_margin),
-        recommend=merge_with_delta(
-            main.recommend, live, with_prior(delta.output_vectors, delta.counts, config.popularity_power),
-            config.merge_margin,
-        ),
+        recommend=recommend,
         built_at=clock(),
         build_seconds=time.perf_counter() - started,
+        new_items=new_items,
+    )
+
+
+def _new_items(
+    main: SnapshotArrays,
+    delta: SnapshotArrays,
+    live: np.ndarray,
+    manifest: SnapshotManifest,
+    config: IndexConfig,
+) -> NewItems | None:
+    """The new-item component, when the snapshot publishes one (content vectors and a share)."""
+    scoring = manifest.scoring or {}
+    share = float(scoring.get("new_item_share", 0.0))
+    widths = [a.content_vectors.shape[1] for a in (main, delta) if a.content_vectors is not None]
+    if share <= 0 or not widths:
+        return None
+
+    def content(arrays: SnapshotArrays, rows: np.ndarray) -> np.ndarray:
+        if arrays.content_vectors is None:
+            return np.zeros((len(rows), widths[0]), np.float32)
+        return arrays.content_vectors[rows]
+
+    cold_main, cold_delta = np.flatnonzero(main.cold & live), np.flatnonzero(delta.cold)
+    known_main, known_delta = np.flatnonzero(~main.cold & live), np.flatnonzero(~delta.cold)
+    known = len(known_main) + len(known_delta)
+    rng = np.random.default_rng([config.seed, manifest.version])
+    sample = np.sort(rng.choice(known, size=min(known, TAIL_SAMPLE), replace=False))
+    from_main, from_delta = (
+        sample[sample < len(known_main)],
+        sample[sample >= len(known_main)] - len(known_main),
+    )
+    tail_positions = np.concatenate([known_main[from_main], main.count + known_delta[from_delta]])
+    tail = np.vstack([
+        with_prior(main.output_vectors[known_main[from_main]], main.counts[known_main[from_main]], config.popularity_power),
+        with_prior(delta.output_vectors[known_delta[from_delta]], delta.counts[known_delta[from_delta]], config.popularity_power),
+    ])  # fmt: skip
+    return NewItems(
+        share=min(share, 1.0 - 1e-6),
+        temperature=float(scoring.get("cold_temperature", 0.1)),
+        positions=np.concatenate([cold_main, main.count + cold_delta]),
+        content=np.vstack([content(main, cold_main), content(delta, cold_delta)]),
+        outputs=np.vstack([main.output_vectors[cold_main], delta.output_vectors[cold_delta]]),
+        known_rows=known,
+        tail=tail,
+        tail_positions=tail_positions,
     )
 
 
 def empty_like(arrays: SnapshotArrays) -> SnapshotArrays:
+    content = arrays.content_vectors
     return SnapshotArrays(
         *(
             a[:0]
             for a in (arrays.ids, arrays.input_vectors, arrays.output_vectors, arrays.counts, arrays.cold)
-        )
+        ),
+        content_vectors=None if content is None else content[:0],
     )
 
 
@@ -216,6 +338,9 @@ class IndexHolder:
         known items, scored against output vectors plus the popularity prior (the discovery score of
         scoring.py, the one ``recsim-stream eval`` measures). The session's own items and ``exclude``
         are never returned: this endpoint answers "what next that the user has not seen".
+
+        With a new-item component, cold rows join the list by their mixture probability; a cold
+        row's score is the discovery score a known item would need to be as likely as it.
         """
         state = self._current()
         known = [(i, state.positions[i]) for i in items if i in state.positions]
@@ -226,6 +351,10 @@ class IndexHolder:
         query = query_with_prior(session_query(np.stack([state.input_vector(p) for p in recent])))
         banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
+        if state.new_items is not None and len(state.new_items.positions):
+            scores, positions = _with_new_items(
+                state, state.new_items, recent, query, scores, positions, banned, k
+            )
         return (
             state.version,
             [(state.item_id(p), float(s)) for s, p in zip(scores, positions, strict=True)],
@@ -266,6 +395,29 @@ class IndexHolder:
     def _snapshot_age(self) -> float:
         state = self._state
         return 0.0 if state is None else max(0.0, self._clock() - state.manifest.created_at)
+
+
+def _with_new_items(
+    state: ServingState,
+    new: NewItems,
+    recent: list[int],
+    query: np.ndarray,
+    scores: np.ndarray,
+    positions: np.ndarray,
+    banned: set[int],
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the discovery hits with the best cold rows, ranked by mixture probability:
+    ``(1 - c) exp(s) / Z`` for a known row, ``c p_new`` for a cold one, both expressed on the
+    discovery scale (``log Z + log(c / (1 - c)) + log p_new``)."""
+    log_p = new.log_probabilities(state.content_query(recent), query[:-1])
+    cold_scores = new.log_normaliser(query, scores, positions) + np.log(new.share / (1.0 - new.share)) + log_p
+    allowed = np.flatnonzero(~np.isin(new.positions, np.fromiter(banned, dtype=np.int64, count=len(banned))))
+    best = allowed[top_k(cold_scores[allowed], k)]
+    merged_scores = np.concatenate([scores, cold_scores[best].astype(np.float32)])
+    merged_positions = np.concatenate([positions, new.positions[best]])
+    order = np.argsort(-merged_scores, kind="stable")[:k]
+    return merged_scores[order], merged_positions[order]
 
 
 class SnapshotWatcher:

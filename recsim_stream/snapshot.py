@@ -54,6 +54,10 @@ class SnapshotArrays:
     output_vectors: np.ndarray  # (n, dim) float32: the item's context vectors
     counts: np.ndarray  # (n,) int64 interactions seen
     cold: np.ndarray  # (n,) bool: the vector still comes mostly from the content tower
+    # Optional (n, width) float32 unit content vectors (cold_start.py), a zero row where an item has no
+    # metadata: the query API scores cold items content-to-content with them. Absent in snapshots of
+    # an updater without a content tower, and in those written before it existed.
+    content_vectors: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.ids.shape[0] if self.ids.ndim == 1 else -1
@@ -65,6 +69,12 @@ class SnapshotArrays:
             "counts": (f"int64 ({n},)", self._is(self.counts, np.int64, (n,))),
             "cold": (f"bool ({n},)", self._is(self.cold, np.bool_, (n,))),
         }
+        content = self.content_vectors
+        if content is not None:
+            expected["content_vectors"] = (
+                f"float32 ({n}, width)",
+                content.dtype == np.float32 and content.ndim == 2 and content.shape[0] == n,
+            )
         for name, (description, ok) in expected.items():
             if not ok:
                 arr = getattr(self, name)
@@ -88,12 +98,18 @@ class SnapshotArrays:
             raise SnapshotError("ids: expected non-empty item ids, got an empty string")
         if np.unique(self.ids).shape[0] != self.count:
             raise SnapshotError(f"ids: expected {self.count} distinct ids, got duplicates")
-        for name in ("input_vectors", "output_vectors"):
-            if not np.isfinite(getattr(self, name)).all():
+        for name in ("input_vectors", "output_vectors", "content_vectors"):
+            arr = getattr(self, name)
+            if arr is not None and not np.isfinite(arr).all():
                 raise SnapshotError(f"{name}: expected finite floats, got NaN or inf")
 
 
 _ARRAY_NAMES = ("ids", "input_vectors", "output_vectors", "counts", "cold")
+_OPTIONAL_ARRAYS = ("content_vectors",)
+
+
+def _present_arrays(arrays: SnapshotArrays) -> tuple[str, ...]:
+    return _ARRAY_NAMES + tuple(n for n in _OPTIONAL_ARRAYS if getattr(arrays, n) is not None)
 
 
 @dataclass(frozen=True)
@@ -111,9 +127,12 @@ class SnapshotManifest:
         default_factory=dict
     )  # name -> file, sha256, dtype, shape
     format_version: int = FORMAT_VERSION
+    # Optional scoring constants the query API applies (e.g. new_item_share, cold_temperature);
+    # None in snapshots without a cold-start component.
+    scoring: Mapping[str, float] | None = None
 
     def to_json(self) -> dict:
-        return {
+        raw = {
             "format_version": self.format_version,
             "version": self.version,
             "kind": self.kind,
@@ -126,6 +145,9 @@ class SnapshotManifest:
             "created_at": self.created_at,
             "files": {name: dict(info) for name, info in self.files.items()},
         }
+        if self.scoring is not None:
+            raw["scoring"] = dict(self.scoring)
+        return raw
 
     @classmethod
     def from_json(cls, raw: object, where: str) -> SnapshotManifest:
@@ -147,6 +169,9 @@ class SnapshotManifest:
                 newest_event_ts=None if raw["newest_event_ts"] is None else float(raw["newest_event_ts"]),
                 created_at=float(raw["created_at"]),
                 files={str(n): dict(info) for n, info in raw["files"].items()},
+                scoring=None
+                if raw.get("scoring") is None
+                else {str(k): float(v) for k, v in raw["scoring"].items()},
             )
         except SnapshotError:
             raise
@@ -158,9 +183,10 @@ class SnapshotManifest:
             raise SnapshotError(
                 f"{where}: a delta needs a parent_version and a full snapshot must not have one"
             )
-        if set(manifest.files) != set(_ARRAY_NAMES):
+        if set(manifest.files) - set(_OPTIONAL_ARRAYS) != set(_ARRAY_NAMES):
             raise SnapshotError(
-                f"{where}: expected files {sorted(_ARRAY_NAMES)}, got {sorted(manifest.files)}"
+                f"{where}: expected files {sorted(_ARRAY_NAMES)} (and optionally {list(_OPTIONAL_ARRAYS)}), "
+                f"got {sorted(manifest.files)}"
             )
         return manifest
 
@@ -180,9 +206,21 @@ def apply_delta(base: SnapshotArrays, delta: SnapshotArrays) -> SnapshotArrays:
     if delta.count and base.count and delta.dim != base.dim:
         raise SnapshotError(f"delta: expected dim {base.dim} like its base, got {delta.dim}")
     keep = ~np.isin(base.ids, delta.ids)
-    return SnapshotArrays(
-        *(np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES)
-    )
+    merged = {n: np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES}
+    if base.content_vectors is not None or delta.content_vectors is not None:
+        width = next(a.shape[1] for a in (base.content_vectors, delta.content_vectors) if a is not None)
+        parts = []
+        for arrays, rows in ((base, keep), (delta, slice(None))):
+            content = arrays.content_vectors
+            if content is None:
+                content = np.zeros((arrays.count, width), np.float32)
+            elif content.shape[1] != width:
+                raise SnapshotError(
+                    f"delta: expected content vectors of width {width}, got {content.shape[1]}"
+                )
+            parts.append(content[rows])
+        merged["content_vectors"] = np.concatenate(parts)
+    return SnapshotArrays(**merged)
 
 
 class SnapshotStore:
@@ -232,7 +270,8 @@ class SnapshotStore:
         """Load one folder, verifying every file against the manifest."""
         manifest = self.read_manifest(version)
         folder = self.root / folder_name(version)
-        loaded = {name: self._read_array(folder, name, manifest) for name in _ARRAY_NAMES}
+        names = _ARRAY_NAMES + tuple(n for n in _OPTIONAL_ARRAYS if n in manifest.files)
+        loaded = {name: self._read_array(folder, name, manifest) for name in names}
         arrays = SnapshotArrays(**loaded)
         if arrays.count != manifest.count or (arrays.count and arrays.dim != manifest.dim):
             raise SnapshotError(
@@ -296,10 +335,12 @@ class SnapshotStore:
         offsets: Mapping[str, Mapping[int, int]],
         newest_event_ts: float | None,
         parent_version: int | None = None,
+        scoring: Mapping[str, float] | None = None,
     ) -> SnapshotManifest:
         """Publish a full snapshot (``parent_version=None``) or a delta on ``parent_version``.
 
-        Writes the folder atomically, points ``LATEST`` at it, then prunes old versions.
+        Writes the folder atomically, points ``LATEST`` at it, then prunes old versions. ``scoring``
+        (optional) is stored in the manifest for the query API.
         """
         latest = self.latest_version()
         if latest is not None and version <= latest:
@@ -317,7 +358,9 @@ class SnapshotStore:
         temp = self.root / f"{_TEMP_PREFIX}{folder_name(version)}-{secrets.token_hex(4)}"
         temp.mkdir()
         try:
-            files = {name: _write_array(temp, name, getattr(arrays, name)) for name in _ARRAY_NAMES}
+            files = {
+                name: _write_array(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)
+            }
             manifest = SnapshotManifest(
                 version=version,
                 kind=KIND_FULL if parent_version is None else KIND_DELTA,
@@ -329,6 +372,7 @@ class SnapshotStore:
                 newest_event_ts=newest_event_ts,
                 created_at=self._clock(),
                 files=files,
+                scoring=None if scoring is None else dict(scoring),
             )
             _write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
             _fsync_dir(temp)

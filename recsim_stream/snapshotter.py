@@ -23,6 +23,9 @@ from recsim_stream.snapshot import SnapshotArrays, SnapshotStore
 log = logging.getLogger(__name__)
 
 Names = Callable[[np.ndarray], list[str | None]]  # key -> item id (None when unknown here)
+# (rows from the shards, whether they are a full export) -> the rows to publish: the cold start adds
+# content-only rows and blends low-count ones (Updater.complete_rows). Runs on the caller's thread.
+Complete = Callable[[SnapshotArrays, bool], SnapshotArrays]
 
 
 def snapshot_arrays(
@@ -90,37 +93,49 @@ class Snapshotter:
         cold_keys: set[int],
         offsets: Mapping[str, Mapping[int, int]],
         newest_event_ts: float | None,
+        complete: Complete | None = None,
+        scoring: Mapping[str, float] | None = None,
     ) -> None:
-        """Start writing a snapshot of ``exports`` (made with ``since()``) in the background."""
+        """Start writing a snapshot of ``exports`` (made with ``since()``) in the background.
+        ``complete`` turns the shards' rows into the served ones; ``scoring`` goes into the manifest."""
         self._busy.acquire()  # released by the writer thread, or below if it never starts
         try:
-            self._start_write(exports, names, cold_keys, offsets, newest_event_ts)
+            self._start_write(exports, names, cold_keys, offsets, newest_event_ts, complete, scoring)
         except BaseException:
             self._busy.release()
             raise
 
-    def _start_write(self, exports, names, cold_keys, offsets, newest_event_ts) -> None:
+    def _start_write(self, exports, names, cold_keys, offsets, newest_event_ts, complete, scoring) -> None:
         self._next_due = self._clock() + self.config.interval_s
         full = any(e is None for e in self.since())
         started = time.perf_counter()
         arrays, unnamed = snapshot_arrays(exports, names, cold_keys)
         if unnamed:
             log.warning("snapshot: %d rows have item ids unknown to this updater; left out", unnamed)
+        if complete is not None:
+            arrays = complete(arrays, full)
         version = (self._last_version or 0) + 1
         parent = None if full else self._last_version
         shard_versions = [e.version for e in exports]
         self._thread = threading.Thread(
             target=self._write,
-            args=(version, arrays, parent, shard_versions, dict(offsets), newest_event_ts, started),
+            args=(version, arrays, parent, shard_versions, dict(offsets), newest_event_ts, scoring, started),
             name="snapshot-writer",
             daemon=True,
         )
         self._thread.start()
 
-    def _write(self, version, arrays, parent, shard_versions, offsets, newest_event_ts, started) -> None:
+    def _write(
+        self, version, arrays, parent, shard_versions, offsets, newest_event_ts, scoring, started
+    ) -> None:
         try:
             self.store.write(
-                version, arrays, offsets=offsets, newest_event_ts=newest_event_ts, parent_version=parent
+                version,
+                arrays,
+                offsets=offsets,
+                newest_event_ts=newest_event_ts,
+                parent_version=parent,
+                scoring=scoring,
             )
         except Exception as exc:  # disk full, permissions: keep serving the previous snapshot
             log.error("snapshot %d: write failed, the previous snapshot stays live: %s", version, exc)

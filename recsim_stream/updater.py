@@ -14,6 +14,19 @@ two polls (a consistent cut) and written on a background thread from its own cop
 be gained by stopping fetches while it is written, and ``kafka.max_poll_interval_ms`` is sized so a
 slow batch never looks like a dead member to the group.
 
+Cold start (when a ``ColdStart`` and an items source are given): every step first reads what the
+compacted ``items`` topic has for it (no group, no commits: the metadata is rebuilt from the topic's
+beginning at each start; bad records are dead-lettered with their reason) into ``ColdStart.metadata``.
+Each trained batch offers its pairs to the tower's reservoir, and the tower trains within its budget
+of pairs per event after each poll, pulling the learned rows it aligns to from the shards only when a
+step is due. Each snapshot then gets a content-only row for every item with metadata and no learned
+row, low-count rows blended with their content vector, the ``cold`` flags, the content vectors, and
+the new-item share and cold temperature the query API mixes with. The tower's weights, the reservoir
+and the metadata are in-process state: a restart re-reads the metadata but starts the tower afresh
+(checkpointing them comes with checkpoints). The cold softmax's temperature is fitted at each
+snapshot on the sessions that went on to a never-seen item since the last one
+(``ColdStart.calibrate_on_content``).
+
 Rebalances: the consumer calls ``revoke`` (inside ``poll()`` or ``close()``, between two steps)
 before partitions are taken away; it trains what is pending, flushes dead letters, returns the
 processed but uncommitted offsets of those partitions for the consumer to commit, and drops their
@@ -32,17 +45,24 @@ from typing import Protocol
 
 import numpy as np
 
+from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config
-from recsim_stream.events import BadEvent, decode_event
+from recsim_stream.events import BadEvent, ItemMeta, decode_event, decode_item
 from recsim_stream.kafka_io import CommitRefused, RevokeHandler
 from recsim_stream.learner import Learner
 from recsim_stream.metrics import UpdaterMetrics
+from recsim_stream.scoring import SESSION_ITEMS
+from recsim_stream.sessions import Arrival
 from recsim_stream.shard import ShardExport
+from recsim_stream.sharding import split_by_shard
+from recsim_stream.snapshot import SnapshotArrays
 from recsim_stream.snapshotter import Snapshotter
+from recsim_stream.trainer import PullFn
 
 log = logging.getLogger(__name__)
 
 LOSS_SMOOTHING = 0.05  # weight of the newest batch in the loss moving average
+ITEMS_CATCH_UP_POLL_MS = 200  # poll timeout while loading the items topic at start
 
 
 class Record(Protocol):
@@ -63,6 +83,11 @@ class Source(Protocol):
     def set_revoke_handler(self, handler: RevokeHandler) -> None: ...
 
 
+class ItemSource(Protocol):
+    def poll(self, timeout_ms: int = 0) -> Sequence[Record]: ...
+    def caught_up(self) -> bool: ...
+
+
 class DeadLetters(Protocol):
     def send(self, record: Record, bad: BadEvent) -> None: ...
     def flush(self) -> None: ...
@@ -72,6 +97,8 @@ class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
     def barrier(self) -> object: ...
 
+    pull: PullFn
+
 
 @dataclass
 class Totals:
@@ -80,6 +107,8 @@ class Totals:
     dead_lettered: int = 0
     pairs: int = 0
     loss: float = float("nan")
+    items: int = 0  # item metadata records read
+    items_dead_lettered: int = 0
 
 
 class Updater:
@@ -92,8 +121,13 @@ class Updater:
         shards: Shards,
         snapshotter: Snapshotter | None,
         metrics: UpdaterMetrics,
-        cold_keys: Callable[[], set[int]] = set,
+        items: ItemSource | None = None,
+        cold_start: ColdStart | None = None,
     ) -> None:
+        """``items`` (the ``items`` topic) and ``cold_start`` go together: without them no item is
+        served before its first interaction."""
+        if (items is None) != (cold_start is None):
+            raise ValueError("Updater: expected both an items source and a ColdStart, or neither")
         self.config = config
         self.source = source
         self.dead_letters = dead_letters
@@ -101,7 +135,14 @@ class Updater:
         self.shards = shards
         self.snapshotter = snapshotter
         self.metrics = metrics
-        self._cold_keys = cold_keys
+        self.items = items
+        self.cold_start = cold_start
+        self._learned: set[str] = set()  # items with a learned row in the published chain
+        self._cold_started: set[str] = set()  # items ever given a content-only row
+        # Content-only rows in the published chain, and the tower encoding they were made with: a
+        # delta carries only the others, or every cold catalogue item would ride along each time.
+        self._cold_published: set[str] = set()
+        self._cold_encoding = -1
         self.totals = Totals()
         self.offsets: dict[str, dict[int, int]] = {}  # next offset per topic/partition, committed
         self.processed: dict[Partition, int] = {}  # next offset whose records are all applied
@@ -120,6 +161,8 @@ class Updater:
                 "restart it from the committed offsets"
             ) from self.failed
         try:
+            if self.items is not None:
+                self._read_items()
             records = self.source.poll()
             if records:
                 self._process(records)
@@ -161,15 +204,53 @@ class Updater:
         log.info("revoked %s; committing %s", sorted(partitions), offsets)
         return offsets
 
+    def _read_items(self) -> None:
+        """What the items topic has for this step; until the reader has caught up with the topic
+        as it was at start, everything up to there (the catalogue before the first events)."""
+        assert self.items is not None
+        while True:
+            caught_up = self.items.caught_up()
+            self._observe_items(self.items.poll(0 if caught_up else ITEMS_CATCH_UP_POLL_MS))
+            if caught_up:
+                return
+
+    def _observe_items(self, records: Sequence[Record]) -> None:
+        """Metadata records into the cold start; a tombstone (compaction's delete) forgets the item."""
+        assert self.cold_start is not None
+        if not records:
+            return
+        good: list[ItemMeta] = []
+        bad = 0
+        for record in records:
+            if record.value is None and record.key:
+                self.cold_start.forget(record.key.decode("utf-8", "replace"))
+                continue
+            item = decode_item(record.value, self.config.limits)
+            if isinstance(item, BadEvent):
+                self.dead_letters.send(record, item)
+                self.metrics.dead_lettered.labels(item.reason.value).inc()
+                bad += 1
+            else:
+                good.append(item)
+        self.cold_start.observe_items(good)
+        self._cold_published.difference_update(i.item_id for i in good)  # new metadata, new vector
+        if bad:
+            self.dead_letters.flush()
+        self.totals.items += len(records)
+        self.totals.items_dead_lettered += bad
+
     def _process(self, records: Sequence[Record]) -> None:
-        learner, limits = self.learner, self.config.limits
+        learner, limits, cold_start = self.learner, self.config.limits, self.cold_start
         next_offsets: dict[Partition, int] = {}
         bad = 0
         items_before = len(learner.items)
         for record in records:
             event = decode_event(record.value, limits)
             if not isinstance(event, BadEvent):
+                new = cold_start is not None and not learner.items.known(event.item_id)
                 event = learner.add(event, record.partition)
+                if new and not isinstance(event, BadEvent) and not event.repeat:
+                    self._record_new_item(event)
             if isinstance(event, BadEvent):
                 self.dead_letters.send(record, event)
                 self.metrics.dead_lettered.labels(event.reason.value).inc()
@@ -180,6 +261,8 @@ class Updater:
         self._train()
         self.shards.barrier()  # every push applied before the offsets can be committed
         self.dead_letters.flush()  # a dead letter must be durable before its offset is committed
+        if self.cold_start is not None:
+            self.cold_start.train_pulling(len(records) - bad, self._pull_rows)
         self.processed.update(next_offsets)
         good = len(records) - bad
         totals = self.totals
@@ -191,6 +274,13 @@ class Updater:
         m.events_trained.inc(good)
         m.items_new.inc(len(learner.items) - items_before)
         m.sampler_items.set(learner.sampler.size)
+
+    def _record_new_item(self, arrival: Arrival[int]) -> None:
+        """A session went on to an item never seen before: evidence for the cold temperature."""
+        assert self.cold_start is not None
+        names = self.learner.items.names
+        prefix = [names[k] for k in arrival.session.items[-SESSION_ITEMS - 1 : -1]]
+        self.cold_start.record_new_item(prefix, names[arrival.item])
 
     def _commit(self) -> None:
         """Commit what is processed and not yet committed (this poll's, or an earlier refused one)."""
@@ -219,6 +309,12 @@ class Updater:
         started = time.perf_counter()
         result = self.learner.train()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        batch = self.learner.last_batch
+        if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
+            names = self.learner.items.names
+            self.cold_start.remember_pairs(
+                [names[k] for k in batch.centers.tolist()], [names[k] for k in batch.contexts.tolist()]
+            )
         self.metrics.pairs_trained.inc(result.pairs)
         totals = self.totals
         totals.pairs += result.pairs
@@ -241,12 +337,73 @@ class Updater:
         exports = self.shards.export(self.snapshotter.since())
         names = self.learner.items.names
         newest = self.learner.newest_ts if np.isfinite(self.learner.newest_ts) else None
+        cold_start = self.cold_start
+        if cold_start is not None:
+            cold_start.calibrate_on_content(self._learned)  # cold as of the last publish
         self.snapshotter.take(
             exports,
             lambda keys: [names.get(k) for k in keys.tolist()],
-            self._cold_keys(),
+            set(),
             self.offsets,
             newest,
+            complete=None if cold_start is None else self.complete_rows,
+            scoring=None
+            if cold_start is None
+            else {
+                "new_item_share": self.learner.new_items.value,
+                "cold_temperature": cold_start.temperature.value,
+            },
+        )
+
+    def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
+        """The shards' rows as served: plus a content-only row for each item with metadata and no
+        learned row (in a delta, only those not published with the current tower encoding), low-count
+        rows blended with content, cold flags and content vectors. A learned row's content vector is
+        refreshed when the row is next exported: between full snapshots it may be a few tower steps
+        old."""
+        assert self.cold_start is not None
+        learned = arrays.ids[arrays.counts > 0].tolist()
+        if full:
+            self._learned = set(learned)
+        else:
+            self._learned.update(learned)
+        if not self.cold_start.metadata:
+            return arrays
+        rows = self.cold_start.complete(
+            arrays.ids.tolist(),
+            arrays.input_vectors,
+            arrays.output_vectors,
+            arrays.counts,
+            learned_elsewhere=self._learned,
+        )
+        fresh = rows.ids[arrays.count :]
+        started = [i for i in fresh if i not in self._cold_started]
+        self._cold_started.update(started)
+        self.metrics.items_cold_started.inc(len(started))
+        if full or self.cold_start.encoding != self._cold_encoding:
+            self._cold_published.clear()
+            self._cold_encoding = self.cold_start.encoding
+        keep = np.ones(len(rows.ids), dtype=bool)
+        keep[arrays.count :] = [i not in self._cold_published for i in fresh]
+        self._cold_published.update(fresh)
+        return SnapshotArrays(
+            ids=np.array(rows.ids, dtype=str).reshape(-1)[keep],
+            input_vectors=rows.inputs.astype(np.float32, copy=False)[keep],
+            output_vectors=rows.outputs.astype(np.float32, copy=False)[keep],
+            counts=rows.counts.astype(np.int64, copy=False)[keep],
+            cold=rows.cold[keep],
+            content_vectors=rows.content.astype(np.float32, copy=False)[keep],
+        )
+
+    def _pull_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
+        keys = np.fromiter((self.learner.items.key(i) for i in ids), dtype=np.int64, count=len(ids))
+        parts = split_by_shard(keys, self.config.learn.shards)
+        pulled = self.shards.pull([keys[p] for p in parts])
+        back = np.argsort(np.concatenate(parts))
+        return (
+            np.concatenate([rows_in for rows_in, _ in pulled])[back],
+            np.concatenate([rows_out for _, rows_out in pulled])[back],
         )
 
     def observe_shards(self, stats: Sequence[dict]) -> None:

@@ -1,6 +1,7 @@
 """``recsim-stream train``: the updater service.
 
-Wiring only: a Kafka consumer group on ``events``, a dead-letter producer, the parameter-server
+Wiring only: a Kafka consumer group on ``events``, a reader of the whole ``items`` topic feeding the
+cold start (when ``content.enabled``), a dead-letter producer, the parameter-server
 shards as Ray actors, the learner, and the snapshotter writing to the snapshot folder that the query
 API watches. SIGINT/SIGTERM stop it after the poll in progress (its offsets committed). If a poll
 fails (a shard actor died), the process exits with that error and nothing of the poll is committed:
@@ -17,8 +18,9 @@ import time
 
 import ray
 
+from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import add_config_arguments, load_config
-from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, RecordProducer, ensure_topics
+from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, ItemsReader, RecordProducer, ensure_topics
 from recsim_stream.learner import Learner
 from recsim_stream.metrics import SnapshotMetrics, UpdaterMetrics, new_registry, serve_metrics
 from recsim_stream.ray_actors import RayShards, init_ray
@@ -26,7 +28,7 @@ from recsim_stream.snapshot import SnapshotStore
 from recsim_stream.snapshotter import Snapshotter
 from recsim_stream.updater import Totals, Updater
 
-SECTIONS = ["learn", "kafka", "sessions", "pairs", "snapshot", "ray", "limits", "metrics"]
+SECTIONS = ["learn", "kafka", "sessions", "pairs", "snapshot", "ray", "limits", "metrics", "content"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
     snapshotter = Snapshotter(
         config.snapshot, SnapshotStore(config.snapshot), SnapshotMetrics(registry), config.learn.shards
     )
-    updater = Updater(config, consumer, DeadLetterSink(producer), learner, shards, snapshotter, metrics)
+    items = ItemsReader(config.kafka) if config.content.enabled else None
+    cold_start = (
+        ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if items is not None else None
+    )
+    updater = Updater(
+        config, consumer, DeadLetterSink(producer), learner, shards, snapshotter, metrics, items, cold_start
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         consumer.close()
+        if items is not None:
+            items.close()
         producer.close()
         ray.shutdown()
     return 0
