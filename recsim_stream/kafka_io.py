@@ -318,7 +318,19 @@ class EventConsumer:
         self._in_call = False  # the loop's thread is inside poll() or close()
         self.revocations = 0  # rebalances that took partitions away (or closed the consumer)
         self.commits = 0  # successful commits, from commit() and from revokes
+        self._await_partitions(topic or config.events_topic)
         self._consumer.subscribe([topic or config.events_topic], listener=_RevokeListener(self))
+
+    def _await_partitions(self, topic: str, timeout_s: float = 30.0) -> None:
+        """Join only once this client's metadata lists the topic's partitions: a member that joins
+        before (a topic created a moment ago) is assigned nothing until a later metadata refresh."""
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise KafkaIOError(
+                    f"topic {topic!r} on {self.config.bootstrap}: expected partitions, got none after {timeout_s} s"
+                )
+            time.sleep(0.1)
 
     def set_revoke_handler(self, handler: RevokeHandler) -> None:
         """``handler(partitions)`` runs before partitions are taken away and returns the next offsets
