@@ -125,11 +125,25 @@ def _format_ts(ts: float) -> str:
     return str(int(ts)) if float(ts).is_integer() else repr(float(ts))
 
 
+class _Writer:
+    """csv rows with "\n" line ends, like the reference files. csv quotes a field only when it holds
+    a character of the line terminator, so a field with a bare "\r" would go out unquoted and split the
+    row when read back: such rows are written fully quoted."""
+
+    def __init__(self, handle) -> None:
+        self._plain = csv.writer(handle, lineterminator="\n")
+        self._quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, row: Iterable[str]) -> None:
+        row = list(row)
+        (self._quoted if any("\r" in field for field in row) else self._plain).writerow(row)
+
+
 def write_events(path: str | Path, events: Iterable[Event]) -> int:
     """Write events in canonical form; returns the number of rows."""
     count = 0
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = _Writer(handle)
         writer.writerow(EVENT_COLUMNS)
         for e in events:
             writer.writerow((_format_ts(e.ts), e.user_id, e.item_id, e.kind.value, e.session_id or ""))
@@ -145,7 +159,7 @@ def write_items(path: str | Path, items: Iterable[ItemMeta]) -> int:
     """Write item metadata in canonical form; returns the number of rows."""
     count = 0
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = _Writer(handle)
         writer.writerow(ITEM_COLUMNS)
         for item in items:
             writer.writerow((item.item_id, item.title, item.category, _format_price(item.price)))
