@@ -40,12 +40,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from recsim_stream.config import KafkaConfig, SimConfig
 from recsim_stream.events import ItemMeta
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
+from recsim_stream.local_broker import free_port, private_broker
 from recsim_stream.pacing import RateLimiter
-from recsim_stream.ports import free_port
 from recsim_stream.sim import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 Log = Callable[[str], None]
 
 _PROGRESS_EVERY_S = 5.0
@@ -244,15 +243,10 @@ def broker(options: E2EOptions, folder: Path, log: Log) -> Iterator[tuple[str, i
     if options.bootstrap:
         yield options.bootstrap, None
         return
-    port = free_port(pair=True)
-    where = ["--port", str(port), "--data", str(folder / "kafka-data"), "--logs", str(folder / "kafka-logs")]
-    log(f"bench e2e: starting a broker on 127.0.0.1:{port}")
-    try:
-        subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=_READY_TIMEOUT_S)
-        pid_file = folder / "kafka-logs" / "kafka.pid"
-        yield f"127.0.0.1:{port}", int(pid_file.read_text()) if pid_file.exists() else None
-    finally:
-        subprocess.run([str(KAFKA_SH), "stop", *where], check=False, timeout=90)
+    log("bench e2e: starting a broker")
+    with private_broker(folder / "kafka", _READY_TIMEOUT_S) as bootstrap:
+        pid_file = folder / "kafka" / "logs" / "kafka.pid"
+        yield bootstrap, int(pid_file.read_text()) if pid_file.exists() else None
 
 
 def _get(client: httpx.Client, url: str) -> httpx.Response | None:
@@ -487,7 +481,7 @@ def run(options: E2EOptions, log: Log) -> dict:
         log(f"bench e2e: the logs of the failed run are kept in {folder}")
         raise
     if options.keep_logs:
-        shutil.rmtree(folder / "kafka-data", ignore_errors=True)
+        shutil.rmtree(folder / "kafka" / "data", ignore_errors=True)
         log(f"bench e2e: the logs of the run are in {folder}")
     else:
         shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,9 @@ from kafka.record import util as record_util
 from recsim_stream.config import KafkaConfig, SimConfig
 from recsim_stream.events import Event, encode_event
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
-from recsim_stream.ports import free_port
+from recsim_stream.local_broker import private_broker
 from recsim_stream.sim import Simulator
 
-REPO = Path(__file__).resolve().parents[1]
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 PARTITIONS = 4
 MAX_POLL_RECORDS = 20_000
 
@@ -255,15 +252,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as folder:
-        port = free_port(pair=True)
-        where = ["--port", str(port), "--data", f"{folder}/data", "--logs", f"{folder}/logs"]
-        say(f"starting a broker on 127.0.0.1:{port}")
-        subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=180)
-        try:
-            rows = bench(f"127.0.0.1:{port}", args.records, args.runs)
-        finally:
-            say("stopping the broker")
-            subprocess.run([str(KAFKA_SH), "stop", *where], check=True, timeout=60)
+        say("starting a broker")
+        with private_broker(Path(folder)) as bootstrap:
+            rows = bench(bootstrap, args.records, args.runs)
     print_table(rows, args.records)
     return 0
 

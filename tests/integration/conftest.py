@@ -23,10 +23,9 @@ import pytest
 
 from recsim_stream.config import KafkaConfig
 from recsim_stream.kafka_io import ensure_topics
-from recsim_stream.ports import free_port
+from recsim_stream.local_broker import free_port, private_broker
 
 REPO = Path(__file__).resolve().parents[2]
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +34,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    folder = tmp_path_factory.mktemp("kafka")
-    port = free_port(pair=True)
-    where = ["--port", str(port), "--data", str(folder / "data"), "--logs", str(folder / "logs")]
-    subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=180)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([str(KAFKA_SH), "stop", *where], check=True, timeout=60)
+    with private_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture
