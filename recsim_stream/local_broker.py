@@ -31,20 +31,24 @@ def free_port(pair: bool = False) -> int:
 
 
 @contextmanager
-def private_broker(folder: Path, start_timeout_s: float = 180.0) -> Iterator[str]:
+def private_broker(folder: Path, start_timeout_s: float = 180.0, attempts: int = 3) -> Iterator[str]:
     """Start a broker (deploy/kafka/kafka.sh) on a free port with its data and logs under ``folder``;
-    yields its bootstrap address and stops it on exit, also after a failure."""
+    yields its bootstrap address and stops it on exit, also after a failure.
+
+    A port found free can be taken by another process before the broker binds it (Ray starts many),
+    so a failed start is retried on a fresh port pair."""
     folder = Path(folder)
-    where = [
-        "--port",
-        str(free_port(pair=True)),
-        "--data",
-        str(folder / "data"),
-        "--logs",
-        str(folder / "logs"),
-    ]
+    paths = ["--data", str(folder / "data"), "--logs", str(folder / "logs")]
+    for attempt in range(1, attempts + 1):
+        port = free_port(pair=True)
+        started = subprocess.run(
+            [str(KAFKA_SH), "start", "--port", str(port), *paths], timeout=start_timeout_s, check=False
+        )
+        if started.returncode == 0:
+            break
+        if attempt == attempts:
+            raise RuntimeError(f"kafka.sh start failed {attempts} times; its log is in {folder / 'logs'}")
     try:
-        subprocess.run([str(KAFKA_SH), "start", *where], check=True, timeout=start_timeout_s)
-        yield f"127.0.0.1:{where[1]}"
+        yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(KAFKA_SH), "stop", *where], check=False, timeout=90)
+        subprocess.run([str(KAFKA_SH), "stop", *paths], check=False, timeout=90)
