@@ -15,8 +15,6 @@ the next full snapshot. This module does no indexing (no FAISS) and reads no con
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import re
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from recsim_stream.config import SnapshotConfig
+from recsim_stream.durable import fsync_dir, read_npy, write_durably, write_npy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -305,26 +304,7 @@ class SnapshotStore:
         return Snapshot(chain[-1].manifest, arrays)
 
     def _read_array(self, folder: Path, name: str, manifest: SnapshotManifest) -> np.ndarray:
-        info = manifest.files[name]
-        path = folder / str(info.get("file", ""))
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SnapshotError(f"{path}: cannot read {name} ({exc})") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != info.get("sha256"):
-            raise SnapshotError(
-                f"{path}: expected sha256 {info.get('sha256')}, got {digest} (corrupt or partial)"
-            )
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise SnapshotError(f"{path}: not a valid .npy file ({exc})") from exc
-        if str(arr.dtype) != info.get("dtype") or list(arr.shape) != list(info.get("shape", [])):
-            raise SnapshotError(
-                f"{path}: manifest says {info.get('dtype')} {info.get('shape')}, file holds {arr.dtype} {list(arr.shape)}"
-            )
-        return arr
+        return read_npy(folder, name, manifest.files[name], SnapshotError)
 
     # -- writing ---------------------------------------------------------------------------------
     def write(
@@ -358,9 +338,7 @@ class SnapshotStore:
         temp = self.root / f"{_TEMP_PREFIX}{folder_name(version)}-{secrets.token_hex(4)}"
         temp.mkdir()
         try:
-            files = {
-                name: _write_array(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)
-            }
+            files = {name: write_npy(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)}
             manifest = SnapshotManifest(
                 version=version,
                 kind=KIND_FULL if parent_version is None else KIND_DELTA,
@@ -374,22 +352,22 @@ class SnapshotStore:
                 files=files,
                 scoring=None if scoring is None else dict(scoring),
             )
-            _write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
-            _fsync_dir(temp)
+            write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+            fsync_dir(temp)
             os.rename(temp, self.root / folder_name(version))
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._point_latest(version)
         self.prune()
         return manifest
 
     def _point_latest(self, version: int) -> None:
         temp = self.root / f"{_TEMP_PREFIX}{LATEST}-{secrets.token_hex(4)}"
-        _write_durably(temp, f"{version}\n".encode("ascii"))
+        write_durably(temp, f"{version}\n".encode("ascii"))
         os.replace(temp, self.root / LATEST)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def prune(self) -> list[int]:
         """Delete all but the newest ``keep`` versions, keeping every snapshot their chains need.
@@ -435,32 +413,3 @@ class SnapshotStore:
         except SnapshotError:
             pass  # a broken chain serves nothing; keeping what exists of it is harmless
         return found
-
-
-def _write_array(folder: Path, name: str, arr: np.ndarray) -> dict[str, object]:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(arr), allow_pickle=False)
-    data = buffer.getvalue()
-    file = f"{name}.npy"
-    _write_durably(folder / file, data)
-    return {
-        "file": file,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "dtype": str(arr.dtype),
-        "shape": list(arr.shape),
-    }
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

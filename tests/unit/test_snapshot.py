@@ -266,14 +266,14 @@ def test_a_write_that_crashes_midway_leaves_the_previous_snapshot_live(tmp_path,
     _write(store, 1, ["a"])
     import recsim_stream.snapshot as snapshot_module
 
-    real = snapshot_module._write_array
+    real = snapshot_module.write_npy
 
     def crash_on_vectors(folder, name, arr):
         if name == "output_vectors":
             raise OSError("disk full")
         return real(folder, name, arr)
 
-    monkeypatch.setattr(snapshot_module, "_write_array", crash_on_vectors)
+    monkeypatch.setattr(snapshot_module, "write_npy", crash_on_vectors)
     with pytest.raises(OSError, match="disk full"):
         _write(store, 2, ["a", "b"])
     assert store.latest_version() == 1

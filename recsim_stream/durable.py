@@ -1,0 +1,74 @@
+"""Files that survive a crash or a full disk: fsynced writes, verified ``.npy`` arrays.
+
+Shared by the snapshot store and the checkpoint store, whose folders are both written to a temporary
+name, fsynced and renamed into place. An array's manifest entry records its sha256, dtype and shape,
+so a truncated or altered file is refused on load; ``.npy`` is read with ``allow_pickle=False``, so a
+file a user hands us can hold numbers and strings only, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+ArrayInfo = dict[str, object]  # file, sha256, dtype, shape
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_npy(folder: Path, name: str, arr: np.ndarray) -> ArrayInfo:
+    """Write ``arr`` as ``<folder>/<name>.npy``; returns its manifest entry."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(arr), allow_pickle=False)
+    data = buffer.getvalue()
+    file = f"{name}.npy"
+    write_durably(folder / file, data)
+    return {
+        "file": file,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "dtype": str(arr.dtype),
+        "shape": list(arr.shape),
+    }
+
+
+def read_npy(folder: Path, name: str, info: object, error: type[Exception]) -> np.ndarray:
+    """The array a manifest entry describes, verified; anything else raises ``error`` naming the file."""
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+        raise error(f"{folder}: manifest entry of {name} is not a file description ({info!r:.80})")
+    path = folder / info["file"]
+    if path.parent != folder or path.name != info["file"]:
+        raise error(f"{folder}: manifest names a file outside the folder for {name}: {info['file']!r:.80}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read {name} ({exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info.get("sha256"):
+        raise error(f"{path}: expected sha256 {info.get('sha256')}, got {digest} (corrupt or partial)")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise error(f"{path}: not a valid .npy file ({exc})") from exc
+    if str(arr.dtype) != info.get("dtype") or list(arr.shape) != list(info.get("shape") or []):
+        raise error(
+            f"{path}: manifest says {info.get('dtype')} {info.get('shape')}, file holds {arr.dtype} {list(arr.shape)}"
+        )
+    return arr
