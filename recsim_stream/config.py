@@ -217,6 +217,22 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Consistent cuts of the updater's whole state with the Kafka offsets they cover (checkpoint.py)."""
+
+    enabled: bool = True
+    dir: str = "var/checkpoints"
+    interval_s: float = 30.0  # a checkpoint at least this often while events arrive...
+    every_events: int = 0  # ...and also after this many events since the last one (0 = by time only)
+    keep: int = 3  # newest checkpoints kept; an older one is the fallback when the newest is damaged
+
+    def __post_init__(self) -> None:
+        _require(self.interval_s > 0, "checkpoint.interval_s", f"must be > 0, got {self.interval_s}")
+        _require(self.every_events >= 0, "checkpoint.every_events", "must be >= 0 (0 = by time only)")
+        _require(self.keep >= 1, "checkpoint.keep", f"must be >= 1, got {self.keep}")
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     exact_below: int = 50_000  # catalogues smaller than this get an exact (flat) index
     kind: str = "hnsw"  # hnsw | ivf, above the threshold
@@ -368,6 +384,7 @@ class Config:
     pairs: PairConfig = field(default_factory=PairConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     content: ContentConfig = field(default_factory=ContentConfig)

@@ -275,7 +275,8 @@ class _RevokeListener(AsyncConsumerRebalanceListener):
         self._owner._handle_revoke(lost)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Nothing yet: assigned partitions resume from their committed offsets (no state hand-off)."""
+        """Partitions resume from their committed offsets, unless ``start_from`` says otherwise."""
+        self._owner._seek_restored(assigned)
 
 
 def _offset_map(next_offsets: Mapping[tuple[str, int], int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -318,6 +319,9 @@ class EventConsumer:
         self._in_call = False  # the loop's thread is inside poll() or close()
         self.revocations = 0  # rebalances that took partitions away (or closed the consumer)
         self.commits = 0  # successful commits, from commit() and from revokes
+        # Where each partition starts when first assigned (``start_from``); None: committed offsets.
+        self._start: dict[tuple[str, int], int] | None = None
+        self._started: set[tuple[str, int]] = set()
         self._await_partitions(topic or config.events_topic)
         self._consumer.subscribe([topic or config.events_topic], listener=_RevokeListener(self))
 
@@ -331,6 +335,32 @@ class EventConsumer:
                     f"topic {topic!r} on {self.config.bootstrap}: expected partitions, got none after {timeout_s} s"
                 )
             time.sleep(0.1)
+
+    def start_from(self, next_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each partition, at its first assignment, from ``next_offsets`` (a checkpoint's), and a
+        partition the checkpoint does not name from its beginning: the restored state has seen nothing
+        of it. The group's committed offsets are ignored for these first assignments, since they may
+        run ahead of the checkpoint. Call before the first poll."""
+        self._start = dict(next_offsets)
+
+    def _seek_restored(self, assigned: set[TopicPartition]) -> None:
+        if self._start is None:
+            return
+        for tp in assigned:
+            partition = (tp.topic, tp.partition)
+            if partition in self._started:
+                continue
+            self._started.add(partition)
+            offset = self._start.get(partition)
+            if offset is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+            log.info(
+                "partition %s starts at %s (restored)",
+                partition,
+                "the beginning" if offset is None else offset,
+            )
 
     def set_revoke_handler(self, handler: RevokeHandler) -> None:
         """``handler(partitions)`` runs before partitions are taken away and returns the next offsets
