@@ -42,10 +42,27 @@ class KafkaConfig:
     # waits for it to rejoin: one poll's training (~1-3 s at 20k records) plus a snapshot export
     # must fit many times over, or a slow batch turns into a rebalance storm.
     max_poll_interval_ms: int = 300_000
+    # How long the group waits for a silent member (a killed updater) before giving its partitions
+    # to others. kafka-python's own default is 45 s, which a restart after a crash would wait out.
+    session_timeout_ms: int = 10_000
+    # Static membership (KIP-345): a restarted updater with the same id takes its partitions back at
+    # once, without a rebalance. One distinct id per updater replica; empty = dynamic membership.
+    group_instance_id: str = ""
     # Producer batching: fewer, larger batches mean fewer sender wake-ups and requests competing with
     # the sending thread for the GIL; measured ~1.2x kafka-python's own 0 ms / 16 KiB (kafka_io.py).
     producer_linger_ms: int = 5
     producer_batch_bytes: int = 65536
+    # Longest wait between two attempts to reach a broker that went away, in kafka-python's reconnects
+    # and in kafka_io's own waits: kafka-python's 30 s default left the updater idle for up to 30 s
+    # after the broker was back (measured: 26-33 s; 0.8-2.3 s with 1 s); 1 s costs a refused
+    # connection a second while it is down.
+    reconnect_backoff_max_ms: int = 1000
+    # How long one commit may wait for an unreachable broker before the updater is told to retry it
+    # with the next poll (kafka-python retries within it); bounds how long a stop waits in an outage.
+    commit_timeout_ms: int = 5000
+    # Records the producer holds unacknowledged before send() blocks: kafka-python 3 has no bound of
+    # its own (no buffer_memory), so during an outage memory would grow with every record sent.
+    producer_max_unacked: int = 100_000
 
     def __post_init__(self) -> None:
         _require(bool(self.bootstrap), "kafka.bootstrap", "must name at least one host:port")
@@ -56,8 +73,20 @@ class KafkaConfig:
             "kafka.max_poll_interval_ms",
             f"must be >= 10000 (one poll's training must fit), got {self.max_poll_interval_ms}",
         )
+        _require(
+            6_000 <= self.session_timeout_ms <= self.max_poll_interval_ms,
+            "kafka.session_timeout_ms",
+            f"must be within [6000, max_poll_interval_ms] (the broker's minimum), got {self.session_timeout_ms}",
+        )
         _require(self.producer_linger_ms >= 0, "kafka.producer_linger_ms", "must be >= 0")
         _require(self.producer_batch_bytes >= 1024, "kafka.producer_batch_bytes", "must be >= 1024")
+        _require(
+            100 <= self.reconnect_backoff_max_ms <= 60_000,
+            "kafka.reconnect_backoff_max_ms",
+            f"must be within [100, 60000], got {self.reconnect_backoff_max_ms}",
+        )
+        _require(self.commit_timeout_ms >= 100, "kafka.commit_timeout_ms", "must be >= 100")
+        _require(self.producer_max_unacked >= 1000, "kafka.producer_max_unacked", "must be >= 1000")
 
 
 @dataclass(frozen=True)
@@ -209,10 +238,14 @@ class SnapshotConfig:
     keep: int = 5
     # A full snapshot every this many; deltas (rows changed since the previous one) in between.
     full_every: int = 20
+    # ...and sooner once the rows changed since the last full one reach this share of its rows: the
+    # query API searches changed rows exactly, so a large delta costs query time (0 = never sooner).
+    full_after_changed: float = 0.5
 
     def __post_init__(self) -> None:
         _require(self.interval_s > 0, "snapshot.interval_s", "must be > 0")
         _require(self.full_every >= 1, "snapshot.full_every", "must be >= 1")
+        _require(self.full_after_changed >= 0, "snapshot.full_after_changed", "must be >= 0 (0 = never)")
         _require(self.keep >= 1, "snapshot.keep", "must be >= 1")
 
 
@@ -243,13 +276,15 @@ class IndexConfig:
     recall_gate: float = 0.9  # refuse to publish an index whose recall@20 on a sample is below this
     recall_sample: int = 200
     seed: int = 17  # IVF training sample and recall-gate queries
-    # Extra neighbours asked of the main index so that rows overridden by the delta index can be dropped.
-    merge_margin: int = 32
     # Weight of log(1 + count) added to next-item scores: the learner's sampler_power (see scoring.py).
     popularity_power: float = 0.75
+    # FAISS threads for a full index build off the serving path (in the updater's snapshotter, or the
+    # API when a snapshot ships no index): one leaves the other core to training and queries.
+    build_threads: int = 1
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")
+        _require(self.build_threads >= 1, "index.build_threads", f"must be >= 1, got {self.build_threads}")
         _require(self.exact_below >= 0, "index.exact_below", f"must be >= 0, got {self.exact_below}")
         _require(self.hnsw_m >= 4, "index.hnsw_m", f"must be >= 4, got {self.hnsw_m}")
         _require(self.hnsw_ef_search >= 1, "index.hnsw_ef_search", "must be >= 1")
@@ -257,7 +292,6 @@ class IndexConfig:
         _require(self.ivf_nlist >= 0, "index.ivf_nlist", "must be >= 0 (0 = about 4 * sqrt(items))")
         _require(0.0 <= self.recall_gate <= 1.0, "index.recall_gate", "must be within [0, 1]")
         _require(self.recall_sample >= 1, "index.recall_sample", "must be >= 1")
-        _require(self.merge_margin >= 0, "index.merge_margin", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,48 @@ the producer is bound by kafka-python's per-record Python work (send, accumulato
 not by the broker; it reaches ~43k records/s with the native ``crc32c`` package and ~23k without it
 (kafka-python then checksums every batch in pure Python). Raw polling reaches ~145k records/s with
 native CRC and ~45k without; librdkafka (confluent-kafka) produced 4-8x faster in the same runs.
+
+Broker outages. What kafka-python 3.0.12 does when the broker goes away, measured by stopping and
+restarting a local broker (tests/integration/test_broker_outage.py), and what this module adds:
+
+- Reconnects back off exponentially from ``reconnect_backoff_ms`` (50 ms) to ``reconnect_backoff_max_ms``
+  (30 s by default) with +-20% jitter; with that default the updater trained again only 26-33 s
+  after the broker was back (with 1 s: 0.8-2.3 s). ``kafka.reconnect_backoff_max_ms`` (1 s) is
+  passed to every client.
+- ``KafkaConsumer.poll`` raises nothing while the broker is down: it returns no records after its
+  timeout, without spinning. ``EventConsumer.poll`` therefore returns ``[]`` and tells the outage from
+  an idle topic by the client's connections (``_reaches_broker``: kafka-python has no public API).
+- ``KafkaConsumer.commit`` retries retriable errors itself (every ``retry_backoff_ms``) until its
+  timeout, then raises ``KafkaTimeoutError``; ``EventConsumer.commit`` bounds it by
+  ``kafka.commit_timeout_ms`` and raises ``BrokerUnavailable``, a ``CommitRefused``: the updater keeps
+  the offsets pending and commits them with a later poll.
+- The producer retries every batch itself (``retries`` is infinite, idempotence keeps order and drops
+  duplicates) for ``delivery_timeout_ms`` (120 s); after that its records fail with
+  ``KafkaTimeoutError``. ``RecordProducer`` sends such records again (counted as retries), so an
+  outage delays records and never drops one; only a record re-sent after that timeout may land twice.
+  kafka-python 3's accumulator has no memory bound (no ``buffer_memory``) and ``send`` never blocks on
+  an unreachable broker, so ``RecordProducer`` blocks ``send`` itself beyond
+  ``kafka.producer_max_unacked`` unacknowledged records.
+- Not fixable here: while the broker is down and records are pending for partitions whose leader it
+  reported as gone (a controlled shutdown of the only broker), kafka-python's sender thread spins
+  (each loop requests a metadata update, which wakes its own selector): 35-80% of a core measured.
+  Blocking ``send`` at the bound caps the records, not that spin.
+
+Each client logs one WARNING when an outage starts (the broker, the operation, the error) and one
+when it ends (its duration), and sets ``recsim_kafka_connected{client}`` and
+``recsim_kafka_retries_total{client,operation}`` (metrics.KafkaMetrics), never a line per retry.
+kafka-python itself logs every failed reconnect and metadata refresh at WARNING or ERROR (~18 lines a
+second from the outage test's three clients): those records are dropped here unless the kafka loggers are set
+to DEBUG (``_drop_reconnect_noise``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from kafka import (
     AsyncConsumerRebalanceListener,
@@ -32,20 +66,27 @@ from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    InvalidProducerEpochError,
     KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumberError,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    UnknownProducerIdError,
 )
 from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
+from recsim_stream.backoff import Backoff, Outage
 from recsim_stream.config import KafkaConfig
 from recsim_stream.dead_letter import encode_dead_letter, make_dead_letter
 from recsim_stream.events import BadEvent, BadReason, Event, ItemMeta, encode_event, encode_item
+from recsim_stream.metrics import KafkaMetrics
 
 __all__ = [
+    "BrokerUnavailable",
     "CommitRefused",
     "ConsumerRecord",
     "DeadLetterSink",
@@ -63,6 +104,98 @@ DLQ_PARTITIONS = 1
 
 class KafkaIOError(RuntimeError):
     """Kafka refused or lost something; the message names the topic and what was expected."""
+
+
+class _Health:
+    """One client's view of the broker: one WARNING when an outage starts (the broker, the operation,
+    the error) and one when it ends (how long it lasted, how many attempts failed), the
+    ``recsim_kafka_connected`` gauge, and a retry count per failed attempt; never a line per retry."""
+
+    def __init__(self, client: str, bootstrap: str, metrics: KafkaMetrics | None) -> None:
+        self.client = client
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.outage = Outage()
+        self.outages = 0  # outages ended so far
+        self.last_outage_s: float | None = None
+        if metrics is not None:
+            metrics.register(client)
+
+    def down(self, operation: str, error: object, attempts: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.retries.labels(self.client, operation).inc(attempts)
+        if self.outage.fail(time.monotonic()):
+            log.warning(
+                "kafka %s: broker %s unreachable while trying to %s (%s); retrying with backoff",
+                self.client,
+                self.bootstrap,
+                operation,
+                error,
+            )
+            if self.metrics is not None:
+                self.metrics.connected.labels(self.client).set(0)
+
+    def up(self) -> None:
+        failures = self.outage.failures
+        lasted = self.outage.recover(time.monotonic())
+        if lasted is None:
+            return
+        self.outages += 1
+        self.last_outage_s = lasted
+        log.warning(
+            "kafka %s: broker %s reachable again after %.1f s (%d failed attempts)",
+            self.client,
+            self.bootstrap,
+            lasted,
+            failures,
+        )
+        if self.metrics is not None:
+            self.metrics.connected.labels(self.client).set(1)
+
+
+# kafka-python's loggers that report each failed attempt to reach a broker.
+_RECONNECT_LOGGERS = (
+    "kafka.net.manager",
+    "kafka.net.connection",
+    "kafka.net.transport",
+    "kafka.cluster",
+    "kafka.coordinator",
+)
+_RECONNECT_NOISE = ("KafkaConnectionError", "No node available", "socket disconnected")
+
+
+def _drop_reconnect_noise(record: logging.LogRecord) -> bool:
+    """A logging filter: keep a record unless it reports one more failed attempt to reach a broker
+    (kept anyway when its logger is set to DEBUG, for troubleshooting a connection)."""
+    if logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+        return True
+    message = record.getMessage()
+    return not any(noise in message for noise in _RECONNECT_NOISE)
+
+
+for _name in _RECONNECT_LOGGERS:
+    logging.getLogger(_name).addFilter(_drop_reconnect_noise)
+
+
+def _reaches_broker(manager: object) -> bool:
+    """Whether a kafka-python 3 client holds a live connection to any broker. kafka-python has no
+    public call for it; this reads its connection manager's table (``KafkaConnectionManager._conns``)."""
+    return any(conn.connected for conn in list(manager._conns.values()))  # type: ignore[attr-defined]
+
+
+# Producer failures worth sending the record again for: the broker was unreachable (retriable errors,
+# a delivery timeout), or it lost this producer's idempotence state (kafka-python bumps the epoch).
+_RESEND_ERRORS = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError)
+
+
+def _worth_resending(error: BaseException) -> bool:
+    return isinstance(error, _RESEND_ERRORS) or (isinstance(error, KafkaError) and error.retriable)
+
+
+def _backoff(config: KafkaConfig) -> Backoff:
+    """Waits between attempts: from 0.1 s up to ``reconnect_backoff_max_ms``, like the client's."""
+    cap = config.reconnect_backoff_max_ms / 1000
+    return Backoff(initial_s=min(0.1, cap), max_s=cap, rng=random.Random())
 
 
 def _topic_specs(config: KafkaConfig) -> dict[str, dict]:
@@ -125,27 +258,38 @@ class _KeyPartitions:
 _COLLECT_EVERY = 16384
 
 
+# Records sent between two looks at the producer's connections (at most one a second).
+_OBSERVE_EVERY = 1024
+
+# A record as sent: its future, and what it takes to send it again (key, value, partition).
+_Sent = tuple[FutureRecordMetadata, bytes | None, bytes | None, int | None]
+
+
 class _TopicState:
-    """What the producer keeps per topic: the key partitioner and the unfinished record futures."""
+    """What the producer keeps per topic: the key partitioner and the records not yet seen finished."""
 
     def __init__(self, partitions: int) -> None:
         self.partitioner = _KeyPartitions(partitions)
-        self.pending: list[FutureRecordMetadata] = []
+        self.pending: list[_Sent] = []
         self.collect_at = _COLLECT_EVERY
 
 
 class RecordProducer:
     """Sends events keyed by user id and item metadata keyed by item id; counts what it queued and
-    what the broker refused. ``flush`` raises if any record since the last flush was lost.
+    what the broker refused. ``flush`` raises if any record since the last flush was refused for good.
 
     Built for kafka-python's per-record cost, which bounds the simulator and replay here: the
     partition of each key is computed once (murmur2, as the default and Java partitioners do, so keys
     land where other clients put them) and passed explicitly; failures are read from the record
     futures in bulk rather than through a callback per record. Idempotence (the client default) keeps
     one partition's records in order across retries with up to 5 requests in flight.
+
+    Broker outages (module docstring): records the client gave up on after its delivery timeout are
+    sent again; ``send`` blocks while ``kafka.producer_max_unacked`` records are unacknowledged and
+    ``flush`` until every record is acknowledged, both waiting with capped exponential backoff.
     """
 
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, metrics: KafkaMetrics | None = None) -> None:
         self.config = config
         self._producer = KafkaProducer(
             bootstrap_servers=config.bootstrap,
@@ -154,13 +298,20 @@ class RecordProducer:
             enable_idempotence=True,
             linger_ms=config.producer_linger_ms,
             batch_size=config.producer_batch_bytes,
+            reconnect_backoff_max_ms=config.reconnect_backoff_max_ms,
             # Its own metrics cost CPU per record; ours live in metrics.py.
             metrics_enabled=False,
         )
-        self.sent: Counter[str] = Counter()  # records queued, per topic
-        self.failed: Counter[str] = Counter()  # records the broker refused or that timed out, per topic
+        self.sent: Counter[str] = Counter()  # records queued, per topic (a record sent again counts once)
+        self.failed: Counter[str] = Counter()  # records the broker refused for good, per topic
+        self.resent: Counter[str] = Counter()  # records sent again after a retriable failure, per topic
         self._last_error: Exception | None = None
         self._topics: dict[str, _TopicState] = {}
+        self.health = _Health("producer", config.bootstrap, metrics)
+        self._backoff = _backoff(config)
+        self._manager = self._producer._sender._client._manager  # for _reaches_broker
+        self._until_observe = _OBSERVE_EVERY
+        self._observe_at = 0.0
 
     def send_event(self, event: Event) -> None:
         self.send_raw(self.config.events_topic, event.user_id.encode("utf-8"), encode_event(event))
@@ -170,17 +321,44 @@ class RecordProducer:
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Queue already-encoded bytes (dead letters, replays, and malformed records in tests).
-        A record without a key goes wherever kafka-python's partitioner puts it."""
+        A record without a key goes wherever kafka-python's partitioner puts it. Blocks while
+        ``kafka.producer_max_unacked`` records are unacknowledged (the broker is slow or away)."""
         state = self._topics.get(topic) or self._start_topic(topic)
         if len(state.pending) >= state.collect_at:
             self._collect(topic, state)
+            while self._unacked() >= self.config.producer_max_unacked:
+                self._await_acks("send", None)
         partition = None if key is None else state.partitioner(key)
-        state.pending.append(self._producer.send(topic, key=key, value=value, partition=partition))
+        state.pending.append(
+            (self._producer.send(topic, key=key, value=value, partition=partition), key, value, partition)
+        )
         self.sent[topic] += 1
+        self._until_observe -= 1
+        if self._until_observe <= 0:
+            self._observe_connections()
+
+    def _observe_connections(self) -> None:
+        """An outage while records only go in (nothing waits for them yet): records pending and no
+        live connection to any broker. Looked at once a second at most, every 1024 records."""
+        self._until_observe = _OBSERVE_EVERY
+        now = time.monotonic()
+        if now < self._observe_at:
+            return
+        self._observe_at = now + 1.0
+        if _reaches_broker(self._manager):
+            self.health.up()
+        elif any(state.pending for state in self._topics.values()):
+            self.health.down("send", "no connection to any broker")
 
     def _partition_count(self, topic: str) -> int:
-        """Waits for the topic's metadata, as ``send`` would."""
-        partitions = self._producer.partitions_for(topic)
+        """Waits for the topic's metadata, as ``send`` would: up to kafka-python's ``max_block_ms`` per
+        attempt, again and again while the broker is unreachable."""
+        while True:
+            try:
+                partitions = self._producer.partitions_for(topic)
+                break
+            except KafkaTimeoutError as exc:
+                self.health.down("send", exc)
         if not partitions or sorted(partitions) != list(range(len(partitions))):
             raise KafkaIOError(
                 f"topic {topic!r} on {self.config.bootstrap}: expected partitions 0..n-1, got {partitions}"
@@ -192,27 +370,73 @@ class RecordProducer:
         return state
 
     def _collect(self, topic: str, state: _TopicState) -> None:
-        """Count the failures among finished record futures and drop them; keep the unfinished ones.
-        Also re-reads the partition count, so that added partitions are used as the default
-        partitioner would use them after its next metadata refresh."""
-        unfinished = []
-        for future in state.pending:
+        """Drop the acknowledged records, count those refused for good, send again those that failed
+        with a retriable error (the broker was away past the delivery timeout); keep the rest. Also
+        re-reads the partition count, so that added partitions are used as the default partitioner
+        would use them after its next metadata refresh."""
+        unfinished: list[_Sent] = []
+        again: list[_Sent] = []
+        for sent in state.pending:
+            future = sent[0]
             if not future.is_done:
-                unfinished.append(future)
+                unfinished.append(sent)
             elif future.exception is not None:
-                self.failed[topic] += 1
-                self._last_error = future.exception
+                if _worth_resending(future.exception):
+                    again.append(sent)
+                else:
+                    self.failed[topic] += 1
+                    self._last_error = future.exception
+        for _future, key, value, partition in again:
+            future = self._producer.send(topic, key=key, value=value, partition=partition)
+            unfinished.append((future, key, value, partition))
+        if again:
+            self.resent[topic] += len(again)
+            self.health.down("send", again[0][0].exception, attempts=len(again))
         state.pending = unfinished
         state.collect_at = len(unfinished) + _COLLECT_EVERY
         partitions = self._partition_count(topic)
         if partitions != state.partitioner.partitions:
             state.partitioner = _KeyPartitions(partitions)
 
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Block until every queued record is acknowledged or failed; raise if any failed."""
-        self._producer.flush(timeout=timeout_s)
+    def _unacked(self) -> int:
+        return sum(len(state.pending) for state in self._topics.values())
+
+    def _await_acks(self, operation: str, deadline: float | None) -> None:
+        """Wait one backoff delay (at most until the monotonic ``deadline``) for acknowledgements, then
+        collect. None arrived and no live connection: one failed attempt of an outage (a broker that is
+        reachable but slow to acknowledge, under load or electing leaders, is not an outage)."""
+        before = self._unacked()
+        delay = self._backoff.next_delay()
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
+        try:
+            self._producer.flush(timeout=delay)
+        except KafkaTimeoutError:
+            pass
         for topic, state in self._topics.items():
             self._collect(topic, state)
+        after = self._unacked()
+        if after < before or after == 0:
+            if after == 0:  # while acknowledgements trickle in, keep the wait (and the rescans) long
+                self._backoff.reset()
+            self.health.up()
+        elif not _reaches_broker(self._manager):
+            self.health.down(operation, f"{after} records unacknowledged, no connection to any broker")
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until every queued record is acknowledged (records that failed with a retriable error
+        are sent again, so an outage only delays them); raise ``KafkaIOError`` if a record was refused
+        for good, or if records are still unacknowledged after ``timeout_s`` (None: wait on)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for topic, state in self._topics.items():
+            self._collect(topic, state)
+        while unacked := self._unacked():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise KafkaIOError(
+                    f"producing to {self.config.bootstrap}: expected every record acknowledged within "
+                    f"{timeout_s} s, {unacked} are not"
+                )
+            self._await_acks("flush", deadline)
         if self._last_error is not None:
             error, self._last_error = self._last_error, None
             raise KafkaIOError(
@@ -239,6 +463,12 @@ _MEMBERSHIP_ERRORS = (
 
 class CommitRefused(KafkaIOError):
     """The group refused a commit because a rebalance moved on; nothing is lost (at-least-once)."""
+
+
+class BrokerUnavailable(CommitRefused):
+    """A commit found no broker (or group coordinator) to answer within ``kafka.commit_timeout_ms``.
+    Nothing is lost: keep the offsets pending and commit them again with a later poll, as for any
+    ``CommitRefused``; the consumer has already logged the outage."""
 
 
 class _RevokeListener(AsyncConsumerRebalanceListener):
@@ -297,7 +527,9 @@ class EventConsumer:
     more than kafka-python's fetch buffer (``fetch_max_bytes``).
     """
 
-    def __init__(self, config: KafkaConfig, topic: str | None = None) -> None:
+    def __init__(
+        self, config: KafkaConfig, topic: str | None = None, metrics: KafkaMetrics | None = None
+    ) -> None:
         self.config = config
         self._consumer = KafkaConsumer(
             bootstrap_servers=config.bootstrap,
@@ -307,12 +539,15 @@ class EventConsumer:
             auto_offset_reset="earliest",
             max_poll_records=config.max_poll_records,
             max_poll_interval_ms=config.max_poll_interval_ms,
+            session_timeout_ms=config.session_timeout_ms,
+            group_instance_id=config.group_instance_id or None,
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             allow_auto_create_topics=False,
             # A member that joined before the broker's metadata listed a new topic's partitions gets
             # an empty assignment until the next metadata refresh (5 min by default); re-reading the
             # metadata every few seconds lets it rejoin with partitions soon after.
             metadata_max_age_ms=5000,
+            reconnect_backoff_max_ms=config.reconnect_backoff_max_ms,
             metrics_enabled=False,
         )
         self._on_revoke: RevokeHandler = lambda _partitions: {}
@@ -322,6 +557,7 @@ class EventConsumer:
         # Where each partition starts when first assigned (``start_from``); None: committed offsets.
         self._start: dict[tuple[str, int], int] | None = None
         self._started: set[tuple[str, int]] = set()
+        self.health = _Health("events_consumer", config.bootstrap, metrics)
         self._await_partitions(topic or config.events_topic)
         self._consumer.subscribe([topic or config.events_topic], listener=_RevokeListener(self))
 
@@ -388,57 +624,61 @@ class EventConsumer:
     def poll(self, timeout_ms: int | None = None) -> list[ConsumerRecord]:
         """Up to ``max_poll_records`` records in partition order; each has ``topic``, ``partition``,
         ``offset``, ``key`` and ``value`` (bytes or None). Rebalances (and the revoke handler) happen
-        inside this call."""
+        inside this call. While the broker is unreachable: ``[]`` after the full timeout."""
         timeout = self.config.poll_timeout_ms if timeout_ms is None else timeout_ms
         self._in_call = True
         try:
-            batches = self._consumer.poll(timeout_ms=timeout, max_records=self.config.max_poll_records)
+            records = _poll(self._consumer, timeout, self.config.max_poll_records, self.health)
         finally:
             self._in_call = False
-        return [record for records in batches.values() for record in records]
+        return records
 
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> None:
         """Commit, per (topic, partition), the offset of the next record to read after a restart.
 
-        Raises ``CommitRefused`` when the group has moved on (rebalance, eviction), ``KafkaIOError``
-        for anything else."""
+        Raises ``CommitRefused`` when the group has moved on (rebalance, eviction), ``BrokerUnavailable``
+        (a ``CommitRefused``) when the broker did not answer within ``kafka.commit_timeout_ms``,
+        ``KafkaIOError`` for anything else."""
         if not next_offsets:
             return
         try:
-            self._consumer.commit(_offset_map(next_offsets))
+            self._consumer.commit(_offset_map(next_offsets), timeout_ms=self.config.commit_timeout_ms)
         except _MEMBERSHIP_ERRORS as exc:
             raise CommitRefused(
                 f"committing offsets {dict(next_offsets)} for group {self.config.group_id!r}: "
                 f"the group rebalanced or evicted this member ({type(exc).__name__})"
             ) from exc
         except KafkaError as exc:
+            if exc.retriable:  # kafka-python retried until commit_timeout_ms: the broker is away
+                self.health.down("commit", exc)
+                raise BrokerUnavailable(
+                    f"committing offsets {dict(next_offsets)} for group {self.config.group_id!r}: no "
+                    f"answer from {self.config.bootstrap} within {self.config.commit_timeout_ms} ms "
+                    f"({type(exc).__name__})"
+                ) from exc
             raise KafkaIOError(
                 f"committing offsets {dict(next_offsets)} for group {self.config.group_id!r}"
             ) from exc
         self.commits += 1
+        self.health.up()
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the position and the end of each assigned partition, from the highwater
-        marks of the last fetch responses: no request. Partitions not fetched yet are left out."""
+        marks of the last fetch responses: no request, never raises, never waits (during an outage,
+        the figures of the last fetches). Partitions not fetched yet are left out."""
         lags = {}
         for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
+            try:
+                highwater = self._consumer.highwater(tp)
+                position = None if highwater is None else self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:  # revoked in between, or a reset that needs the broker
                 continue
-            position = self._consumer.position(tp)  # local once a fetch has set it
-            if position is not None:
+            if highwater is not None and position is not None:
                 lags[(tp.topic, tp.partition)] = max(0, highwater - position)
         return lags
 
     def assignment(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-
-    def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Stop fetching these partitions (backpressure) without leaving the group."""
-        self._consumer.pause(*(TopicPartition(t, p) for t, p in partitions))
-
-    def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
-        self._consumer.resume(*(TopicPartition(t, p) for t, p in partitions))
 
     def close(self) -> None:
         """Leave the group; the revoke handler runs first (and may commit)."""
@@ -447,6 +687,29 @@ class EventConsumer:
             self._consumer.close(autocommit=False)
         finally:
             self._in_call = False
+
+
+def _poll(
+    consumer: KafkaConsumer, timeout_ms: int, max_records: int, health: _Health
+) -> list[ConsumerRecord]:
+    """One poll that absorbs an outage: kafka-python returns nothing while the broker is down (and
+    would raise only a retriable error, after which the rest of the timeout is waited out, so a loop
+    around this never spins). No records and no live connection is one failed attempt of an outage."""
+    started = time.monotonic()
+    try:
+        batches = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        health.down("poll", exc)
+        time.sleep(max(0.0, timeout_ms / 1000 - (time.monotonic() - started)))
+        return []
+    records = [record for records in batches.values() for record in records]
+    if records or _reaches_broker(consumer._manager):  # type: ignore[attr-defined]
+        health.up()
+    else:
+        health.down("poll", "no connection to any broker")
+    return records
 
 
 class ItemsReader:
@@ -459,7 +722,9 @@ class ItemsReader:
     load the catalogue before its first events (or a backlog would meet an empty catalogue).
     """
 
-    def __init__(self, config: KafkaConfig, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, config: KafkaConfig, timeout_s: float = 30.0, metrics: KafkaMetrics | None = None
+    ) -> None:
         self.config = config
         self._consumer = KafkaConsumer(
             bootstrap_servers=config.bootstrap,
@@ -468,8 +733,10 @@ class ItemsReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=config.max_poll_records,
+            reconnect_backoff_max_ms=config.reconnect_backoff_max_ms,
             metrics_enabled=False,
         )
+        self.health = _Health("items_reader", config.bootstrap, metrics)
         deadline = time.monotonic() + timeout_s
         while not (partitions := self._consumer.partitions_for_topic(config.items_topic)):
             if time.monotonic() > deadline:
@@ -486,25 +753,31 @@ class ItemsReader:
         self._caught_up = False
 
     def caught_up(self) -> bool:
-        """Whether every record the topic held when this reader started has been read."""
+        """Whether every record the topic held when this reader started has been read (False while
+        a position still needs the broker, which may be away)."""
         if not self._caught_up:
+            try:
+                positions = {tp: self._consumer.position(tp, timeout_ms=0) for tp in self._ends_at_start}
+            except KafkaError:
+                return False
             self._caught_up = all(
-                self._consumer.position(tp) >= end for tp, end in self._ends_at_start.items()
+                positions[tp] is not None and positions[tp] >= end for tp, end in self._ends_at_start.items()
             )
         return self._caught_up
 
     def poll(self, timeout_ms: int = 0) -> list[ConsumerRecord]:
         """Records fetched so far (up to ``max_poll_records``), each with ``topic``, ``partition``,
-        ``offset``, ``key`` and ``value``."""
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
-        return [record for records in batches.values() for record in records]
+        ``offset``, ``key`` and ``value``; ``[]`` while the broker is unreachable."""
+        return _poll(self._consumer, timeout_ms, self.config.max_poll_records, self.health)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 
 
 class DeadLetterSink:
-    """Sends refused records to ``config.dlq_topic`` (see dead_letter.py) and counts them per reason."""
+    """Sends refused records to ``config.dlq_topic`` (see dead_letter.py) and counts them per reason.
+    ``flush`` returns once every dead letter is durable, waiting out a broker outage (with backoff)
+    however long it lasts: a dead letter must be durable before its offset is committed."""
 
     def __init__(self, producer: RecordProducer, clock: Callable[[], float] = time.time) -> None:
         self._producer = producer
@@ -526,3 +799,39 @@ class DeadLetterSink:
 
     def flush(self, timeout_s: float | None = None) -> None:
         self._producer.flush(timeout_s)
+
+
+def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from its start up to its end offsets now (tools, drills, tests)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap, enable_auto_commit=False, metrics_enabled=False
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        expected = sum(consumer.end_offsets(partitions).values())
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    if len(records) != expected:
+        raise KafkaIOError(
+            f"{topic} on {config.bootstrap}: read {len(records)} of {expected} records in {timeout_s} s"
+        )
+    return records
+
+
+def end_offsets(config: KafkaConfig, topic: str) -> dict[tuple[str, int], int]:
+    """The offset after the last record of each partition of ``topic`` now."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap, enable_auto_commit=False, metrics_enabled=False
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {(tp.topic, tp.partition): offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()

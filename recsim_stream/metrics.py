@@ -17,9 +17,12 @@ from prometheus_client.process_collector import ProcessCollector
 from recsim_stream.events import BadReason, EventKind
 
 # Every label name a recsim metric may carry; each has a small, fixed set of values.
-LABELS = frozenset({"reason", "shard", "partition", "endpoint", "status", "kind", "index"})
+LABELS = frozenset(
+    {"reason", "shard", "partition", "endpoint", "status", "kind", "index", "cause", "client", "operation"}
+)
 SNAPSHOT_WRITE_REFUSALS = ("write_failed",)
 SNAPSHOT_LOAD_REFUSALS = ("corrupt", "recall")
+RECOVERY_CAUSES = ("shard_actor",)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0, 300.0)
@@ -52,6 +55,12 @@ class UpdaterMetrics:
             "recsim_consumer_lag_records",
             "Records behind the end of each partition.",
             ["partition"],
+            registry=registry,
+        )
+        self.state_records = Gauge(
+            "recsim_state_records",
+            "Records (events and dead letters) whose effect the in-memory state holds: those of the "
+            "restored checkpoint, then each one processed.",
             registry=registry,
         )
         self.sessions_open = Gauge("recsim_sessions_open", "Sessions held in memory.", registry=registry)
@@ -89,9 +98,6 @@ class UpdaterMetrics:
             "Items given a content-based initial vector.",
             registry=registry,
         )
-        self.paused = Gauge(
-            "recsim_consumer_paused", "1 while partitions are paused for backpressure.", registry=registry
-        )
 
 
 class SnapshotMetrics:
@@ -121,6 +127,35 @@ class SnapshotMetrics:
             "Unix time of the last publish.",
             registry=registry,
         )
+
+
+class CheckpointMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter("recsim_checkpoints_written_total", "Checkpoints written.", registry=registry)
+        self.failed = Counter(
+            "recsim_checkpoint_failures_total",
+            "Checkpoints that could not be written (the previous one stays the restart point).",
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "recsim_checkpoint_seconds",
+            "State capture and write of one checkpoint.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.last_written = Gauge(
+            "recsim_checkpoint_last_written_timestamp_seconds",
+            "Unix time of the last checkpoint written.",
+            registry=registry,
+        )
+        self.recoveries = Counter(
+            "recsim_recoveries_total",
+            "In-process restarts from the last checkpoint after a failure.",
+            ["cause"],
+            registry=registry,
+        )
+        for cause in RECOVERY_CAUSES:
+            self.recoveries.labels(cause)
 
 
 class ApiMetrics:
@@ -159,6 +194,39 @@ class ApiMetrics:
             buckets=_FRESHNESS_BUCKETS,
             registry=registry,
         )
+
+
+# Kafka clients (kafka_io.py) and what each may retry while the broker does not answer.
+KAFKA_CLIENT_OPERATIONS = {
+    "events_consumer": ("poll", "commit"),
+    "items_reader": ("poll",),
+    "producer": ("send", "flush"),
+}
+
+
+class KafkaMetrics:
+    """Shared by every Kafka client of a process; the ``client`` label tells them apart."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connected = Gauge(
+            "recsim_kafka_connected",
+            "1 while this Kafka client reaches the broker, 0 from the first failed attempt of an outage.",
+            ["client"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "recsim_kafka_retries_total",
+            "Attempts repeated because the broker did not answer: polls and acknowledgement waits "
+            "that found it unreachable, commits deferred, records sent again.",
+            ["client", "operation"],
+            registry=registry,
+        )
+
+    def register(self, client: str) -> None:
+        """A client starts: connected, its retry counters at zero."""
+        self.connected.labels(client).set(1)
+        for operation in KAFKA_CLIENT_OPERATIONS[client]:
+            self.retries.labels(client, operation)
 
 
 class SimulatorMetrics:

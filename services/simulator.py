@@ -12,7 +12,7 @@ from recsim_stream.canonical_csv import write_events, write_items
 from recsim_stream.config import add_config_arguments, load_config
 from recsim_stream.events import Event, ItemMeta
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
-from recsim_stream.metrics import SimulatorMetrics, new_registry, serve_metrics
+from recsim_stream.metrics import KafkaMetrics, SimulatorMetrics, new_registry, serve_metrics
 from recsim_stream.pacing import RateLimiter
 from recsim_stream.progress import Progress
 from recsim_stream.sim import Simulator
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics.port:
         serve_metrics(registry, config.metrics.port, config.metrics.host)
     ensure_topics(config.kafka)
-    producer = RecordProducer(config.kafka)
+    producer = RecordProducer(config.kafka, KafkaMetrics(registry))
     limiter = RateLimiter(sim_config.rate)
     progress = Progress("simulate", total=sim_config.events or None)
     deadline = time.monotonic() + sim_config.duration if sim_config.duration else float("inf")
@@ -64,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
         producer.close()
     print(report.line("simulate", config.kafka.bootstrap), file=sys.stderr)
     if args.json:
-        print(json.dumps({"events": report.events, "items": report.items, "seconds": report.seconds,
-                          "events_per_s": report.events_per_s}))
+        print(
+            json.dumps(
+                {
+                    "events": report.events,
+                    "items": report.items,
+                    "seconds": report.seconds,
+                    "events_per_s": report.events_per_s,
+                }
+            )
+        )
     return 0

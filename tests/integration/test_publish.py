@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.partitioner import DefaultPartitioner
 
 from recsim_stream.config import KafkaConfig, SimConfig
 from recsim_stream.datasets import open_dataset
 from recsim_stream.events import Event, ItemMeta, decode_event, decode_item
-from recsim_stream.kafka_io import RecordProducer, key_partition
+from recsim_stream.kafka_io import RecordProducer, key_partition, read_topic
 from recsim_stream.progress import Progress
 from recsim_stream.sim import Simulator
 from services import replay
@@ -26,25 +24,6 @@ pytestmark = pytest.mark.integration
 
 REES46 = Path("../shared/data/rees46-multicat-oct2019-head/canonical")
 REPLAY_EVENTS = 1500
-
-
-def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 30.0) -> list[ConsumerRecord]:
-    """Every record of ``topic`` from the start up to its end offsets now, in offset order per partition."""
-    consumer = KafkaConsumer(bootstrap_servers=config.bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        expected = sum(consumer.end_offsets(partitions).values())
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-    finally:
-        consumer.close()
-    assert len(records) == expected, f"expected {expected} records in {topic} within {timeout_s}s"
-    return records
 
 
 def by_user(records: list[ConsumerRecord]) -> dict[str, list[Event]]:

@@ -1,4 +1,4 @@
-"""Every metric the four groups register follows the naming conventions, checked mechanically so that
+"""Every metric the metric groups register follows the naming conventions, checked mechanically so that
 a new metric must follow them too: ``recsim_<thing>_<unit>[_total]``, base units, small label sets."""
 
 import re
@@ -10,7 +10,13 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from recsim_stream import metrics
 
-GROUPS = (metrics.UpdaterMetrics, metrics.SnapshotMetrics, metrics.ApiMetrics, metrics.SimulatorMetrics)
+GROUPS = (
+    metrics.UpdaterMetrics,
+    metrics.SnapshotMetrics,
+    metrics.ApiMetrics,
+    metrics.SimulatorMetrics,
+    metrics.KafkaMetrics,
+)
 SOURCE = Path(metrics.__file__).read_text()
 TIME_WORDS = {"duration", "latency", "age", "time", "timestamp", "freshness", "delay", "seconds"}
 NON_BASE_UNITS = {"ms", "millis", "milliseconds", "minutes", "hours", "kb", "mb", "gb", "percent"}
@@ -18,7 +24,7 @@ ID_LIKE = re.compile(r"user|item|session|(^|_)id$")
 
 
 def _registered() -> list[MetricWrapperBase]:
-    """The metric objects of all four groups, built on one registry (which also refuses duplicates)."""
+    """The metric objects of all the groups, built on one registry (which also refuses duplicates)."""
     registry = CollectorRegistry()
     found = []
     for group in GROUPS:
@@ -30,7 +36,7 @@ REGISTERED = _registered()
 BY_NAME = {m._name: m for m in REGISTERED}
 
 
-def test_the_four_groups_register_distinct_names():
+def test_the_groups_register_distinct_names():
     assert len(BY_NAME) == len(REGISTERED)
 
 
@@ -81,6 +87,16 @@ def test_every_dead_letter_reason_is_exported_at_zero_before_the_first_one():
     metrics.UpdaterMetrics(registry)
     value = registry.get_sample_value("recsim_events_dead_lettered_total", {"reason": "not_msgpack"})
     assert value == 0.0
+
+
+def test_a_registered_kafka_client_is_connected_with_its_retries_at_zero():
+    registry = CollectorRegistry()
+    metrics.KafkaMetrics(registry).register("events_consumer")
+    connected = registry.get_sample_value("recsim_kafka_connected", {"client": "events_consumer"})
+    retries = registry.get_sample_value(
+        "recsim_kafka_retries_total", {"client": "events_consumer", "operation": "commit"}
+    )
+    assert (connected, retries) == (1.0, 0.0)
 
 
 def test_snapshot_load_refusals_are_exported_at_zero_before_the_first_one():
