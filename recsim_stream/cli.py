@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
@@ -26,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("services.query_api", "the HTTP query API over the freshest published snapshot"),
     "eval": ("recsim_stream.eval_cli", "prequential (test-then-train) evaluation on a canonical CSV"),
     "bench": ("services.bench", "end-to-end benchmark through the real components"),
+    "drill": (
+        "services.drill",
+        "fault drill: kill the updater or a shard actor repeatedly, account for every event",
+    ),
 }
 
 
@@ -53,11 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"recsim-stream {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    _configure_logging()
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"recsim-stream {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_logging() -> None:
+    """recsim's own log lines at RECSIM_LOG_LEVEL (default INFO) on stderr, with a timestamp;
+    client libraries (kafka-python, Ray) only from WARNING, since their INFO lines are per request."""
+    level = os.environ.get("RECSIM_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recsim_stream").setLevel(level)
+    logging.getLogger("services").setLevel(level)
 
 
 if __name__ == "__main__":

@@ -296,6 +296,36 @@ class ColdStart:
         )
         self._row.update((item, start + r) for r, item in enumerate(missing))
 
+    def state(self) -> dict:
+        """The learned part (tower, reservoir, temperature evidence, budget) for a checkpoint. The
+        metadata is not in it: the items topic is re-read at every start."""
+        return {
+            "tower": self.tower.state(),
+            "reservoir": self.reservoir.state(),
+            "temperature": {"loglik": self.temperature.loglik.copy(), "evidence": self.temperature.evidence},
+            "budget": self._budget,
+            "new_item_events": [[list(prefix), target] for prefix, target in self._new_item_events],
+            "calibrations": self._calibrations,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.tower.restore(state["tower"])
+        self.reservoir.restore(state["reservoir"])
+        loglik = np.asarray(state["temperature"]["loglik"], dtype=np.float64)
+        if loglik.shape != self.temperature.loglik.shape:
+            raise ValueError(
+                f"cold start state: temperature grid of {loglik.shape}, expected {self.temperature.loglik.shape}"
+            )
+        self.temperature.loglik = loglik
+        self.temperature.evidence = float(state["temperature"]["evidence"])
+        self._budget = float(state["budget"])
+        self._new_item_events.clear()
+        self._new_item_events.extend((tuple(prefix), target) for prefix, target in state["new_item_events"])
+        self._calibrations = int(state["calibrations"])
+        self._row.clear()  # content vectors are re-encoded with the restored tower
+        self._content = self._content[:0]
+        self._encoded_at = self.tower.steps
+
     def record_new_item(self, prefix: Sequence[str], target: str) -> None:
         """A session went on to an item the learner had never seen: evidence for the temperature."""
         if prefix and target in self.metadata:

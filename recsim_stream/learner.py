@@ -45,6 +45,22 @@ class ItemKeys:
         names = self.names
         return [names[k] for k in keys.tolist()]
 
+    def state(self) -> dict:
+        return {
+            "keys": np.fromiter(self.names, dtype=np.int64, count=len(self.names)),
+            "names": list(self.names.values()),
+        }
+
+    @classmethod
+    def restore(cls, state: dict) -> ItemKeys:
+        keys, names = state["keys"].tolist(), state["names"]
+        if len(keys) != len(names):
+            raise ValueError(f"item keys state: {len(keys)} keys but {len(names)} names")
+        items = cls()
+        items.names = dict(zip(keys, names, strict=True))
+        items._keys = dict(zip(names, keys, strict=True))
+        return items
+
 
 class Learner:
     """Accumulates pairs per event and trains them in batches of ``learn.batch_pairs``."""
@@ -82,6 +98,32 @@ class Learner:
             self.newest_ts = event.ts
         self.events_added += 1
         return arrival
+
+    def state(self) -> dict:
+        """Everything but the shards, between batches (no pairs pending), for a checkpoint."""
+        if len(self.pairs):
+            raise ValueError(f"Learner.state: {len(self.pairs)} pairs pending; train them first")
+        return {
+            "windows": self.windows.state(),
+            "items": self.items.state(),
+            "sampler": self.sampler.state(),
+            "newest_ts": self.newest_ts,
+            "pairs_trained": self.pairs_trained,
+            "events_added": self.events_added,
+            "revisits": [self.revisits.hits, self.revisits.chances],
+            "new_items": [self.new_items.hits, self.new_items.chances],
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state()``: afterwards this learner behaves as the one that saved it."""
+        self.windows = SessionWindows.restore(self.config.sessions, state["windows"])
+        self.items = ItemKeys.restore(state["items"])
+        self.sampler.restore(state["sampler"])
+        self.newest_ts = float(state["newest_ts"])
+        self.pairs_trained = int(state["pairs_trained"])
+        self.events_added = int(state["events_added"])
+        self.revisits = Share(*state["revisits"])
+        self.new_items = Share(*state["new_items"])
 
     def ready(self) -> bool:
         """Enough pairs for one batch."""

@@ -71,8 +71,21 @@ class RayShards:
 
     def set_initial(self, parts: list[tuple[np.ndarray, np.ndarray]], ts: float | None) -> list[int]:
         return ray.get(
-            [a.set_initial.remote(keys, vecs, None, ts) for a, (keys, vecs) in zip(self.actors, parts, strict=True)]
+            [
+                a.set_initial.remote(keys, vecs, None, ts)
+                for a, (keys, vecs) in zip(self.actors, parts, strict=True)
+            ]
         )
+
+    def state(self) -> list[dict]:
+        """Every shard's table (copies), for a checkpoint; call between batches."""
+        self.barrier()
+        return ray.get([actor.state.remote() for actor in self.actors])
+
+    def restore(self, states: Sequence[dict]) -> None:
+        if len(states) != len(self.actors):
+            raise ValueError(f"shard states: {len(states)} saved, {len(self.actors)} shards configured")
+        ray.get([actor.restore.remote(state) for actor, state in zip(self.actors, states, strict=True)])
 
     def stats(self) -> list[dict]:
         return ray.get([actor.stats.remote() for actor in self.actors])

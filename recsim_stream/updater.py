@@ -3,9 +3,13 @@
 One poll is one unit of work: decode every record (a bad one is dead-lettered with its reason),
 window and pair the good ones, train everything pending, make the dead letters durable, and only
 then commit the poll's offsets, so a committed offset always means "applied to the shards or
-dead-lettered" (at-least-once: a crash before the commit replays the poll). A poll that fails half
-way (a shard actor died) leaves the updater failed: nothing of it is committed, not even on close,
-and the process must restart from the committed offsets.
+dead-lettered". A poll that fails half way (a shard actor died) leaves the updater failed: nothing of
+it is committed, not even on close, and the caller rebuilds it from the last checkpoint.
+
+Checkpoints (with a ``Checkpointer``): between two polls, every ``checkpoint.interval_s``, the whole
+state (shards, learner, cold start, totals) is captured with the offsets it covers and written in the
+background. ``resume`` restores one and makes the consumer read on from its offsets, so each record
+is applied once to the state that survives a crash (README, "Delivery guarantee").
 
 Backpressure: the loop is synchronous, so nothing buffers beyond one poll (``kafka.max_poll_records``)
 and kafka-python's bounded fetch buffer; when the shards are slow, polling slows with them and the
@@ -21,34 +25,36 @@ Each trained batch offers its pairs to the tower's reservoir, and the tower trai
 of pairs per event after each poll, pulling the learned rows it aligns to from the shards only when a
 step is due. Each snapshot then gets a content-only row for every item with metadata and no learned
 row, low-count rows blended with their content vector, the ``cold`` flags, the content vectors, and
-the new-item share and cold temperature the query API mixes with. The tower's weights, the reservoir
-and the metadata are in-process state: a restart re-reads the metadata but starts the tower afresh
-(checkpointing them comes with checkpoints). The cold softmax's temperature is fitted at each
-snapshot on the sessions that went on to a never-seen item since the last one
-(``ColdStart.calibrate_on_content``).
+the new-item share and cold temperature the query API mixes with. The tower's weights, Adam moments
+and reservoir are in checkpoints; the metadata is re-read from the topic at each start. The cold
+softmax's temperature is fitted at each snapshot on the sessions that went on to a never-seen item
+since the last one (``ColdStart.calibrate_on_content``).
 
 Rebalances: the consumer calls ``revoke`` (inside ``poll()`` or ``close()``, between two steps)
 before partitions are taken away; it trains what is pending, flushes dead letters, returns the
 processed but uncommitted offsets of those partitions for the consumer to commit, and drops their
-open sessions. Sessions are not handed over yet: the new owner starts them afresh (a checkpoint
-hand-off comes with checkpoints).
+open sessions. Sessions are not handed over: with one updater per group (the supported layout) a
+rebalance only happens at restarts, which restore them from the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from recsim_stream.checkpoint import Checkpoint, CheckpointError
+from recsim_stream.checkpointer import Checkpointer
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config
 from recsim_stream.events import BadEvent, ItemMeta, decode_event, decode_item
-from recsim_stream.kafka_io import CommitRefused, RevokeHandler
+from recsim_stream.kafka_io import BrokerUnavailable, CommitRefused, RevokeHandler
 from recsim_stream.learner import Learner
 from recsim_stream.metrics import UpdaterMetrics
 from recsim_stream.scoring import SESSION_ITEMS
@@ -63,6 +69,10 @@ log = logging.getLogger(__name__)
 
 LOSS_SMOOTHING = 0.05  # weight of the newest batch in the loss moving average
 ITEMS_CATCH_UP_POLL_MS = 200  # poll timeout while loading the items topic at start
+# After a restore, snapshots wait until the replay has passed what the last published snapshot
+# covered (the API keeps serving that one), but no longer than this.
+PUBLISH_HOLD_MAX_S = 120.0
+STATE_VERSION = 1  # of the checkpoint state tree below
 
 
 class Record(Protocol):
@@ -81,6 +91,7 @@ class Source(Protocol):
     def commit(self, next_offsets: dict[Partition, int]) -> None: ...
     def lag(self) -> dict[Partition, int]: ...
     def set_revoke_handler(self, handler: RevokeHandler) -> None: ...
+    def start_from(self, next_offsets: Mapping[Partition, int]) -> None: ...
 
 
 class ItemSource(Protocol):
@@ -96,6 +107,8 @@ class DeadLetters(Protocol):
 class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
     def barrier(self) -> object: ...
+    def state(self) -> list[dict]: ...
+    def restore(self, states: Sequence[dict]) -> None: ...
 
     pull: PullFn
 
@@ -123,9 +136,11 @@ class Updater:
         metrics: UpdaterMetrics,
         items: ItemSource | None = None,
         cold_start: ColdStart | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         """``items`` (the ``items`` topic) and ``cold_start`` go together: without them no item is
-        served before its first interaction."""
+        served before its first interaction. With a ``checkpointer``, call ``resume`` before the
+        first step."""
         if (items is None) != (cold_start is None):
             raise ValueError("Updater: expected both an items source and a ColdStart, or neither")
         self.config = config
@@ -137,6 +152,10 @@ class Updater:
         self.metrics = metrics
         self.items = items
         self.cold_start = cold_start
+        self.checkpointer = checkpointer
+        self.restored: Checkpoint | None = None
+        self._publish_after: dict[Partition, int] = {}  # see PUBLISH_HOLD_MAX_S
+        self._hold_until = 0.0
         self._learned: set[str] = set()  # items with a learned row in the published chain
         self._cold_started: set[str] = set()  # items ever given a content-only row
         # Content-only rows in the published chain, and the tower encoding they were made with: a
@@ -150,7 +169,6 @@ class Updater:
         self.failed: BaseException | None = None  # set by a poll that failed half way
         self._lag_partitions: set[int] = set()
         self._expired_seen = 0
-        metrics.paused.set(0)  # partitions are never paused (see the module docstring)
         source.set_revoke_handler(self.revoke)
 
     def step(self) -> int:
@@ -169,12 +187,107 @@ class Updater:
             self._commit()
             self._close_sessions()
             self._observe_lag()
-            if self.snapshotter is not None and self.snapshotter.due():
+            if self.checkpointer is not None and self.checkpointer.due(self.totals.records):
+                self.checkpoint()
+            if self.snapshotter is not None and self.snapshotter.due() and not self._holding_snapshots():
                 self.snapshot()
         except BaseException as exc:
             self.failed = exc
             raise
         return len(records)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """The whole state at this cut (between polls, every push applied), as copies."""
+        return {
+            "version": STATE_VERSION,
+            "dim": self.config.learn.dim,
+            "shards": self.shards.state(),
+            "learner": self.learner.state(),
+            "cold_start": None if self.cold_start is None else self.cold_start.state(),
+            "totals": dataclasses.asdict(self.totals),
+        }
+
+    def checkpoint(self) -> None:
+        """Capture the state now and write it in the background."""
+        assert self.checkpointer is not None
+        started = time.perf_counter()
+        state = self.checkpoint_state()
+        self.checkpointer.take(
+            dict(self.processed), state, self.totals.records, time.perf_counter() - started
+        )
+
+    def check_compatible(self, checkpoint: Checkpoint) -> None:
+        """Raise ``CheckpointError`` for a damaged state tree, ``ValueError`` for one this
+        configuration cannot continue (other shard count or dimension: a wrong setting, not a
+        reason to silently start over)."""
+        state = checkpoint.state
+        try:
+            version, dim, shards = state["version"], state["dim"], len(state["shards"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.seq}: state lacks {exc}") from exc
+        if version != STATE_VERSION:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.seq}: state version {version!r}, expected {STATE_VERSION}"
+            )
+        if dim != self.config.learn.dim or shards != self.config.learn.shards:
+            raise ValueError(
+                f"checkpoint {checkpoint.seq} holds {shards} shards of dim {dim}; this updater is configured "
+                f"for {self.config.learn.shards} of dim {self.config.learn.dim}. Restore with the settings it "
+                "was made with, or move the checkpoint folder away to start over (replaying the topic)."
+            )
+
+    def resume(
+        self, checkpoint: Checkpoint | None, published: Mapping[str, Mapping[int, int]] | None = None
+    ) -> None:
+        """Start from ``checkpoint`` (None: from nothing, so every partition from its beginning).
+        ``published``: offsets the newest published snapshot covers; snapshots wait until the
+        replay has passed them, so the API never steps back to an older state."""
+        if checkpoint is not None:
+            self.check_compatible(checkpoint)
+            state = checkpoint.state
+            try:
+                self.shards.restore(state["shards"])
+                self.learner.restore(state["learner"])
+                if self.cold_start is not None and state["cold_start"] is not None:
+                    self.cold_start.restore(state["cold_start"])
+                self.totals = Totals(**state["totals"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint.seq}: cannot restore ({type(exc).__name__}: {exc})"
+                ) from exc
+            self.metrics.state_records.set(self.totals.records)
+            self.processed = dict(checkpoint.offsets)
+            for (topic, partition), offset in checkpoint.offsets.items():
+                self.offsets.setdefault(topic, {})[partition] = offset
+            if self.checkpointer is not None:
+                self.checkpointer.restored(self.totals.records)
+            self.restored = checkpoint
+            log.info(
+                "resumed from checkpoint %d: %d events, offsets %s",
+                checkpoint.seq,
+                self.totals.events,
+                checkpoint.offsets,
+            )
+        self.source.start_from({} if checkpoint is None else checkpoint.offsets)
+        if published:
+            self._publish_after = {
+                (topic, int(p)): int(o) for topic, parts in published.items() for p, o in parts.items()
+            }
+            self._hold_until = time.monotonic() + PUBLISH_HOLD_MAX_S
+
+    def _holding_snapshots(self) -> bool:
+        """After a restore: whether the replay is still behind the newest published snapshot."""
+        if not self._publish_after:
+            return False
+        behind = {p: o for p, o in self._publish_after.items() if self.processed.get(p, 0) < o}
+        if behind and time.monotonic() < self._hold_until:
+            self._publish_after = behind
+            return True
+        if behind:
+            log.warning("replay still behind the last published snapshot at %s; publishing anyway", behind)
+        self._publish_after = {}
+        return False
 
     def revoke(self, partitions: set[Partition]) -> dict[Partition, int]:
         """Partitions are being taken away: make their work durable, return the offsets to commit
@@ -182,7 +295,7 @@ class Updater:
         ``poll()``/``close()``, so never in the middle of a step.
 
         Open sessions of these partitions are dropped, not handed over: the next owner starts them
-        afresh. Handing them over through checkpoints comes in a later issue.
+        afresh (a restart restores them from the checkpoint instead).
         """
         if self.failed is None:
             self._train()
@@ -265,11 +378,11 @@ class Updater:
             self.cold_start.train_pulling(len(records) - bad, self._pull_rows)
         self.processed.update(next_offsets)
         good = len(records) - bad
-        totals = self.totals
+        totals, m = self.totals, self.metrics
         totals.records += len(records)
+        m.state_records.set(totals.records)
         totals.events += good
         totals.dead_lettered += bad
-        m = self.metrics
         m.events_consumed.inc(len(records))
         m.events_trained.inc(good)
         m.items_new.inc(len(learner.items) - items_before)
@@ -289,6 +402,8 @@ class Updater:
             return
         try:
             self.source.commit(pending)
+        except BrokerUnavailable:
+            return  # the consumer logged the outage; the offsets stay pending for a later poll
         except CommitRefused as exc:
             # The group moved on; the next poll rejoins and the revoke (or lost) callback settles
             # these partitions. At worst their next owner re-reads this poll: at-least-once.

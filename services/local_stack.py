@@ -1,6 +1,6 @@
 """``recsim-stream up``: the whole system on one machine, on embedded defaults (``make run``).
 
-Starts from an empty broker and snapshot folder under ``--data-dir`` (a demo, not a deployment), then
+Starts from an empty broker, snapshot and checkpoint folder under ``--data-dir`` (a demo, not a deployment), then
 the Kafka broker (deploy/kafka/kafka.sh), the topics, the updater (with its Ray
 shards and the snapshotter), the query API, the simulator and a Prometheus server scraping them, each
 as a child process whose output is prefixed with its name. Ctrl-C stops everything it started, in
@@ -103,11 +103,13 @@ def run(args: argparse.Namespace) -> int:
         KAFKA_LOGS=str(data / "kafka" / "logs"),
         RECSIM_KAFKA_BOOTSTRAP=config.kafka.bootstrap,
         RECSIM_SNAPSHOT_DIR=str(data / "snapshots"),
+        RECSIM_CHECKPOINT_DIR=str(data / "checkpoints"),
+        RECSIM_KAFKA_GROUP_INSTANCE_ID="updater-0",
     )
     # A fresh demo each time: the simulator's event clock runs ahead of the wall clock, so events kept
     # from an earlier run would put the watermark hours ahead of the new run's events.
     subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False, capture_output=True)  # one left by a crash
-    for folder in ("kafka", "snapshots", "prometheus"):
+    for folder in ("kafka", "snapshots", "checkpoints", "prometheus"):
         shutil.rmtree(data / folder, ignore_errors=True)
     cli = [sys.executable, "-m", "recsim_stream.cli"]
     stack = Stack()

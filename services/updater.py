@@ -1,34 +1,60 @@
 """``recsim-stream train``: the updater service.
 
 Wiring only: a Kafka consumer group on ``events``, a reader of the whole ``items`` topic feeding the
-cold start (when ``content.enabled``), a dead-letter producer, the parameter-server
-shards as Ray actors, the learner, and the snapshotter writing to the snapshot folder that the query
-API watches. SIGINT/SIGTERM stop it after the poll in progress (its offsets committed). If a poll
-fails (a shard actor died), the process exits with that error and nothing of the poll is committed:
-restarting resumes from the last committed offsets.
+cold start (when ``content.enabled``), a dead-letter producer, the parameter-server shards as Ray
+actors, the learner, the snapshotter writing to the folder the query API watches, and the
+checkpointer. At start the newest valid checkpoint is restored and the consumer reads on from its
+offsets (no checkpoint: every partition from its beginning). SIGINT/SIGTERM stop it after the poll in
+progress, with a last checkpoint. A shard actor that dies is recovered in process: every part is
+rebuilt, restored from the last checkpoint, and the consumer rewinds to its offsets. Any other
+failure ends the process; restarting it resumes the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import ray
+from prometheus_client import CollectorRegistry
 
+from recsim_stream.checkpoint import CheckpointStore
+from recsim_stream.checkpointer import Checkpointer
 from recsim_stream.cold_start import ColdStart
-from recsim_stream.config import add_config_arguments, load_config
+from recsim_stream.config import Config, add_config_arguments, load_config
 from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, ItemsReader, RecordProducer, ensure_topics
 from recsim_stream.learner import Learner
-from recsim_stream.metrics import SnapshotMetrics, UpdaterMetrics, new_registry, serve_metrics
+from recsim_stream.metrics import (
+    CheckpointMetrics,
+    KafkaMetrics,
+    SnapshotMetrics,
+    UpdaterMetrics,
+    new_registry,
+    serve_metrics,
+)
 from recsim_stream.ray_actors import RayShards, init_ray
-from recsim_stream.snapshot import SnapshotStore
+from recsim_stream.snapshot import SnapshotError, SnapshotStore
 from recsim_stream.snapshotter import Snapshotter
 from recsim_stream.updater import Totals, Updater
 
-SECTIONS = ["learn", "kafka", "sessions", "pairs", "snapshot", "ray", "limits", "metrics", "content"]
+SECTIONS = [
+    "learn",
+    "kafka",
+    "sessions",
+    "pairs",
+    "snapshot",
+    "checkpoint",
+    "ray",
+    "limits",
+    "metrics",
+    "content",
+]
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,67 +65,147 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--idle-exit-s",
         type=float,
         default=0.0,
-        help="stop once no record arrived for this long (0 = never); for benchmarks and batch runs",
+        help="stop once no record arrived for this long while partitions are assigned (0 = never); "
+        "for benchmarks and batch runs",
     )
     add_config_arguments(parser, SECTIONS, primary="learn")
+
+
+@dataclass
+class _Metrics:
+    """Metric groups live as long as the process (a registry takes each name once)."""
+
+    updater: UpdaterMetrics
+    snapshot: SnapshotMetrics
+    checkpoint: CheckpointMetrics
+    kafka: KafkaMetrics
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> _Metrics:
+        return cls(
+            UpdaterMetrics(registry), SnapshotMetrics(registry), CheckpointMetrics(registry), KafkaMetrics(registry)
+        )
+
+
+@dataclass
+class _Parts:
+    """Everything a recovery rebuilds; the producer and the metrics outlive it."""
+
+    updater: Updater
+    shards: RayShards
+    consumer: EventConsumer
+    items: ItemsReader | None
+    snapshotter: Snapshotter
+    checkpointer: Checkpointer | None
+
+    def close(self, kill_shards: bool = False) -> None:
+        self.snapshotter.wait()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        self.consumer.close()
+        if self.items is not None:
+            self.items.close()
+        if kill_shards:
+            self.shards.kill()
+
+
+def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Parts:
+    """Build every part and resume from the newest valid checkpoint (or from nothing)."""
+    shards = RayShards(config.learn)
+    learner = Learner(config, shards.pull, shards.push)
+    consumer = EventConsumer(config.kafka, metrics=metrics.kafka)
+    snapshots = SnapshotStore(config.snapshot)
+    snapshotter = Snapshotter(config.snapshot, snapshots, metrics.snapshot, config.learn.shards)
+    items = ItemsReader(config.kafka, metrics=metrics.kafka) if config.content.enabled else None
+    cold_start = (
+        ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if items is not None else None
+    )
+    checkpoints = CheckpointStore(config.checkpoint) if config.checkpoint.enabled else None
+    checkpointer = Checkpointer(config.checkpoint, checkpoints, metrics.checkpoint) if checkpoints else None
+    updater = Updater(
+        config,
+        consumer,
+        DeadLetterSink(producer),
+        learner,
+        shards,
+        snapshotter,
+        metrics.updater,
+        items,
+        cold_start,
+        checkpointer,
+    )
+    if checkpoints is not None:
+        checkpoints.remove_stale_temp()
+        checkpoint = checkpoints.newest(accept=updater.check_compatible)
+        updater.resume(checkpoint, published=_published_offsets(snapshots))
+    return _Parts(updater, shards, consumer, items, snapshotter, checkpointer)
+
+
+def _published_offsets(store: SnapshotStore) -> dict[str, dict[int, int]] | None:
+    try:
+        latest = store.latest_version()
+        return None if latest is None else dict(store.read_manifest(latest).offsets)
+    except SnapshotError as exc:
+        log.warning("the newest snapshot is unreadable (%s); publishing without waiting for it", exc)
+        return None
 
 
 class _Reporter:
     """One progress line every few seconds: events/s, pairs/s, loss, items, dead letters, snapshots."""
 
-    def __init__(self, updater: Updater, shards: RayShards, snapshotter: Snapshotter) -> None:
-        self.updater, self.shards, self.snapshotter = updater, shards, snapshotter
+    def __init__(self) -> None:
         self.started = self.last_t = time.monotonic()
         self.last = Totals()
 
-    def __call__(self, totals: Totals) -> None:
+    def __call__(self, parts: _Parts) -> None:
         now = time.monotonic()
         dt = max(now - self.last_t, 1e-9)
+        updater, totals = parts.updater, parts.updater.totals
+        checkpoints = f"  checkpoints {parts.checkpointer.written}" if parts.checkpointer else ""
         print(
-            f"train: {totals.events:,} events ({(totals.events - self.last.events) / dt:,.0f}/s)  "
-            f"pairs {(totals.pairs - self.last.pairs) / dt:,.0f}/s  loss {totals.loss:.3f}  "
-            f"items {len(self.updater.learner.items):,}  dead-lettered {totals.dead_lettered:,}  "
-            f"lag {sum(self.updater.source.lag().values()):,}  snapshots {self.snapshotter.published}",
+            f"train: {totals.events:,} events ({max(0, totals.events - self.last.events) / dt:,.0f}/s)  "
+            f"pairs {max(0, totals.pairs - self.last.pairs) / dt:,.0f}/s  loss {totals.loss:.3f}  "
+            f"items {len(updater.learner.items):,}  dead-lettered {totals.dead_lettered:,}  "
+            f"lag {sum(updater.source.lag().values()):,}  snapshots {parts.snapshotter.published}{checkpoints}",
             file=sys.stderr,
             flush=True,
         )
-        self.updater.observe_shards(self.shards.stats())
+        updater.observe_shards(parts.shards.stats())
         self.last, self.last_t = Totals(**vars(totals)), now
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     registry = new_registry()
-    metrics = UpdaterMetrics(registry)
+    metrics = _Metrics.on(registry)
     if config.metrics.port:
         serve_metrics(registry, config.metrics.port, config.metrics.host)
     ensure_topics(config.kafka)
     init_ray(config.ray)
-    shards = RayShards(config.learn)
-    learner = Learner(config, shards.pull, shards.push)
-    producer = RecordProducer(config.kafka)
-    consumer = EventConsumer(config.kafka)
-    snapshotter = Snapshotter(
-        config.snapshot, SnapshotStore(config.snapshot), SnapshotMetrics(registry), config.learn.shards
-    )
-    items = ItemsReader(config.kafka) if config.content.enabled else None
-    cold_start = (
-        ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if items is not None else None
-    )
-    updater = Updater(
-        config, consumer, DeadLetterSink(producer), learner, shards, snapshotter, metrics, items, cold_start
-    )
+    producer = RecordProducer(config.kafka, metrics.kafka)
+    parts = assemble(config, producer, metrics)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    reporter = _Reporter(updater, shards, snapshotter)
+    reporter = _Reporter()
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else float("inf")
     last_record = time.monotonic()
     first_poll: float | None = None  # start of the first poll that returned records
+    restored = parts.updater.restored
     print(
         f"train: consuming {config.kafka.events_topic} on {config.kafka.bootstrap} as group "
-        f"{config.kafka.group_id!r}; {config.learn.shards} shards; snapshots in {config.snapshot.dir}",
+        f"{config.kafka.group_id!r}; {config.learn.shards} shards; snapshots in {config.snapshot.dir}; "
+        + (
+            f"checkpoints in {config.checkpoint.dir}, "
+            + (
+                f"resumed from {restored.seq} ({parts.updater.totals.events:,} events)"
+                if restored
+                else "none yet"
+            )
+            if config.checkpoint.enabled
+            else "checkpoints off"
+        ),
         file=sys.stderr,
         flush=True,
     )
@@ -107,19 +213,32 @@ def run(args: argparse.Namespace) -> int:
         next_report = time.monotonic() + 5.0
         while not stop.is_set() and time.monotonic() < deadline:
             polled_at = time.monotonic()
-            if updater.step():
+            try:
+                stepped = parts.updater.step()
+            except ray.exceptions.RayActorError as exc:
+                parts = _recover(config, producer, metrics, parts, exc)
+                continue
+            if stepped:
                 last_record = time.monotonic()
                 first_poll = polled_at if first_poll is None else first_poll
-            elif args.idle_exit_s and time.monotonic() - last_record >= args.idle_exit_s:
-                break
+            elif args.idle_exit_s:
+                if not parts.consumer.assignment():
+                    last_record = time.monotonic()  # waiting for partitions is not being idle
+                elif time.monotonic() - last_record >= args.idle_exit_s:
+                    break
             if time.monotonic() >= next_report:
-                reporter(updater.totals)
+                reporter(parts)
                 next_report += 5.0
-        snapshotter.wait()
+        updater = parts.updater
+        parts.snapshotter.wait()
         if updater.totals.events:
             updater.snapshot()  # the final state, so a restart's API serves everything trained
-            snapshotter.wait()
-        reporter(updater.totals)
+            parts.snapshotter.wait()
+        if parts.checkpointer is not None:
+            parts.checkpointer.wait()
+            if parts.checkpointer.behind(updater.totals.records):
+                updater.checkpoint()  # a restart then replays nothing
+        reporter(parts)
         t = updater.totals
         elapsed = time.monotonic() - reporter.started
         busy = last_record - first_poll if first_poll is not None else 0.0
@@ -130,9 +249,34 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     finally:
-        consumer.close()
-        if items is not None:
-            items.close()
+        parts.close()
         producer.close()
         ray.shutdown()
     return 0
+
+
+def _recover(
+    config: Config, producer: RecordProducer, metrics: _Metrics, parts: _Parts, exc: Exception
+) -> _Parts:
+    """A shard actor died: the surviving shards are ahead of it, so every part goes back to the last
+    checkpoint together, and the consumer re-reads from its offsets."""
+    started = time.monotonic()
+    print(
+        f"train: a shard actor failed ({type(exc).__name__}); recovering from the last checkpoint",
+        file=sys.stderr,
+    )
+    parts.close(kill_shards=True)
+    fresh = assemble(config, producer, metrics)
+    metrics.checkpoint.recoveries.labels("shard_actor").inc()
+    restored = fresh.updater.restored
+    print(
+        f"train: recovered in {time.monotonic() - started:.1f} s from "
+        + (
+            f"checkpoint {restored.seq} ({fresh.updater.totals.events:,} events)"
+            if restored
+            else "nothing (replaying the topic)"
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
+    return fresh

@@ -22,6 +22,8 @@ from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
 from recsim_stream.http_api import create_app
 from recsim_stream.metrics import (
     ApiMetrics,
+    CheckpointMetrics,
+    KafkaMetrics,
     SimulatorMetrics,
     SnapshotMetrics,
     UpdaterMetrics,
@@ -96,6 +98,10 @@ class Services:
     def __init__(self, folder: Path) -> None:
         self.updater_registry, self.api_registry, self.simulator_registry = (new_registry() for _ in range(3))
         self.updater = UpdaterMetrics(self.updater_registry)
+        self.checkpoint = CheckpointMetrics(self.updater_registry)
+        self.kafka = KafkaMetrics(self.updater_registry)
+        for client in ("events_consumer", "items_reader", "producer"):
+            self.kafka.register(client)
         self.simulator = SimulatorMetrics(self.simulator_registry)
         snapshot_config = SnapshotConfig(dir=str(folder / "snapshots"), keep=3)
         self.snapshotter = Snapshotter(
@@ -127,7 +133,6 @@ class Services:
         u.dead_lettered.labels("late").inc(20)
         for partition, lag in enumerate((1200, 800, 950, 400)):
             u.consumer_lag.labels(str(partition)).set(lag * self.rounds)
-        u.paused.set(0)
         u.sessions_open.set(800 + 10 * self.rounds)
         u.sessions_closed.inc(300)
         u.pairs_trained.inc(90_000)
@@ -138,6 +143,10 @@ class Services:
             u.shard_rows.labels(str(shard)).set(ITEMS // 2 + 10 * self.rounds)
             u.shard_table_bytes.labels(str(shard)).set((ITEMS // 2) * DIM * 4 * 2)
         u.items_new.inc(40)
+        u.state_records.set(5000 * self.rounds)
+        self.checkpoint.written.inc()
+        self.checkpoint.seconds.observe(0.4)
+        self.checkpoint.last_written.set(time.time())
         u.rows_expired.inc(3)
         u.items_cold_started.inc(6)
         u.sampler_items.set(ITEMS)
@@ -158,6 +167,7 @@ class Services:
             set(),
             {"events": {0: 5000 * self.rounds}},
             time.time() - 1.5,
+            newest_record_ts=time.time() - 1.5,
         )
         self.snapshotter.wait()
         assert self.watcher.poll_once()
@@ -201,4 +211,4 @@ def test_every_alert_rule_evaluates_without_error(scraped):
             break
         time.sleep(0.2)
     assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
-    assert len(rules) == 9
+    assert len(rules) == 12

@@ -208,3 +208,32 @@ def test_calibration_on_a_target_matching_its_session_sharpens_the_temperature()
 def test_content_config_refuses_a_train_batch_of_one():
     with pytest.raises(ConfigError, match="content.train_batch"):
         ContentConfig(train_batch=1)
+
+
+def test_a_cold_start_restored_from_its_checkpoint_state_continues_like_the_original(tmp_path):
+    from recsim_stream.checkpoint import CheckpointStore
+    from recsim_stream.config import CheckpointConfig
+
+    config = ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0)
+    rng = np.random.default_rng(4)
+    position = {"a": 0, "b": 1, "c": 2}
+    vectors = rng.normal(size=(3, 2)).astype(np.float32)
+    original = ColdStart(config, dim=2)
+    original.observe_items(_items())
+    original.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    original.train(5, position, vectors, vectors)
+    original.record_new_item(["a"], "c")
+    store = CheckpointStore(CheckpointConfig(dir=str(tmp_path)))
+    store.write({}, {"cold_start": original.state()})
+
+    restored = ColdStart(config, dim=2)
+    restored.observe_items(_items())  # the metadata comes from the items topic, not the checkpoint
+    restored.restore(store.newest().state["cold_start"])
+    for cold_start in (original, restored):
+        cold_start.remember_pairs(["b"], ["a"])
+        cold_start.train(7, position, vectors, vectors)
+    empty = np.zeros((0, 2), np.float32)
+    rows = [c.complete([], empty, empty, np.zeros(0, np.int64)) for c in (original, restored)]
+    np.testing.assert_array_equal(rows[0].content, rows[1].content)
+    assert restored.tower.steps == original.tower.steps
+    assert restored.reservoir.state() == original.reservoir.state()

@@ -48,6 +48,8 @@ def _exported() -> dict[str, set[str]]:
     for group in (
         metrics.UpdaterMetrics,
         metrics.SnapshotMetrics,
+        metrics.CheckpointMetrics,
+        metrics.KafkaMetrics,
         metrics.ApiMetrics,
         metrics.SimulatorMetrics,
     ):
@@ -139,7 +141,15 @@ def test_first_row_shows_health_at_a_glance():
 
 def test_rows_cover_every_service():
     titles = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
-    assert titles == ["Health", "Updater", "Snapshots and index", "Query API", "Simulator", "Processes"]
+    assert titles == [
+        "Health",
+        "Updater",
+        "Snapshots and index",
+        "Query API",
+        "Reliability",
+        "Simulator",
+        "Processes",
+    ]
 
 
 def test_provisioning_loads_dashboards_from_where_compose_mounts_them():
