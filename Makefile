@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: help venv kafka-jars kafka-up kafka-down prometheus run test test-unit lint bench clean
+.PHONY: help venv kafka-jars kafka-up kafka-down prometheus run test test-unit lint bench clean fuzz
 
 help:
 	@echo "make run    start a local Kafka broker, the simulator, the updater and the query API"
@@ -43,6 +43,12 @@ lint: venv
 
 bench: kafka-jars
 	@$(BIN)/recsim-stream bench
+
+# Coverage-guided fuzzing (atheris) of every reader of outside input, FUZZ_SECONDS per harness (fuzz/run.sh).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/bootstrap.sh --fuzz
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 clean:
 	@$(KAFKA) stop >/dev/null 2>&1 || true

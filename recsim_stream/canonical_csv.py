@@ -73,6 +73,8 @@ def parse_event_row(row: list[str], limits: EventLimits = _DEFAULT_LIMITS) -> Ev
     for name, value in (("user_id", user), ("item_id", item), ("session_id", session)):
         if len(value.encode("utf-8")) > limits.max_id_bytes:
             return BadEvent(BadReason.ID_TOO_LONG, f"{name} is longer than {limits.max_id_bytes} bytes")
+        if "\x00" in value:  # as the record decoder (events.py): snapshots could not keep it
+            return BadEvent(BadReason.BAD_VALUE, f"{name} contains a NUL character")
     if not user or not item:
         return BadEvent(BadReason.ID_EMPTY, "user_id and item_id must not be empty")
     return Event(user, item, kind, ts, session or None)
@@ -104,6 +106,8 @@ def read_items(path: str | Path, errors: str = "raise", stats: CsvStats | None =
             problem = f"expected {len(ITEM_COLUMNS)} columns, got {len(row)}"
         elif not row[0]:
             problem = "item_id is empty"
+        elif "\x00" in row[0]:
+            problem = "item_id contains a NUL character"
         elif row[3]:
             try:
                 price = float(row[3])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,13 +59,24 @@ def _check(ok: bool, errors: str, stats: CsvStats, reason: str, where: str, mess
 
 
 def _rees46_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open: {exc}") from exc
+    with handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(header) != REES46_COLUMNS:
-            raise DatasetError(f"{path}:1: expected REES46 header {','.join(REES46_COLUMNS)}, got {header}")
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            header = next(reader, None)
+            if header is None or tuple(header) != REES46_COLUMNS:
+                raise DatasetError(
+                    f"{path}:1: expected REES46 header {','.join(REES46_COLUMNS)}, got {header}"
+                )
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: not UTF-8 text: {exc}") from exc
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise DatasetError(f"{path}:{reader.line_num}: {exc}") from exc
 
 
 class _UtcParser:
@@ -169,15 +181,30 @@ def read_rees46_items(path: str | Path) -> list[ItemMeta]:
     return list(items.values())
 
 
-def _recbole_table(path: Path) -> tuple[dict[str, int], list[list[str]]]:
-    """A RecBole atomic file: tab-separated, header ``name:type``. Returns column index by name and rows."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        lines = handle.read().splitlines()
+def _recbole_table(path: Path) -> tuple[dict[str, int], list[list[str]], list[int]]:
+    """A RecBole atomic file: tab-separated, header ``name:type``. Returns column index by name, rows and
+    the line number of each row."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read as UTF-8 text: {exc}") from exc
     if not lines:
         raise DatasetError(f"{path}:1: expected a RecBole header (name:type columns), got an empty file")
-    columns = {label.split(":", 1)[0]: i for i, label in enumerate(lines[0].split("\t"))}
-    rows = [line.split("\t") for line in lines[1:] if line]
-    return columns, rows
+    header = lines[0].split("\t")
+    columns = {label.split(":", 1)[0]: i for i, label in enumerate(header)}
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        row = line.split("\t")
+        if len(row) != len(header):
+            raise DatasetError(
+                f"{path}:{number}: expected {len(header)} tab-separated fields, got {len(row)}"
+            )
+        rows.append(row)
+        numbers.append(number)
+    return columns, rows, numbers
 
 
 def _require_columns(path: Path, columns: dict[str, int], names: Iterable[str]) -> None:
@@ -189,13 +216,20 @@ def _require_columns(path: Path, columns: dict[str, int], names: Iterable[str]) 
 def read_movielens_events(path: str | Path) -> Iterator[Event]:
     """Every rating -> click, no session id, sorted by timestamp (ties keep file order)."""
     path = Path(path)
-    columns, rows = _recbole_table(path)
+    columns, rows, numbers = _recbole_table(path)
     _require_columns(path, columns, ("user_id", "item_id", "timestamp"))
     u, i, t = columns["user_id"], columns["item_id"], columns["timestamp"]
-    try:
-        ts = np.array([float(r[t]) for r in rows])
-    except (ValueError, IndexError) as exc:
-        raise DatasetError(f"{path}: expected a number in column timestamp on every row: {exc}") from exc
+    ts = np.empty(len(rows))
+    for k, (row, number) in enumerate(zip(rows, numbers, strict=True)):
+        try:
+            value = float(row[t])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise DatasetError(f"{path}:{number}: expected a finite number as timestamp, got {row[t][:40]!r}")
+        if not (row[u] and row[i]):
+            raise DatasetError(f"{path}:{number}: user_id and item_id must not be empty")
+        ts[k] = value
     for k in np.argsort(ts, kind="stable").tolist():
         row = rows[k]
         yield Event(row[u], row[i], EventKind.CLICK, float(ts[k]))
@@ -204,7 +238,7 @@ def read_movielens_events(path: str | Path) -> Iterator[Event]:
 def read_movielens_items(path: str | Path) -> list[ItemMeta]:
     """title "Title (Year)", category = genres joined by "|", no price; in file order."""
     path = Path(path)
-    columns, rows = _recbole_table(path)
+    columns, rows, _ = _recbole_table(path)
     _require_columns(path, columns, ("item_id", "movie_title", "release_year", "class"))
     i, title, year, genres = (columns[n] for n in ("item_id", "movie_title", "release_year", "class"))
     items = []

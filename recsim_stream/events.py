@@ -133,6 +133,8 @@ def _id(
         return BadEvent(BadReason.WRONG_TYPE, f"{name} must be a string, got {type(value).__name__}")
     if not value:
         return BadEvent(BadReason.ID_EMPTY, f"{name} is empty")
+    if "\x00" in value:  # snapshots keep ids as numpy strings, which drop trailing NULs: "x\0" would be "x"
+        return BadEvent(BadReason.BAD_VALUE, f"{name} contains a NUL character")
     if len(value) > limits.max_id_bytes or len(value.encode("utf-8", "surrogatepass")) > limits.max_id_bytes:
         return BadEvent(BadReason.ID_TOO_LONG, f"{name} is longer than {limits.max_id_bytes} bytes")
     return value

@@ -10,10 +10,14 @@ items of ``x``, so an id that itself ends in ``/similar`` is only reachable thro
 
 # No `from __future__ import annotations`: FastAPI must resolve the per-app annotations built in create_app.
 
+import json
+import reprlib
 import time
 from typing import Annotated
 
 from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -130,6 +134,10 @@ def create_app(holder: IndexHolder, config: ApiConfig, registry: CollectorRegist
             ).observe(time.perf_counter() - started)
         return response
 
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_json_safe(error) for error in exc.errors()]}, status_code=422)
+
     @app.exception_handler(NotReady)
     def not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
@@ -175,6 +183,18 @@ def create_app(holder: IndexHolder, config: ApiConfig, registry: CollectorRegist
 
     app.add_middleware(LimitBodySize, limit=config.max_body_bytes)
     return app
+
+
+def _json_safe(error: dict) -> dict:
+    """A validation error as FastAPI reports it, whose echoed ``input`` becomes text where a JSON
+    response cannot carry it: a JSON body may hold Infinity or NaN (``1e400``) or a lone surrogate
+    (``"\\ud83d"``), which FastAPI's own handler would turn into a 500 when it echoes them back."""
+    try:
+        safe = jsonable_encoder(error)
+        json.dumps(safe, allow_nan=False, ensure_ascii=False).encode("utf-8")  # as JSONResponse renders
+        return safe
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return jsonable_encoder({**error, "input": reprlib.repr(error.get("input"))})
 
 
 def _neighbours(results: list[tuple[str, float]]) -> list[Neighbour]:

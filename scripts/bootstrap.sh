@@ -6,6 +6,24 @@ cd "$(dirname "$0")/.."
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# `bootstrap.sh --fuzz`: the above, then the fuzzing tools of requirements-fuzz.lock (for `make fuzz` only),
+# through the same wheelhouse and with their own stamp.
+if [ "${1:-}" = "--fuzz" ]; then
+  scripts/bootstrap.sh
+  want=$(sha256sum requirements-fuzz.lock | cut -c1-16)
+  stamp=.venv/.installed-fuzz
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && exit 0
+  WHEELS=${RECSIM_WHEELHOUSE:-$HOME/.cache/recsim-stream/wheels}
+  if ! .venv/bin/python -m pip install --quiet --no-index --find-links "$WHEELS" -r requirements-fuzz.lock 2>/dev/null; then
+    say "downloading the fuzzing wheels into $WHEELS (once per machine)"
+    .venv/bin/python -m pip download --progress-bar on --dest "$WHEELS" -r requirements-fuzz.lock
+    .venv/bin/python -m pip install --quiet --no-index --find-links "$WHEELS" -r requirements-fuzz.lock
+  fi
+  echo "$want" > "$stamp"
+  say "fuzzing tools ready"
+  exit 0
+fi
+
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || die "Python 3.11+ is required: install python3 (e.g. apt-get install python3 python3-venv)"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
