@@ -7,9 +7,12 @@ simulator into Kafka at a fixed rate through ``RecordProducer``, and a separate 
 under ingest and training load on the same cores.
 
 Freshness is wall-clock: for each item listed while the stream runs, the time from producing its
-first click to the first ``GET /items/{id}`` that shows the item with at least one learned interaction
-(its own behaviour reached the served vectors; a cold-start vector from metadata alone does not count).
-Everything started here is stopped on the way out, also on Ctrl-C and on failure.
+first click (the wall time of the send, which is also the Kafka record's timestamp) to the first
+``GET /items/{id}`` that shows the item with at least one learned interaction (its own behaviour
+reached the served vectors; a cold-start vector from metadata alone does not count). Never the
+simulator's event time, whose clock runs far ahead of the wall clock. The summary also records the
+machine's 1-minute load average, sampled through the run: on a shared 2-core machine the figures mean
+little without it. Everything started here is stopped on the way out, also on Ctrl-C and on failure.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,9 +44,10 @@ from recsim_stream.events import ItemMeta
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
 from recsim_stream.local_broker import free_port, private_broker
 from recsim_stream.pacing import RateLimiter
+from recsim_stream.processes import Children
+from recsim_stream.processes import ppid as parent_of
 from recsim_stream.sim import Simulator
 
-REPO = Path(__file__).resolve().parent.parent
 Log = Callable[[str], None]
 
 _PROGRESS_EVERY_S = 5.0
@@ -118,56 +121,6 @@ def _round(value: float | None, digits: int) -> float | None:
 # --- processes ----------------------------------------------------------------------------------
 
 
-class Children:
-    """Child processes, each in its own process group with its output in a log file; stopped in
-    reverse order with SIGINT to the group (so they finish cleanly), then SIGKILL after a timeout."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        with open(self.folder / f"{name}.log", "w") as out:
-            proc = subprocess.Popen(
-                argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.folder / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def check(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"{name} exited with status {proc.returncode}; its last output:\n{self.log(name)[-3000:]}"
-                )
-
-    def stop(self, name: str, timeout_s: float = 30.0) -> None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)  # anything it left behind in its group
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 class PeakRss:
     """Samples VmHWM (peak resident set) of watched processes and all their descendants; a process's
     peak is kept after it exits. Sampling, not a final read, because Ray's workers and the children
@@ -205,7 +158,7 @@ class PeakRss:
         children: dict[int, list[int]] = {}
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
-                ppid = _ppid(int(entry.name))
+                ppid = parent_of(int(entry.name))
                 if ppid is not None:
                     children.setdefault(ppid, []).append(int(entry.name))
         roots = dict(self.roots)
@@ -218,14 +171,6 @@ class PeakRss:
                 kb = _vm_hwm_kb(pid)
                 if kb is not None and kb > self.peak_kb.get(pid, (name, 0))[1]:
                     self.peak_kb[pid] = (name, kb)
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _vm_hwm_kb(pid: int) -> int | None:
@@ -288,6 +233,7 @@ def query_worker(
     pending: dict[str, float] = {}  # new item -> wall time its first click was produced
     fresh: list[tuple[str, float, float]] = []  # (item, first click produced, first served learned)
     queries: list[tuple[float, str, int, float]] = []  # (wall time, endpoint, status, ms)
+    snapshots: dict[int, tuple[float, float]] = {}  # version served -> (written, loaded by the API)
 
     def learn_served(ids: Sequence[str]) -> None:
         with lock:
@@ -317,6 +263,10 @@ def query_worker(
                             del pending[item]
                 for item in bootstrap:  # until the first results: find a few served items
                     probe(client, item)
+                response = _get(client, "/snapshot")
+                if response is not None and response.status_code == 200:
+                    info = response.json()
+                    snapshots.setdefault(info["version"], (info["created_at"], info["loaded_at"]))
                 shared[2], shared[3] = len(pending), len(fresh)
                 stop.wait(_PROBE_EVERY_S)
 
@@ -361,7 +311,12 @@ def query_worker(
             stop.wait(max(0.0, min(delay, _SHIP_EVERY_S)))
     prober.join()
     with lock:
-        record = {"queries": queries, "fresh": fresh, "unresolved": pending}
+        record = {
+            "queries": queries,
+            "fresh": fresh,
+            "unresolved": pending,
+            "snapshots": list(snapshots.values()),
+        }
     Path(out_path).write_text(json.dumps(record))
 
 
@@ -386,6 +341,16 @@ class _Probe:
         self.updater_metrics = updater_metrics
         self.api = api
         self.client = httpx.Client()
+        self.loads: list[float] = [os.getloadavg()[0]]  # 1-minute load average at each progress line
+
+    def served(self) -> dict:
+        """What the API serves now: GET /snapshot's version, index and delta figures."""
+        response = _get(self.client, f"{self.api}/snapshot")
+        if response is None or response.status_code != 200:
+            return {}
+        info = response.json()
+        keys = ("version", "kind", "items", "index_kind", "index_shipped", "delta_rows")
+        return {key: info.get(key) for key in keys}
 
     def updater(self) -> dict[str, float]:
         response = _get(self.client, self.updater_metrics)
@@ -397,6 +362,7 @@ class _Probe:
 
 
 def _progress_line(produced: _Produced, probe: _Probe, shared: mp.Array, phase: str) -> str:
+    probe.loads.append(os.getloadavg()[0])
     trained = probe.updater().get("recsim_events_trained_total", 0.0)
     swaps = probe.api_metrics().get("recsim_index_swaps_total", 0.0)
     return (
@@ -482,6 +448,7 @@ def run(options: E2EOptions, log: Log) -> dict:
         raise
     if options.keep_logs:
         shutil.rmtree(folder / "kafka" / "data", ignore_errors=True)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         log(f"bench e2e: the logs of the run are in {folder}")
     else:
         shutil.rmtree(folder, ignore_errors=True)
@@ -518,6 +485,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                  "--kafka-items-topic", kafka.items_topic, "--kafka-dlq-topic", kafka.dlq_topic,
                  "--kafka-group-id", kafka.group_id, "--snapshot-dir", snapshots,
                  "--snapshot-interval-s", str(options.snapshot_interval_s),
+                 "--checkpoint-dir", str(folder / "checkpoints"),
                  "--metrics-port", str(metrics_port)],
             )  # fmt: skip
             rss.watch("updater", updater.pid)
@@ -551,7 +519,8 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                 producer.close()
             drained_at = _drain(produced, probe, children, shared, options, log)
             _wait_fresh(shared, produced, children, options)
-            updater_totals, api_totals = probe.updater(), probe.api_metrics()
+            updater_totals, api_totals, served = probe.updater(), probe.api_metrics(), probe.served()
+            probe.loads.append(os.getloadavg()[0])
             stop.set()
             worker.join(timeout=30)
             queried = json.loads((folder / "queries.json").read_text())
@@ -568,6 +537,12 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
             children.stop_all()
             rss.stop()
     result = summarise(produced, drained_at, updater_totals, api_totals, queried, rss.mb_by_root())
+    result["served_at_end"] = served
+    result["load_average_1m"] = {
+        "start": probe.loads[0],
+        "median": round(percentile(probe.loads, 50), 2),
+        "max": max(probe.loads),
+    }
     result["updater_final_line"] = final_line
     if options.plot:
         plot(options.plot, queried, produced.started)
@@ -648,11 +623,22 @@ def summarise(
         "query_p50_ms": _round(percentile(latencies, 50), 2),
         "query_p99_ms": _round(percentile(latencies, 99), 2),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
+        **written_to_served(queried["snapshots"]),
         "swaps": int(api.get("recsim_index_swaps_total", 0)),
         "snapshot_loads_refused": int(api.get("recsim_snapshot_loads_refused_total", 0)),
         "items": int(api.get("recsim_index_items", 0)),
         "peak_rss_mb": round(sum(peak_rss_mb.values()), 1),
         "peak_rss_mb_by_process": peak_rss_mb,
+    }
+
+
+def written_to_served(snapshots: list[tuple[float, float]]) -> dict:
+    """From a snapshot's write (manifest ``created_at``) to the API serving it, over the versions the
+    query process saw served: the serving side's share of freshness."""
+    delays = [loaded - written for written, loaded in snapshots]
+    return {
+        "written_to_served_p50_s": _round(percentile(delays, 50), 3),
+        "written_to_served_p95_s": _round(percentile(delays, 95), 3),
     }
 
 

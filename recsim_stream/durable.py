@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def fsync_dir(path: Path) -> None:
 def write_npy(folder: Path, name: str, arr: np.ndarray) -> ArrayInfo:
     """Write ``arr`` as ``<folder>/<name>.npy``; returns its manifest entry."""
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(arr), allow_pickle=False)
+    np.save(buffer, arr, allow_pickle=False)  # keeps a 0-d array 0-d (ascontiguousarray would not)
     data = buffer.getvalue()
     file = f"{name}.npy"
     write_durably(folder / file, data)
@@ -54,7 +55,7 @@ def read_npy(folder: Path, name: str, info: object, error: type[Exception]) -> n
     if not isinstance(info, dict) or not isinstance(info.get("file"), str):
         raise error(f"{folder}: manifest entry of {name} is not a file description ({info!r:.80})")
     path = folder / info["file"]
-    if path.parent != folder or path.name != info["file"]:
+    if path.parent != folder or path.name != info["file"] or info["file"] == "..":
         raise error(f"{folder}: manifest names a file outside the folder for {name}: {info['file']!r:.80}")
     try:
         data = path.read_bytes()
@@ -63,12 +64,33 @@ def read_npy(folder: Path, name: str, info: object, error: type[Exception]) -> n
     digest = hashlib.sha256(data).hexdigest()
     if digest != info.get("sha256"):
         raise error(f"{path}: expected sha256 {info.get('sha256')}, got {digest} (corrupt or partial)")
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise error(f"{path}: not a valid .npy file ({exc})") from exc
-    if str(arr.dtype) != info.get("dtype") or list(arr.shape) != list(info.get("shape") or []):
+    dtype, shape, data_bytes = _npy_header(data, path, error)
+    if str(dtype) != info.get("dtype") or shape != info.get("shape"):
         raise error(
-            f"{path}: manifest says {info.get('dtype')} {info.get('shape')}, file holds {arr.dtype} {list(arr.shape)}"
+            f"{path}: manifest says {info.get('dtype')} {info.get('shape')}, file holds {dtype} {shape}"
         )
-    return arr
+    if data_bytes != math.prod(shape) * dtype.itemsize:
+        raise error(
+            f"{path}: expected {math.prod(shape) * dtype.itemsize} bytes of {dtype} {shape}, got {data_bytes}"
+        )
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy refuses a bad file with one of several unrelated types
+        raise error(f"{path}: not a valid .npy file ({type(exc).__name__}: {exc})") from exc
+
+
+def _npy_header(data: bytes, path: Path, error: type[Exception]) -> tuple[np.dtype, list[int], int]:
+    """(dtype, shape, bytes after the header) of an .npy file, read before numpy allocates the array that
+    the header claims: a few hostile bytes could otherwise ask for terabytes."""
+    handle = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+    except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError... for a malformed header
+        raise error(f"{path}: not a valid .npy file ({type(exc).__name__}: {exc})") from exc
+    if dtype.hasobject:
+        raise error(
+            f"{path}: not a valid .npy file (it holds Python objects, {dtype}; they are never unpickled)"
+        )
+    return dtype, list(shape), len(data) - handle.tell()

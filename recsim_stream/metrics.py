@@ -20,7 +20,7 @@ from recsim_stream.events import BadReason, EventKind
 LABELS = frozenset(
     {"reason", "shard", "partition", "endpoint", "status", "kind", "index", "cause", "client", "operation"}
 )
-SNAPSHOT_WRITE_REFUSALS = ("write_failed",)
+SNAPSHOT_WRITE_REFUSALS = ("write_failed", "recall", "index_failed")
 SNAPSHOT_LOAD_REFUSALS = ("corrupt", "recall")
 RECOVERY_CAUSES = ("shard_actor",)
 

@@ -5,6 +5,9 @@ A ``ServingState`` is built completely (arrays, id map, FAISS indexes) off the r
 whole state even while a swap happens. ``SnapshotWatcher`` is the bridge from disk: it polls the
 snapshot directory (which another process writes), builds the next state and swaps it in; a
 snapshot that fails to load or fails the recall gate is counted and the old state keeps serving.
+A full snapshot normally ships its approximate indexes, built and gated by the snapshotter, and the
+watcher only deserialises them; it builds (and gates) them itself only for a snapshot that ships none
+(older snapshots, and catalogues under ``index.exact_below``, whose flat indexes are cheap).
 
 Next-item answers mix two of scoring.py's components, as ``recsim-stream eval`` does. *Discovery*
 (known items): the approximate index over output vectors with the popularity prior. *New item*
@@ -25,25 +28,27 @@ import logging
 import threading
 import time
 from collections import ChainMap
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from recsim_stream.config import ApiConfig, IndexConfig
 from recsim_stream.index import (
+    IndexLoadError,
     MergedIndex,
     RecallGateError,
     VectorIndex,
-    build_index,
-    gate_recall,
+    build_main_indexes,
     l2_normalise,
     merge_with_delta,
+    unship,
 )
 from recsim_stream.metrics import ApiMetrics
 from recsim_stream.scoring import query_with_prior, session_query, top_k, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
+    ShippedIndex,
     Snapshot,
     SnapshotArrays,
     SnapshotError,
@@ -73,13 +78,45 @@ class MainBuild:
 
     version: int
     arrays: SnapshotArrays
-    positions: Mapping[str, int]
+    positions: IdLookup
     similar: VectorIndex  # normalised input vectors
     recommend: VectorIndex  # output vectors with the popularity prior (scoring.with_prior)
     recall: Mapping[str, float]
+    popularity_power: float  # of the prior in ``recommend``; delta rows get the same
+    shipped: bool  # the indexes came with the snapshot (else this process built them)
 
 
 TAIL_SAMPLE = 1024  # known rows sampled to estimate the discovery softmax's normaliser beyond the top hits
+
+
+class IdLookup(Mapping[str, int]):
+    """Item id -> position, through a sorted copy of the ids. Built by numpy in one sort, not a
+    Python loop per id: a swap building a dict of 100k ids held the GIL for tens of milliseconds,
+    and every query that arrived meanwhile waited."""
+
+    def __init__(self, ids: np.ndarray, offset: int = 0) -> None:
+        order = np.argsort(ids, kind="stable")
+        self._sorted = ids[order]
+        self._positions = order + offset
+
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Position of each of ``ids``, -1 where absent."""
+        if not len(self._sorted):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._positions[at], -1)
+
+    def __getitem__(self, item_id: str) -> int:
+        at = int(np.searchsorted(self._sorted, item_id))
+        if at < len(self._sorted) and self._sorted[at] == item_id:
+            return int(self._positions[at])
+        raise KeyError(item_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sorted.tolist())
+
+    def __len__(self) -> int:
+        return len(self._sorted)
 
 
 @dataclass(frozen=True)
@@ -165,20 +202,31 @@ class ServingState:
         return query / norm if norm > 0 else None
 
 
-def build_main(snapshot: Snapshot, config: IndexConfig) -> MainBuild:
-    """Build and gate both approximate indexes of a full snapshot (slow: run off the request path)."""
+def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | None = None) -> MainBuild:
+    """The main indexes of a full snapshot: the ``shipped`` ones (checked against its rows), or, for a
+    snapshot that ships none, built and gated here (slow: run off the request path)."""
     arrays = snapshot.arrays
-    unit_inputs = l2_normalise(arrays.input_vectors)
-    similar = build_index(unit_inputs, config)
-    outputs = with_prior(arrays.output_vectors, arrays.counts, config.popularity_power)
-    recommend = build_index(outputs, config)
-    queries = np.hstack([arrays.input_vectors, np.ones((arrays.count, 1), np.float32)])
-    recall = {
-        "similar": gate_recall(similar, unit_inputs, unit_inputs, config),
-        "recommend": gate_recall(recommend, outputs, queries, config),
-    }
-    positions = {item: i for i, item in enumerate(arrays.ids.tolist())}
-    return MainBuild(snapshot.manifest.version, arrays, positions, similar, recommend, recall)
+    if shipped is not None:
+        indexes = unship(shipped, arrays.count, arrays.dim)
+    else:
+        with_new_items = serves_new_items(snapshot.manifest.scoring, arrays.content_vectors is not None)
+        indexes = build_main_indexes(
+            arrays.input_vectors,
+            arrays.output_vectors,
+            arrays.counts,
+            config,
+            discovery=~arrays.cold if with_new_items else None,
+        )
+    return MainBuild(
+        snapshot.manifest.version,
+        arrays,
+        IdLookup(arrays.ids),
+        indexes.similar,
+        indexes.recommend,
+        indexes.recall,
+        indexes.popularity_power,
+        shipped is not None,
+    )
 
 
 def build_state(
@@ -191,27 +239,27 @@ def build_state(
     """Combine a main build with the rows changed since it into a servable state (fast: exact delta)."""
     started = time.perf_counter()
     n_main = main.arrays.count
-    overridden = [main.positions[i] for i in delta.ids.tolist() if i in main.positions]
+    overridden = main.positions.positions_of(delta.ids)
+    overridden = overridden[overridden >= 0]
     live = np.ones(n_main, dtype=bool)
     live[overridden] = False
-    delta_positions = {item: n_main + j for j, item in enumerate(delta.ids.tolist())}
+    new_items = _new_items(main.arrays, delta, live, manifest, config.seed, main.popularity_power)
+    # Cold rows answer through the new-item component only, when there is one.
+    discovery = (live, None) if new_items is None else (live & ~main.arrays.cold, ~delta.cold)
     recommend = merge_with_delta(
         main.recommend,
-        live,
-        with_prior(delta.output_vectors, delta.counts, config.popularity_power),
-        config.merge_margin,
+        discovery[0],
+        with_prior(delta.output_vectors, delta.counts, main.popularity_power),
+        discovery[1],
     )
-    new_items = _new_items(main.arrays, delta, live, manifest, config)
-    if new_items is not None:  # cold rows answer through the new-item component only
-        recommend = replace(recommend, live=recommend.live & ~np.concatenate([main.arrays.cold, delta.cold]))
     return ServingState(
         version=manifest.version,
         manifest=manifest,
         main=main,
         delta=delta,
-        positions=ChainMap(delta_positions, main.positions),
+        positions=ChainMap(IdLookup(delta.ids, offset=n_main), main.positions),
         item_count=n_main - len(overridden) + delta.count,
-        similar=merge_with_delta(main.similar, live, l2_normalise(delta.input_vectors), config.merge_margin),
+        similar=merge_with_delta(main.similar, live, l2_normalise(delta.input_vectors)),
         recommend=recommend,
         built_at=clock(),
         build_seconds=time.perf_counter() - started,
@@ -219,19 +267,31 @@ def build_state(
     )
 
 
+def serves_new_items(scoring: Mapping[str, float] | None, has_content: bool) -> bool:
+    """Whether a snapshot with these scoring constants answers for cold rows through the new-item
+    component, and so leaves them out of discovery (next-item search over learned rows)."""
+    return has_content and float((scoring or {}).get("new_item_share", 0.0)) > 0
+
+
 def _new_items(
     main: SnapshotArrays,
     delta: SnapshotArrays,
     live: np.ndarray,
     manifest: SnapshotManifest,
-    config: IndexConfig,
+    seed: int,
+    popularity_power: float,
 ) -> NewItems | None:
     """The new-item component, when the snapshot publishes one (content vectors and a share)."""
     scoring = manifest.scoring or {}
     share = float(scoring.get("new_item_share", 0.0))
+    temperature = float(scoring.get("cold_temperature", 0.1))
     widths = [a.content_vectors.shape[1] for a in (main, delta) if a.content_vectors is not None]
-    if share <= 0 or not widths:
+    if not serves_new_items(scoring, bool(widths)):
         return None
+    if not temperature >= 1e-6:  # fitted ones start at 1e-3 (cold_start.py); tinier ones overflow the logits
+        raise SnapshotError(
+            f"snapshot {manifest.version}: expected cold_temperature >= 1e-6, got {temperature}"
+        )
 
     def content(arrays: SnapshotArrays, rows: np.ndarray) -> np.ndarray:
         if arrays.content_vectors is None:
@@ -241,7 +301,7 @@ def _new_items(
     cold_main, cold_delta = np.flatnonzero(main.cold & live), np.flatnonzero(delta.cold)
     known_main, known_delta = np.flatnonzero(~main.cold & live), np.flatnonzero(~delta.cold)
     known = len(known_main) + len(known_delta)
-    rng = np.random.default_rng([config.seed, manifest.version])
+    rng = np.random.default_rng([seed, manifest.version])
     sample = np.sort(rng.choice(known, size=min(known, TAIL_SAMPLE), replace=False))
     from_main, from_delta = (
         sample[sample < len(known_main)],
@@ -249,12 +309,12 @@ def _new_items(
     )
     tail_positions = np.concatenate([known_main[from_main], main.count + known_delta[from_delta]])
     tail = np.vstack([
-        with_prior(main.output_vectors[known_main[from_main]], main.counts[known_main[from_main]], config.popularity_power),
-        with_prior(delta.output_vectors[known_delta[from_delta]], delta.counts[known_delta[from_delta]], config.popularity_power),
+        with_prior(main.output_vectors[known_main[from_main]], main.counts[known_main[from_main]], popularity_power),
+        with_prior(delta.output_vectors[known_delta[from_delta]], delta.counts[known_delta[from_delta]], popularity_power),
     ])  # fmt: skip
     return NewItems(
         share=min(share, 1.0 - 1e-6),
-        temperature=float(scoring.get("cold_temperature", 0.1)),
+        temperature=temperature,
         positions=np.concatenate([cold_main, main.count + cold_delta]),
         content=np.vstack([content(main, cold_main), content(delta, cold_delta)]),
         outputs=np.vstack([main.output_vectors[cold_main], delta.output_vectors[cold_delta]]),
@@ -305,8 +365,10 @@ class IndexHolder:
             self.metrics.items.set(state.item_count)
             for index, recall in state.main.recall.items():
                 self.metrics.recall.labels(index=index).set(recall)
-            if state.manifest.newest_event_ts is not None:
-                self.metrics.freshness.observe(max(0.0, self._clock() - state.manifest.newest_event_ts))
+            # From the newest covered record's production (its Kafka timestamp, wall clock) to now. Not
+            # from event time: a simulator's or a replay's event clock is not the wall clock.
+            if state.manifest.newest_record_ts is not None:
+                self.metrics.freshness.observe(max(0.0, self._clock() - state.manifest.newest_record_ts))
         return True
 
     def _current(self) -> ServingState:
@@ -384,10 +446,12 @@ class IndexHolder:
             "loaded_at": state.built_at,
             "build_seconds": state.build_seconds,
             "index_kind": state.main.similar.kind,
+            "index_shipped": state.main.shipped,
             "index_build_seconds": state.main.similar.build_seconds + state.main.recommend.build_seconds,
             "recall": dict(state.main.recall),
             "delta_rows": state.delta.count,
             "newest_event_ts": m.newest_event_ts,
+            "newest_record_ts": m.newest_record_ts,
             "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in m.offsets.items()},
             "age_seconds": max(0.0, self._clock() - m.created_at),
         }
@@ -450,7 +514,7 @@ class SnapshotWatcher:
             return False
         try:
             state = self._load(version, current)
-        except SnapshotError as exc:
+        except (SnapshotError, IndexLoadError) as exc:
             return self._refuse(version, "corrupt", exc)
         except RecallGateError as exc:
             return self._refuse(version, "recall", exc)
@@ -460,8 +524,9 @@ class SnapshotWatcher:
         same_base = current is not None and self._main is not None and current.main is self._main
         chain = self.store.read_chain(version, after=current.version if same_base else None)
         if chain[0].manifest.kind == KIND_FULL:
-            if self._main is None or self._main.version != chain[0].manifest.version:
-                self._main = build_main(chain[0], self.config)
+            base = chain[0].manifest.version
+            if self._main is None or self._main.version != base:
+                self._main = build_main(chain[0], self.config, self.store.read_index(base))
             delta, rest = empty_like(chain[0].arrays), chain[1:]
         else:  # extends the chain already served
             delta, rest = current.delta, chain

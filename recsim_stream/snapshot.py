@@ -10,12 +10,15 @@ caller keeps serving the previous one.
 A *full* snapshot holds every row; a *delta* holds only the rows changed since its parent (the
 previous snapshot) and names its base (the full snapshot its chain starts from). Serving applies
 base + deltas in order, newer rows winning. A delta cannot remove rows: expired items disappear at
-the next full snapshot. This module does no indexing (no FAISS) and reads no configuration but its own.
+the next full snapshot. A full snapshot may also ship the serialised search indexes built over its rows
+(``index_<name>.npy`` byte arrays, described by the manifest's ``index`` entry), so that no reader has
+to build them. This module does no indexing (no FAISS) and reads no configuration but its own.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -38,6 +41,7 @@ _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 KIND_FULL = "full"
 KIND_DELTA = "delta"
+INDEX_PREFIX = "index_"  # files of a shipped index: index_<name>.npy
 
 
 class SnapshotError(Exception):
@@ -103,6 +107,31 @@ class SnapshotArrays:
                 raise SnapshotError(f"{name}: expected finite floats, got NaN or inf")
 
 
+# Bound on a vector component: any dot product of two rows (any dim below 1e14) stays finite in float32.
+MAX_ABS_COMPONENT = 1e12
+
+
+def _check_servable(arrays: SnapshotArrays, where: Path) -> None:
+    """Refuse what would fail every answer naming it, even when the checksums match (a buggy or hostile
+    writer): ids that are not unicode text, vectors that are not finite or whose scores would overflow,
+    negative counts. Linear, no copy of the vectors: ~0.06 s at 1M rows x 64."""
+    ids = arrays.ids
+    codes = (
+        ids.astype(ids.dtype.newbyteorder("="), copy=False).view(np.uint32) if ids.dtype.itemsize else ids[:0]
+    )
+    if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes <= 0xDFFF)).any())):
+        raise SnapshotError(f"{where}: ids: expected unicode text, got code points that are not characters")
+    for name in ("input_vectors", "output_vectors", "content_vectors"):
+        arr = getattr(arrays, name)
+        low, high = (float(arr.min()), float(arr.max())) if arr is not None and arr.size else (0.0, 0.0)
+        if not -MAX_ABS_COMPONENT <= low <= high <= MAX_ABS_COMPONENT:  # NaN fails every comparison
+            raise SnapshotError(
+                f"{where}: {name}: expected finite floats within +-{MAX_ABS_COMPONENT:g}, got [{low}, {high}]"
+            )
+    if arrays.count and int(arrays.counts.min()) < 0:
+        raise SnapshotError(f"{where}: counts: expected counts >= 0, got {int(arrays.counts.min())}")
+
+
 _ARRAY_NAMES = ("ids", "input_vectors", "output_vectors", "counts", "cold")
 _OPTIONAL_ARRAYS = ("content_vectors",)
 
@@ -129,6 +158,11 @@ class SnapshotManifest:
     # Optional scoring constants the query API applies (e.g. new_item_share, cold_temperature);
     # None in snapshots without a cold-start component.
     scoring: Mapping[str, float] | None = None
+    # How the shipped index files were built and gated (JSON, index.py); None when none is shipped.
+    index: Mapping[str, object] | None = None
+    # Wall time the newest covered Kafka record was produced (its record timestamp); freshness is
+    # measured from it, because event time may run ahead of or behind the wall clock.
+    newest_record_ts: float | None = None
 
     def to_json(self) -> dict:
         raw = {
@@ -146,6 +180,10 @@ class SnapshotManifest:
         }
         if self.scoring is not None:
             raw["scoring"] = dict(self.scoring)
+        if self.index is not None:
+            raw["index"] = dict(self.index)
+        if self.newest_record_ts is not None:
+            raw["newest_record_ts"] = self.newest_record_ts
         return raw
 
     @classmethod
@@ -171,6 +209,10 @@ class SnapshotManifest:
                 scoring=None
                 if raw.get("scoring") is None
                 else {str(k): float(v) for k, v in raw["scoring"].items()},
+                index=None if raw.get("index") is None else dict(raw["index"]),
+                newest_record_ts=None
+                if raw.get("newest_record_ts") is None
+                else float(raw["newest_record_ts"]),
             )
         except SnapshotError:
             raise
@@ -178,15 +220,28 @@ class SnapshotManifest:
             raise SnapshotError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
         if manifest.kind not in (KIND_FULL, KIND_DELTA):
             raise SnapshotError(f"{where}: expected kind full or delta, got {manifest.kind!r}")
+        # JSON admits NaN and Infinity; served numbers must be finite (JSON responses refuse them).
+        numbers = {
+            "created_at": manifest.created_at,
+            "newest_event_ts": manifest.newest_event_ts,
+            "newest_record_ts": manifest.newest_record_ts,
+        }
+        numbers.update({f"scoring.{k}": v for k, v in (manifest.scoring or {}).items()})
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise SnapshotError(f"{where}: expected a finite {name}, got {value}")
         if (manifest.kind == KIND_DELTA) != (manifest.parent_version is not None):
             raise SnapshotError(
                 f"{where}: a delta needs a parent_version and a full snapshot must not have one"
             )
-        if set(manifest.files) - set(_OPTIONAL_ARRAYS) != set(_ARRAY_NAMES):
+        index_files = {n for n in manifest.files if n.startswith(INDEX_PREFIX)}
+        if set(manifest.files) - set(_OPTIONAL_ARRAYS) - index_files != set(_ARRAY_NAMES):
             raise SnapshotError(
-                f"{where}: expected files {sorted(_ARRAY_NAMES)} (and optionally {list(_OPTIONAL_ARRAYS)}), "
-                f"got {sorted(manifest.files)}"
+                f"{where}: expected files {sorted(_ARRAY_NAMES)} (and optionally {list(_OPTIONAL_ARRAYS)} "
+                f"and {INDEX_PREFIX}* files), got {sorted(manifest.files)}"
             )
+        if index_files and (manifest.index is None or manifest.kind != KIND_FULL):
+            raise SnapshotError(f"{where}: index files belong to a full snapshot with an index entry")
         return manifest
 
 
@@ -196,13 +251,21 @@ class Snapshot:
     arrays: SnapshotArrays
 
 
+@dataclass(frozen=True)
+class ShippedIndex:
+    """Search indexes serialised by whoever built them over a full snapshot's rows (index.py)."""
+
+    files: Mapping[str, np.ndarray]  # name -> 1-d uint8 bytes
+    info: Mapping[str, object]  # JSON-serialisable: how they were built and gated
+
+
 def folder_name(version: int) -> str:
     return f"v{version:012d}"
 
 
 def apply_delta(base: SnapshotArrays, delta: SnapshotArrays) -> SnapshotArrays:
     """Rows of ``delta`` replace the rows of ``base`` with the same id; new ids are appended."""
-    if delta.count and base.count and delta.dim != base.dim:
+    if delta.dim != base.dim:  # even without rows: the arrays could not be concatenated
         raise SnapshotError(f"delta: expected dim {base.dim} like its base, got {delta.dim}")
     keep = ~np.isin(base.ids, delta.ids)
     merged = {n: np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES}
@@ -277,6 +340,7 @@ class SnapshotStore:
                 f"{folder}: manifest says {manifest.count} rows x {manifest.dim}, "
                 f"arrays hold {arrays.count} x {arrays.input_vectors.shape[1]}"
             )
+        _check_servable(arrays, folder)
         return Snapshot(manifest, arrays)
 
     def read_chain(self, version: int, after: int | None = None) -> list[Snapshot]:
@@ -303,6 +367,19 @@ class SnapshotStore:
             arrays = apply_delta(arrays, delta.arrays)
         return Snapshot(chain[-1].manifest, arrays)
 
+    def read_index(self, version: int) -> ShippedIndex | None:
+        """The index shipped with full snapshot ``version``, verified; None if it ships none."""
+        manifest = self.read_manifest(version)
+        if manifest.index is None:
+            return None
+        folder = self.root / folder_name(version)
+        files = {
+            name.removeprefix(INDEX_PREFIX): self._read_array(folder, name, manifest)
+            for name in manifest.files
+            if name.startswith(INDEX_PREFIX)
+        }
+        return ShippedIndex(files, manifest.index)
+
     def _read_array(self, folder: Path, name: str, manifest: SnapshotManifest) -> np.ndarray:
         return read_npy(folder, name, manifest.files[name], SnapshotError)
 
@@ -316,12 +393,19 @@ class SnapshotStore:
         newest_event_ts: float | None,
         parent_version: int | None = None,
         scoring: Mapping[str, float] | None = None,
+        index: ShippedIndex | None = None,
+        newest_record_ts: float | None = None,
+        make_latest: bool = True,
     ) -> SnapshotManifest:
         """Publish a full snapshot (``parent_version=None``) or a delta on ``parent_version``.
 
-        Writes the folder atomically, points ``LATEST`` at it, then prunes old versions. ``scoring``
-        (optional) is stored in the manifest for the query API.
+        Writes the folder atomically, points ``LATEST`` at it (unless ``make_latest`` is False: a
+        full snapshot whose catch-up delta follows at once), then prunes old versions. ``scoring``
+        (optional) is stored in the manifest for the query API; ``index`` (full snapshots only) is
+        shipped beside the arrays.
         """
+        if index is not None and parent_version is not None:
+            raise SnapshotError(f"delta {version}: an index ships with a full snapshot only")
         latest = self.latest_version()
         if latest is not None and version <= latest:
             raise SnapshotError(f"snapshot {version}: expected a version above the latest, {latest}")
@@ -339,6 +423,8 @@ class SnapshotStore:
         temp.mkdir()
         try:
             files = {name: write_npy(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)}
+            for name, data in (index.files if index is not None else {}).items():
+                files[INDEX_PREFIX + name] = write_npy(temp, INDEX_PREFIX + name, data)
             manifest = SnapshotManifest(
                 version=version,
                 kind=KIND_FULL if parent_version is None else KIND_DELTA,
@@ -351,6 +437,8 @@ class SnapshotStore:
                 created_at=self._clock(),
                 files=files,
                 scoring=None if scoring is None else dict(scoring),
+                index=None if index is None else dict(index.info),
+                newest_record_ts=newest_record_ts,
             )
             write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
             fsync_dir(temp)
@@ -359,7 +447,8 @@ class SnapshotStore:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         fsync_dir(self.root)
-        self._point_latest(version)
+        if make_latest:
+            self._point_latest(version)
         self.prune()
         return manifest
 

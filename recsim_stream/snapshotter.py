@@ -1,9 +1,27 @@
-"""From shard exports to published snapshots: full ones periodically, deltas in between.
+"""From shard exports to published snapshots: deltas every interval, full snapshots with their index.
 
-The caller (the updater) exports every shard at a batch boundary, so the exports form a consistent
-cut covering exactly the Kafka offsets it passes along. Writing (arrays, checksums, fsync) happens on
-one background thread; while a write is in flight no new snapshot is due, so nothing queues up. A
-failed write is counted and the next snapshot is a full one, so serving never depends on it.
+The caller (the updater) exports every shard at a batch boundary, as ``since()`` says, so the exports
+form a consistent cut covering exactly the Kafka offsets it passes to ``take()``. Writing (arrays,
+checksums, fsync) happens on one background writer thread; while a write is in flight no new
+snapshot is due, so nothing queues up.
+
+A full snapshot of ``index.exact_below`` rows or more needs approximate indexes, which take seconds
+to build at 100k rows and minutes at 1M. They are built and gated here once, on a build thread, and
+shipped in the snapshot folder, so no query API replica builds them. Meanwhile deltas keep flowing on
+the current chain, and their rows are also kept as the *catch-up* of the full snapshot being built.
+Once the index is ready, the next snapshot writes the full one without pointing LATEST at it, then a
+delta with the catch-up rows on top of it, and LATEST at that: a reader never swaps back to the
+older cut the index was built over. An index below the recall gate is not published (refused,
+reason ``recall``) and the current chain goes on. With no chain to go on (the first snapshot of this
+process), or one whose base is small enough to be searched exactly, the cut is published at once with
+exact (flat) indexes: slow queries at a large catalogue, but served in seconds rather than after
+minutes of building.
+
+A full snapshot is due every ``snapshot.full_every`` snapshots, and sooner once the rows changed since
+the last one reach ``snapshot.full_after_changed`` of it: the API searches changed rows exactly.
+
+Nothing is published when no shard version moved and the cold start added no row. A failed write is
+counted and the chain is dropped, so the next snapshot is a full one and serving never depends on it.
 """
 
 from __future__ import annotations
@@ -12,13 +30,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from recsim_stream.config import SnapshotConfig
+from recsim_stream.config import IndexConfig, SnapshotConfig
+from recsim_stream.index import MainIndexes, RecallGateError, build_main_indexes, exact_main_indexes, ship
 from recsim_stream.metrics import SnapshotMetrics
+from recsim_stream.query import serves_new_items
 from recsim_stream.shard import ShardExport
-from recsim_stream.snapshot import SnapshotArrays, SnapshotStore
+from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +50,16 @@ Complete = Callable[[SnapshotArrays, bool], SnapshotArrays]
 
 
 def snapshot_arrays(
-    exports: Sequence[ShardExport], names: Names, cold_keys: set[int]
+    exports: Sequence[ShardExport],
+    names: Names,
+    cold_keys: set[int],
+    since: Sequence[int | None] | None = None,
 ) -> tuple[SnapshotArrays, int]:
     """Rows worth serving (learned from at least one pair, or given a content vector), and how many
-    rows were left out because their item id is unknown to this process."""
+    rows were left out because their item id is unknown to this process. With ``since``, only the
+    rows each shard changed after that version (a delta taken out of a full export)."""
+    if since is not None:
+        exports = [_changed_after(e, s) for e, s in zip(exports, since, strict=True)]
     keys = np.concatenate([e.keys for e in exports]) if exports else np.zeros(0, np.int64)
     counts = np.concatenate([e.counts for e in exports]) if exports else np.zeros(0, np.int64)
     ids = names(keys)
@@ -54,6 +81,60 @@ def snapshot_arrays(
     return arrays, int((~named).sum())
 
 
+def _changed_after(export: ShardExport, version: int | None) -> ShardExport:
+    if version is None:
+        return export
+    rows = export.versions > version
+    return ShardExport(
+        export.version,
+        export.keys[rows],
+        export.input[rows],
+        export.output[rows],
+        export.counts[rows],
+        export.versions[rows],
+        export.removed,
+    )
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What a snapshot's manifest says besides its rows: the cut it covers and the scoring constants."""
+
+    offsets: Mapping[str, Mapping[int, int]]
+    newest_event_ts: float | None
+    newest_record_ts: float | None
+    scoring: Mapping[str, float] | None
+
+
+@dataclass(frozen=True)
+class _Write:
+    version: int
+    arrays: SnapshotArrays
+    parent: int | None  # None for a full snapshot
+    meta: _Meta
+    indexes: MainIndexes | None = None  # shipped with a full snapshot
+    make_latest: bool = True
+    exact: bool = False  # ship exact indexes (built by the writer)
+
+
+@dataclass
+class _FullBuild:
+    """A full snapshot whose indexes a build thread is making, and the rows changed since its cut."""
+
+    arrays: SnapshotArrays
+    meta: _Meta
+    catch_up: SnapshotArrays
+    thread: threading.Thread | None = None
+    indexes: MainIndexes | None = None
+    error: Exception | None = None
+
+    def done(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+
+FULL, DELTA = "full", "delta"
+
+
 class Snapshotter:
     def __init__(
         self,
@@ -62,18 +143,29 @@ class Snapshotter:
         metrics: SnapshotMetrics,
         shards: int,
         clock: Callable[[], float] = time.monotonic,
+        index: IndexConfig | None = None,
     ) -> None:
+        """``index`` (default ``IndexConfig()``) decides which full snapshots get a shipped index."""
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.index = index or IndexConfig()
         self._clock = clock
         self._next_due = clock()
         self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
         self._shards = shards
-        self._since: list[int | None] = [None] * shards  # shard versions of the last written snapshot
-        self._last_version = store.latest_version()
-        self._since_full = config.full_every  # snapshots since the last full one
+        # Shard versions the rows published (or kept as catch-up) so far cover; None: export in full.
+        self._since: list[int] | None = None
+        self._chain: int | None = None  # the last version written, which a delta may extend
+        # Versions are never reused: a full snapshot written just before a crash may sit above LATEST.
+        self._last_version = max([*store.versions(), store.latest_version() or 0])
+        self._since_full = config.full_every  # snapshots written since the last full one
+        self._full_rows = 0  # rows of the last full snapshot
+        self._changed: set[str] = set()  # ids in the deltas written on it since
+        self._build: _FullBuild | None = None
+        self._plan: str | None = None  # what the last since() asked to export
+        self._idle = False  # the last snapshot found nothing to publish
         self.published = 0
         self.failed = 0
 
@@ -82,9 +174,12 @@ class Snapshotter:
 
     def since(self) -> list[int | None]:
         """What to export next: None per shard for a full export, else the shard version to diff from."""
-        if self._last_version is None or self._since_full >= self.config.full_every:
-            return [None] * self._shards
-        return list(self._since)
+        grown = len(self._changed) >= self.config.full_after_changed * self._full_rows > 0
+        full_due = (
+            self._build is None and not self._idle and (self._since_full >= self.config.full_every or grown)
+        )
+        self._plan = FULL if self._since is None or full_due else DELTA
+        return [None] * self._shards if self._plan == FULL else list(self._since)
 
     def take(
         self,
@@ -95,62 +190,190 @@ class Snapshotter:
         newest_event_ts: float | None,
         complete: Complete | None = None,
         scoring: Mapping[str, float] | None = None,
+        newest_record_ts: float | None = None,
     ) -> None:
-        """Start writing a snapshot of ``exports`` (made with ``since()``) in the background.
-        ``complete`` turns the shards' rows into the served ones; ``scoring`` goes into the manifest."""
+        """Publish what changed in ``exports`` (made with ``since()``), writing in the background.
+        ``complete`` turns the shards' rows into the served ones; ``scoring`` goes into the manifest;
+        ``newest_record_ts`` is the Kafka timestamp of the newest record covered (for freshness)."""
         self._busy.acquire()  # released by the writer thread, or below if it never starts
         try:
-            self._start_write(exports, names, cold_keys, offsets, newest_event_ts, complete, scoring)
+            self._next_due = self._clock() + self.config.interval_s
+            started = time.perf_counter()
+            # Copies: the caller goes on advancing its offsets, and a full snapshot's meta outlives its build.
+            copied = {topic: dict(parts) for topic, parts in offsets.items()}
+            meta = _Meta(
+                copied, newest_event_ts, newest_record_ts, None if scoring is None else dict(scoring)
+            )
+            writes = self._prepare(exports, names, cold_keys, meta, complete or (lambda rows, _full: rows))
+            if writes:
+                self._thread = threading.Thread(
+                    target=self._write, args=(writes, started), name="snapshot-writer", daemon=True
+                )
+                self._thread.start()
         except BaseException:
             self._busy.release()
             raise
+        if not writes:
+            self._busy.release()
 
-    def _start_write(self, exports, names, cold_keys, offsets, newest_event_ts, complete, scoring) -> None:
-        self._next_due = self._clock() + self.config.interval_s
-        full = any(e is None for e in self.since())
-        started = time.perf_counter()
-        arrays, unnamed = snapshot_arrays(exports, names, cold_keys)
+    def _prepare(
+        self,
+        exports: Sequence[ShardExport],
+        names: Names,
+        cold_keys: set[int],
+        meta: _Meta,
+        complete: Complete,
+    ) -> list[_Write]:
+        """Decide on the caller's thread what to write. ``complete`` sees a chain's delta rows before
+        a full snapshot's rows, as the cold start's bookkeeping of what is published expects."""
+        plan, self._plan = self._plan, None
+        if plan is None:
+            raise RuntimeError(
+                "Snapshotter.take: expected exports made with since(), but since() was not called"
+            )
+        if plan == DELTA and self._since is None:
+            return []  # a write failed after the export was planned: it diffs from a dropped chain
+        versions = [e.version for e in exports]
+        moved = versions != self._since
+        changed = None  # rows changed since the chain's last snapshot, as served
+        if self._chain is not None or plan == DELTA:
+            since = self._since if plan == FULL else None  # a delta export holds only changed rows
+            changed = complete(self._rows(exports, names, cold_keys, since), False)
+        if plan == FULL and (changed is None or moved or changed.count):
+            return self._prepare_full(exports, names, cold_keys, versions, changed, meta, complete)
+        build = self._build
+        if build is not None:
+            build.catch_up = apply_delta(build.catch_up, changed)
+            if build.done():
+                self._build = None
+                if build.indexes is not None:
+                    self._since, self._idle = versions, False
+                    return self._publish_build(build, meta)
+                self._refuse_build(build)
+        if not moved and changed.count == 0:
+            self._idle = True
+            return []
+        self._since, self._idle = versions, False
+        return [] if self._chain is None else [self._delta(changed, meta)]
+
+    def _prepare_full(
+        self,
+        exports: Sequence[ShardExport],
+        names: Names,
+        cold_keys: set[int],
+        versions: list[int],
+        changed: SnapshotArrays | None,
+        meta: _Meta,
+        complete: Complete,
+    ) -> list[_Write]:
+        whole = complete(self._rows(exports, names, cold_keys, None), True)
+        if whole.count == 0 and self._chain is None:
+            return []  # nothing learned and no metadata yet: nothing worth serving
+        self._since, self._idle = versions, False
+        if whole.count < self.index.exact_below:  # a flat index is cheap: the API builds it
+            return [self._full(whole, meta)]
+        empty = SnapshotArrays(
+            *(a[:0] for a in (whole.ids, whole.input_vectors, whole.output_vectors, whole.counts, whole.cold))
+        )
+        build = _FullBuild(whole, meta, catch_up=empty)
+        build.thread = threading.Thread(
+            target=self._build_indexes, args=(build,), name="index-build", daemon=True
+        )
+        self._build = build
+        build.thread.start()
+        if self._chain is None or self._full_rows < self.index.exact_below:
+            # Nothing to extend, or a base the API indexes exactly anyway: serve this cut exactly
+            # meanwhile, rather than every row the build takes in the delta.
+            return [self._full(whole, meta, exact=True)]
+        # The chain goes on while the index builds: what changed up to this cut is published on it too.
+        return [self._delta(changed, meta)] if changed is not None and changed.count else []
+
+    def _rows(self, exports, names, cold_keys, since) -> SnapshotArrays:
+        arrays, unnamed = snapshot_arrays(exports, names, cold_keys, since)
         if unnamed:
             log.warning("snapshot: %d rows have item ids unknown to this updater; left out", unnamed)
-        if complete is not None:
-            arrays = complete(arrays, full)
-        version = (self._last_version or 0) + 1
-        parent = None if full else self._last_version
-        shard_versions = [e.version for e in exports]
-        self._thread = threading.Thread(
-            target=self._write,
-            args=(version, arrays, parent, shard_versions, dict(offsets), newest_event_ts, scoring, started),
-            name="snapshot-writer",
-            daemon=True,
-        )
-        self._thread.start()
+        return arrays
 
-    def _write(
-        self, version, arrays, parent, shard_versions, offsets, newest_event_ts, scoring, started
-    ) -> None:
+    def _full(
+        self,
+        arrays: SnapshotArrays,
+        meta: _Meta,
+        indexes: MainIndexes | None = None,
+        make_latest: bool = True,
+        exact: bool = False,
+    ) -> _Write:
+        self._last_version += 1
+        self._full_rows, self._changed = arrays.count, set()
+        return _Write(self._last_version, arrays, None, meta, indexes, make_latest, exact)
+
+    def _delta(self, arrays: SnapshotArrays, meta: _Meta, parent: int | None = None) -> _Write:
+        self._last_version += 1
+        self._changed.update(arrays.ids.tolist())
+        return _Write(self._last_version, arrays, self._chain if parent is None else parent, meta)
+
+    def _publish_build(self, build: _FullBuild, meta: _Meta) -> list[_Write]:
+        """The built full snapshot, and the catch-up delta on it that becomes the latest."""
+        if build.catch_up.count == 0:
+            return [self._full(build.arrays, build.meta, indexes=build.indexes)]
+        full = self._full(build.arrays, build.meta, indexes=build.indexes, make_latest=False)
+        return [full, self._delta(build.catch_up, meta, parent=full.version)]
+
+    def _refuse_build(self, build: _FullBuild) -> None:
+        reason = "recall" if isinstance(build.error, RecallGateError) else "index_failed"
+        log.error("snapshot: full index not published (%s): %s", reason, build.error)
+        self.metrics.refused.labels(reason).inc()
+        self.failed += 1
+        if self._chain is not None:  # retry later (full_every snapshots or as many changes), not at once
+            self._since_full, self._changed = 1, set()
+
+    def _build_indexes(self, build: _FullBuild) -> None:
+        arrays = build.arrays
+        with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
         try:
-            self.store.write(
-                version,
-                arrays,
-                offsets=offsets,
-                newest_event_ts=newest_event_ts,
-                parent_version=parent,
-                scoring=scoring,
+            build.indexes = build_main_indexes(
+                arrays.input_vectors,
+                arrays.output_vectors,
+                arrays.counts,
+                self.index,
+                discovery=~arrays.cold if with_new_items else None,
             )
+        except RecallGateError as exc:
+            build.error = exc
+        except Exception as exc:  # e.g. out of memory: the chain goes on without this full snapshot
+            log.exception("snapshot: index build failed")
+            build.error = exc
+
+    def _write(self, writes: list[_Write], started: float) -> None:
+        try:
+            for write in writes:
+                meta, indexes = write.meta, write.indexes
+                if write.exact:
+                    a = write.arrays
+                    indexes = exact_main_indexes(a.input_vectors, a.output_vectors, a.counts, self.index)
+                self.store.write(
+                    write.version,
+                    write.arrays,
+                    offsets=meta.offsets,
+                    newest_event_ts=meta.newest_event_ts,
+                    parent_version=write.parent,
+                    scoring=meta.scoring,
+                    index=None if indexes is None else ship(indexes),
+                    newest_record_ts=meta.newest_record_ts,
+                    make_latest=write.make_latest,
+                )
+                self._chain = write.version
+                self._since_full = 1 if write.parent is None else self._since_full + 1
+                self.published += 1
+                self.metrics.published.inc()
+                if write.parent is None:
+                    self.metrics.items.set(write.arrays.count)
+                self.metrics.last_published.set(time.time())
         except Exception as exc:  # disk full, permissions: keep serving the previous snapshot
-            log.error("snapshot %d: write failed, the previous snapshot stays live: %s", version, exc)
+            log.error("snapshot %d: write failed, the previous snapshot stays live: %s", write.version, exc)
             self.failed += 1
             self.metrics.refused.labels("write_failed").inc()
-            self._since_full = self.config.full_every  # the next one must not depend on this one
+            self._chain, self._since, self._build = None, None, None  # the next one must not depend on it
         else:
-            self._last_version = version
-            self._since = list(shard_versions)
-            self._since_full = 1 if parent is None else self._since_full + 1
-            self.published += 1
-            self.metrics.published.inc()
-            if parent is None:
-                self.metrics.items.set(arrays.count)
-            self.metrics.last_published.set(time.time())
             self.metrics.build_seconds.observe(time.perf_counter() - started)
         finally:
             self._busy.release()
@@ -159,3 +382,12 @@ class Snapshotter:
         """Wait for the write in flight, if any (shutdown, tests)."""
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for the index build in flight, if any; whether none is still running. The next
+        ``take()`` publishes it."""
+        build = self._build
+        if build is not None and build.thread is not None:
+            build.thread.join(timeout)
+            return not build.thread.is_alive()
+        return True

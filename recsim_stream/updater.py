@@ -79,6 +79,7 @@ class Record(Protocol):
     topic: str
     partition: int
     offset: int
+    timestamp: int  # Kafka's record timestamp, milliseconds (the producer's send time by default)
     key: bytes | None
     value: bytes | None
 
@@ -154,6 +155,8 @@ class Updater:
         self.cold_start = cold_start
         self.checkpointer = checkpointer
         self.restored: Checkpoint | None = None
+        # Kafka timestamp (s) of the newest record applied: wall-clock freshness for the query API.
+        self.newest_record_ts: float | None = None
         self._publish_after: dict[Partition, int] = {}  # see PUBLISH_HOLD_MAX_S
         self._hold_until = 0.0
         self._learned: set[str] = set()  # items with a learned row in the published chain
@@ -377,6 +380,9 @@ class Updater:
         if self.cold_start is not None:
             self.cold_start.train_pulling(len(records) - bad, self._pull_rows)
         self.processed.update(next_offsets)
+        newest_record = max(record.timestamp for record in records) / 1000.0
+        if self.newest_record_ts is None or newest_record > self.newest_record_ts:
+            self.newest_record_ts = newest_record
         good = len(records) - bad
         totals, m = self.totals, self.metrics
         totals.records += len(records)
@@ -462,6 +468,7 @@ class Updater:
             self.offsets,
             newest,
             complete=None if cold_start is None else self.complete_rows,
+            newest_record_ts=self.newest_record_ts,
             scoring=None
             if cold_start is None
             else {

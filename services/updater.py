@@ -83,7 +83,10 @@ class _Metrics:
     @classmethod
     def on(cls, registry: CollectorRegistry) -> _Metrics:
         return cls(
-            UpdaterMetrics(registry), SnapshotMetrics(registry), CheckpointMetrics(registry), KafkaMetrics(registry)
+            UpdaterMetrics(registry),
+            SnapshotMetrics(registry),
+            CheckpointMetrics(registry),
+            KafkaMetrics(registry),
         )
 
 
@@ -115,7 +118,9 @@ def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Pa
     learner = Learner(config, shards.pull, shards.push)
     consumer = EventConsumer(config.kafka, metrics=metrics.kafka)
     snapshots = SnapshotStore(config.snapshot)
-    snapshotter = Snapshotter(config.snapshot, snapshots, metrics.snapshot, config.learn.shards)
+    snapshotter = Snapshotter(
+        config.snapshot, snapshots, metrics.snapshot, config.learn.shards, index=config.index
+    )
     items = ItemsReader(config.kafka, metrics=metrics.kafka) if config.content.enabled else None
     cold_start = (
         ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if items is not None else None

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
 from recsim_stream.http_api import create_app
+from recsim_stream.index import build_main_indexes, ship
 from recsim_stream.metrics import ApiMetrics, new_registry
 from recsim_stream.query import IndexHolder, SnapshotWatcher
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore
@@ -235,10 +236,17 @@ def test_hot_swaps_under_load_never_fail_and_versions_only_grow(tmp_path):
         clients = [threading.Thread(target=hammer, args=(f"client-{j}",)) for j in range(3)]
         for thread in clients:
             thread.start()
-        # Every 10th snapshot is full (approximate indexes rebuilt); the rest are deltas of 20 rows.
+        # Every 10th snapshot is full: every 20th ships its approximate indexes (as the snapshotter
+        # writes them), the others leave the API to build them (older snapshots). The rest are deltas.
         for version in range(2, 62):
             if version % 10 == 0:
-                store.write(version, _arrays(IDS, seed=version), offsets={}, newest_event_ts=None)
+                arrays = _arrays(IDS, seed=version)
+                shipped = None
+                if version % 20 == 0:
+                    shipped = ship(
+                        build_main_indexes(arrays.input_vectors, arrays.output_vectors, arrays.counts, INDEX)
+                    )
+                store.write(version, arrays, offsets={}, newest_event_ts=None, index=shipped)
             else:
                 rows = [IDS[(version * 7 + j) % len(IDS)] for j in range(20)] + [f"new-{version}"]
                 store.write(

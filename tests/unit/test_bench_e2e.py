@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsim_stream.bench_e2e import E2EOptions, metric_totals, percentile
+from recsim_stream.bench_e2e import E2EOptions, metric_totals, percentile, written_to_served
 
 
 def test_percentile_interpolates_between_samples() -> None:
@@ -31,3 +31,10 @@ def test_metric_totals_sums_over_labels() -> None:
 def test_options_refuse_a_negative_rate() -> None:
     with pytest.raises(ValueError, match="rate=-1"):
         E2EOptions(rate=-1.0)
+
+
+def test_written_to_served_is_the_delay_from_a_snapshot_write_to_the_api_serving_it() -> None:
+    assert written_to_served([(10.0, 10.5), (20.0, 21.5), (30.0, 31.0)]) == {
+        "written_to_served_p50_s": 1.0,
+        "written_to_served_p95_s": 1.45,
+    }

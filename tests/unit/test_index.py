@@ -3,13 +3,18 @@ import pytest
 
 from recsim_stream.config import IndexConfig
 from recsim_stream.index import (
+    IndexLoadError,
     RecallGateError,
     build_index,
+    build_main_indexes,
     gate_recall,
     l2_normalise,
     measure_recall,
     merge_with_delta,
+    ship,
+    unship,
 )
+from recsim_stream.snapshot import ShippedIndex
 
 
 def _clustered(n=3000, dim=16, clusters=30, seed=0):
@@ -75,7 +80,7 @@ def _merged(main_vectors, delta_vectors, overridden, kind="flat"):
     main = build_index(main_vectors, CONFIG, kind=kind)
     live = np.ones(len(main_vectors), dtype=bool)
     live[overridden] = False
-    return merge_with_delta(main, live, delta_vectors, margin=4)
+    return merge_with_delta(main, live, delta_vectors)
 
 
 def test_delta_row_overrides_its_stale_copy_in_the_main_index():
@@ -97,7 +102,7 @@ def test_merge_ranks_delta_and_main_hits_together():
 
 def test_merge_fills_k_even_when_many_main_hits_are_overridden():
     vectors = _clustered(n=200)
-    overridden = list(range(0, 200, 2))  # more than the margin of 4
+    overridden = list(range(0, 200, 2))  # half the main rows
     merged = _merged(vectors, np.zeros((0, 16), np.float32), overridden=overridden)
     _, positions = merged.search(vectors[1], 20)
     assert len(positions) == 20
@@ -116,3 +121,121 @@ def test_l2_normalise_keeps_zero_rows_zero():
         [np.float32(0.6), np.float32(0.8)],
         [0.0, 0.0],
     ]
+
+
+def _table(n=3000, dim=16):
+    vectors = _clustered(n=n, dim=dim)
+    return vectors, vectors[::-1].copy(), np.arange(n, dtype=np.int64)
+
+
+def test_shipped_indexes_answer_as_the_built_ones():
+    inputs, outputs, counts = _table()
+    built = build_main_indexes(inputs, outputs, counts, CONFIG)
+    loaded = unship(ship(built), rows=3000, dim=16)
+    assert (
+        loaded.similar.search(inputs[:5], 10)[1].tolist() == built.similar.search(inputs[:5], 10)[1].tolist()
+    )
+    assert (loaded.kind, loaded.recall, loaded.popularity_power) == ("hnsw", built.recall, 0.75)
+
+
+def test_shipped_index_keeps_its_search_parameters():
+    inputs, outputs, counts = _table()
+    loaded = unship(ship(build_main_indexes(inputs, outputs, counts, CONFIG)), rows=3000, dim=16)
+    assert loaded.similar.index.hnsw.efSearch == 64
+
+
+def test_main_indexes_below_the_gate_are_refused():
+    inputs = l2_normalise(np.random.default_rng(2).normal(size=(3000, 32)))
+    starved = IndexConfig(exact_below=1000, kind="ivf", ivf_nlist=200, ivf_nprobe=1, recall_sample=100)
+    with pytest.raises(RecallGateError):
+        build_main_indexes(inputs, inputs, np.ones(3000, np.int64), starved)
+
+
+def test_a_shipped_index_over_other_rows_is_refused():
+    inputs, outputs, counts = _table()
+    shipped = ship(build_main_indexes(inputs, outputs, counts, CONFIG))
+    with pytest.raises(IndexLoadError, match="over 3001 x 16, got hnsw by inner product over 3000 x 16"):
+        unship(shipped, rows=3001, dim=16)
+
+
+def test_shipped_bytes_that_are_no_faiss_index_are_refused():
+    inputs, outputs, counts = _table()
+    shipped = ship(build_main_indexes(inputs, outputs, counts, CONFIG))
+    garbage = {name: np.frombuffer(b"not an index" * 8, np.uint8) for name in shipped.files}
+    with pytest.raises(IndexLoadError, match="not a FAISS index"):
+        unship(ShippedIndex(garbage, shipped.info), rows=3000, dim=16)
+
+
+def test_a_shipped_index_without_its_description_is_refused():
+    inputs, outputs, counts = _table()
+    shipped = ship(build_main_indexes(inputs, outputs, counts, CONFIG))
+    with pytest.raises(IndexLoadError, match="malformed description"):
+        unship(ShippedIndex(shipped.files, {"kind": "hnsw"}), rows=3000, dim=16)
+
+
+def test_merge_fills_k_from_an_approximate_index_whose_rows_are_mostly_dead():
+    vectors = _clustered()
+    overridden = [p for p in range(3000) if p % 20]  # 95% of the main rows
+    merged = _merged(vectors, np.zeros((0, 16), np.float32), overridden=overridden, kind="hnsw")
+    _, positions = merged.search(vectors[0], 20)
+    assert (len(positions), all(p % 20 == 0 for p in positions.tolist())) == (20, True)
+
+
+def test_delta_rows_left_out_of_a_table_are_never_returned():
+    main = build_index(np.eye(3, dtype=np.float32), CONFIG)
+    delta = np.array([[1, 0, 0], [0.9, 0.1, 0]], np.float32)
+    merged = merge_with_delta(main, np.ones(3, dtype=bool), delta, delta_live=np.array([False, True]))
+    _, positions = merged.search(np.array([1, 0, 0], np.float32), 2)
+    assert positions.tolist() == [0, 4]
+
+
+def test_recall_gate_widens_the_search_until_it_passes():
+    vectors = l2_normalise(np.random.default_rng(4).normal(size=(3000, 32)))
+    narrow = IndexConfig(
+        exact_below=100, kind="ivf", ivf_nlist=50, ivf_nprobe=4, recall_gate=0.8, recall_sample=200
+    )
+    index = build_index(vectors, narrow)
+    assert gate_recall(index, vectors, vectors, narrow) >= 0.8
+    assert index.index.nprobe == 16
+
+
+def test_a_shipped_index_with_a_non_finite_figure_is_refused():
+    inputs, outputs, counts = _table()
+    shipped = ship(build_main_indexes(inputs, outputs, counts, CONFIG))
+    with pytest.raises(IndexLoadError, match="expected finite figures"):
+        unship(
+            ShippedIndex(shipped.files, {**shipped.info, "popularity_power": float("nan")}), rows=3000, dim=16
+        )
+
+
+def test_equal_norms_keeps_inner_product_scores_and_pads_queries():
+    rng = np.random.default_rng(5)
+    vectors = _clustered() * rng.uniform(0.1, 5.0, size=(3000, 1)).astype(np.float32)
+    index = build_index(vectors, CONFIG, equal_norms=True)
+    scores, positions = index.search(vectors[:3], 1)
+    exact = np.einsum("ij,ij->i", vectors[:3], vectors[positions[:, 0]])
+    assert (index.pad, index.index.d) == (1, 17)
+    assert scores[:, 0].tolist() == pytest.approx(exact.tolist(), rel=1e-4)
+
+
+def test_recommend_index_falls_back_to_plain_inner_product_when_equal_norms_fail_the_gate():
+    rng = np.random.default_rng(5)
+    outputs = _clustered() * rng.uniform(0.1, 5.0, size=(3000, 1)).astype(np.float32)  # norms 50x apart
+    config = IndexConfig(exact_below=1000, hnsw_ef_search=16, hnsw_m=8, recall_gate=0.8, recall_sample=200)
+    main = build_main_indexes(_clustered(seed=9), outputs, np.zeros(3000, np.int64), config)
+    assert (main.recommend.pad, main.recall["recommend"] >= 0.8) == (0, True)
+
+
+def test_recall_gate_measures_only_the_rows_a_search_may_return():
+    vectors = _clustered()
+    served = np.arange(3000) % 2 == 0
+    broken = build_index(vectors[np.random.default_rng(1).permutation(3000)], CONFIG, kind="hnsw")
+    with pytest.raises(RecallGateError):
+        gate_recall(broken, vectors, vectors, CONFIG, served)
+    assert gate_recall(build_index(vectors, CONFIG, kind="hnsw"), vectors, vectors, CONFIG, served) >= 0.9
+
+
+def test_recall_gate_passes_rows_so_few_that_the_api_searches_them_exactly():
+    vectors = _clustered()
+    broken = build_index(vectors[np.random.default_rng(1).permutation(3000)], CONFIG, kind="hnsw")
+    assert gate_recall(broken, vectors, vectors, CONFIG, np.arange(3000) % 10 == 0) == 1.0

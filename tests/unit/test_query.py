@@ -5,8 +5,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
+from recsim_stream.index import build_main_indexes, ship
 from recsim_stream.metrics import ApiMetrics
 from recsim_stream.query import (
+    IdLookup,
     IndexHolder,
     NotReady,
     SnapshotWatcher,
@@ -195,3 +197,84 @@ def test_watcher_thread_swaps_in_each_notified_version(tmp_path):
     finally:
         watcher.stop()
     assert holder.state.version == 3
+
+
+def _clustered_arrays(n, seed=5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, n)] + 0.2 * rng.normal(size=(n, 16))).astype(np.float32)
+    return _arrays([f"i{j}" for j in range(n)], inputs=vectors, counts=np.ones(n, np.int64))
+
+
+SHIPPING = IndexConfig(exact_below=100, recall_sample=50, hnsw_ef_search=64)
+
+
+def _shipped(arrays):
+    return ship(build_main_indexes(arrays.input_vectors, arrays.output_vectors, arrays.counts, SHIPPING))
+
+
+def test_watcher_serves_a_shipped_index_without_building_one(tmp_path):
+    arrays = _clustered_arrays(2000)
+    store = _store(tmp_path)
+    store.write(1, arrays, offsets={}, newest_event_ts=None, index=_shipped(arrays))
+    # Building here would fail this gate: the watcher must take the shipped index as it is.
+    starved = IndexConfig(exact_below=100, kind="ivf", ivf_nlist=100, ivf_nprobe=1, recall_sample=50)
+    watcher, holder = _watcher(store, index=starved)
+    assert watcher.poll_once() is True
+    info = holder.snapshot_info()
+    assert (info["index_kind"], info["index_shipped"], info["items"]) == ("hnsw", True, 2000)
+
+
+def test_watcher_refuses_a_shipped_index_over_other_rows_and_keeps_serving(tmp_path):
+    registry = CollectorRegistry()
+    arrays = _clustered_arrays(2000)
+    store = _store(tmp_path)
+    store.write(1, CATALOGUE, offsets={}, newest_event_ts=None)
+    watcher, holder = _watcher(store, registry)
+    watcher.poll_once()
+    store.write(2, arrays, offsets={}, newest_event_ts=None, index=_shipped(_clustered_arrays(1500)))
+    assert watcher.poll_once() is False
+    assert holder.state.version == 1
+    assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "corrupt"}) == 1.0
+
+
+def test_watcher_builds_the_index_of_a_snapshot_that_ships_none(tmp_path):
+    store = _store(tmp_path)
+    store.write(1, _clustered_arrays(2000), offsets={}, newest_event_ts=None)
+    watcher, holder = _watcher(store, index=SHIPPING)
+    watcher.poll_once()
+    assert (holder.snapshot_info()["index_kind"], holder.snapshot_info()["index_shipped"]) == ("hnsw", False)
+
+
+def _manifest(version, newest_event_ts, newest_record_ts):
+    return SnapshotManifest(
+        version, "full", version, None, 2, 4, {}, newest_event_ts, 0.0, newest_record_ts=newest_record_ts
+    )
+
+
+def test_freshness_is_measured_from_the_newest_record_timestamp():
+    registry = CollectorRegistry()
+    holder = IndexHolder(ApiConfig(), ApiMetrics(registry), clock=lambda: 101.5)
+    manifest = _manifest(1, newest_event_ts=5000.0, newest_record_ts=100.0)
+    main = build_main(Snapshot(manifest, CATALOGUE), INDEX)
+    holder.swap(build_state(main, empty_like(CATALOGUE), manifest, INDEX))
+    assert registry.get_sample_value("recsim_freshness_seconds_sum") == 1.5
+
+
+def test_freshness_is_not_measured_from_event_time():
+    registry = CollectorRegistry()
+    holder = IndexHolder(ApiConfig(), ApiMetrics(registry), clock=lambda: 101.5)
+    manifest = _manifest(1, newest_event_ts=50.0, newest_record_ts=None)
+    main = build_main(Snapshot(manifest, CATALOGUE), INDEX)
+    holder.swap(build_state(main, empty_like(CATALOGUE), manifest, INDEX))
+    assert registry.get_sample_value("recsim_freshness_seconds_count") == 0.0
+
+
+def test_id_lookup_finds_positions_with_its_offset():
+    lookup = IdLookup(np.array(["b", "a", "ccc"]), offset=10)
+    assert (lookup["a"], lookup.get("ccc"), lookup.get("cc"), "zz" in lookup) == (11, 12, None, False)
+
+
+def test_id_lookup_maps_many_ids_at_once():
+    lookup = IdLookup(np.array(["b", "a", "ccc"]))
+    assert lookup.positions_of(np.array(["ccc", "x", "b"])).tolist() == [2, -1, 0]

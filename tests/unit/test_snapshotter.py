@@ -1,0 +1,212 @@
+"""The snapshotter: what it publishes, and when, from shard exports (real store, real FAISS)."""
+
+import threading
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+import recsim_stream.snapshotter as snapshotter_module
+from recsim_stream.config import IndexConfig, SnapshotConfig
+from recsim_stream.metrics import SnapshotMetrics
+from recsim_stream.shard import ShardExport
+from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
+from recsim_stream.snapshotter import Snapshotter
+
+DIM = 8
+SHIPPING = IndexConfig(exact_below=100, recall_sample=50, hnsw_ef_search=64)
+
+
+class Shard:
+    """One shard's rows, versioned as ParameterShard versions them."""
+
+    def __init__(self, seed: int = 0, clustered: bool = True) -> None:
+        self.version = 0
+        self.rows: dict[int, tuple[np.ndarray, int, int]] = {}  # key -> (vector, count, version)
+        self.rng = np.random.default_rng(seed)
+        self.centres = self.rng.normal(size=(10, DIM)) if clustered else np.zeros((1, DIM))
+
+    def train(self, keys) -> None:
+        self.version += 1
+        for key in keys:
+            centre = self.centres[key % len(self.centres)]
+            vector = (centre + 0.2 * self.rng.normal(size=DIM)).astype(np.float32)
+            count = self.rows[key][1] + 1 if key in self.rows else 1
+            self.rows[key] = (vector, count, self.version)
+
+    def export(self, since: int | None) -> ShardExport:
+        keys = sorted(k for k, (_, _, v) in self.rows.items() if since is None or v > since)
+        vectors = np.array([self.rows[k][0] for k in keys], np.float32).reshape(-1, DIM)
+        return ShardExport(
+            version=self.version,
+            keys=np.array(keys, np.int64),
+            input=vectors,
+            output=vectors.copy(),
+            counts=np.array([self.rows[k][1] for k in keys], np.int64),
+            versions=np.array([self.rows[k][2] for k in keys], np.int64),
+            removed=np.zeros(0, np.int64),
+        )
+
+
+def _snapshotter(tmp_path, index=SHIPPING, full_every=20, registry=None):
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), full_every=full_every, keep=10))
+    metrics = SnapshotMetrics(registry or CollectorRegistry())
+    return Snapshotter(store.config, store, metrics, shards=1, index=index), store
+
+
+def _take(snapshotter: Snapshotter, shard: Shard, complete=None) -> None:
+    since = snapshotter.since()
+    snapshotter.take(
+        [shard.export(since[0])],
+        lambda keys: [f"item-{k}" for k in keys.tolist()],
+        set(),
+        {"events": {0: shard.version}},
+        None,
+        complete=complete,
+    )
+    snapshotter.wait()
+
+
+def _with_content_rows(ids):
+    """A cold start that adds a content-only row for each of ``ids`` (as Updater.complete_rows)."""
+
+    def complete(arrays: SnapshotArrays, _full: bool) -> SnapshotArrays:
+        vectors = np.ones((len(ids), DIM), np.float32)
+        return apply_delta(
+            arrays,
+            SnapshotArrays(
+                np.array(ids, dtype=str).reshape(-1),
+                vectors,
+                vectors,
+                np.zeros(len(ids), np.int64),
+                np.ones(len(ids), dtype=bool),
+            ),
+        )
+
+    return complete
+
+
+def test_nothing_is_published_before_anything_is_learned(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    _take(snapshotter, Shard())
+    assert store.latest_version() is None
+
+
+def test_a_small_catalogue_is_published_at_once_without_an_index(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)
+    assert store.latest_version() == 1
+    assert store.read_manifest(1).index is None
+
+
+def test_no_snapshot_when_no_shard_version_moved(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)
+    _take(snapshotter, shard)
+    assert (store.versions(), snapshotter.published) == ([1], 1)
+
+
+def test_a_large_first_snapshot_is_served_with_exact_indexes_while_its_own_build(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(500))
+    _take(snapshotter, shard)
+    assert (store.latest_version(), store.read_manifest(1).index["kind"]) == (1, "flat")
+
+
+def test_a_large_catalogue_is_published_with_its_index_once_built(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(500))
+    _take(snapshotter, shard)  # v1 with exact indexes; the approximate build starts
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([3, 600])
+    _take(snapshotter, shard)  # v2: the full snapshot with its index, v3: the rows changed since its cut
+    assert store.latest_version() == 3
+    assert (store.read_manifest(2).index["kind"], store.read_manifest(3).parent_version) == ("hnsw", 2)
+    served = store.load(3).arrays
+    assert served.count == 501
+    assert np.array_equal(served.input_vectors[served.ids.tolist().index("item-3")], shard.rows[3][0])
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Index builds wait for a permit: the test releases one per build it lets finish."""
+    permits = threading.Semaphore(0)
+    build = snapshotter_module.build_main_indexes
+
+    def held(*args, **kwargs):
+        assert permits.acquire(timeout=60)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(snapshotter_module, "build_main_indexes", held)
+    return permits
+
+
+def test_deltas_go_on_while_the_index_builds_and_are_caught_up_after(tmp_path, builds):
+    snapshotter, store = _snapshotter(tmp_path, full_every=2)
+    shard = Shard()
+    shard.train(range(500))
+    _take(snapshotter, shard)  # v1: exact indexes while the first build runs
+    builds.release()
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([1, 2])
+    _take(snapshotter, shard)  # v2: full with its index, v3: rows 1 and 2; a full is due next
+    shard.train([7])
+    _take(snapshotter, shard)  # v4: row 7 on the current chain, while the next index builds
+    shard.train([8, 700])
+    _take(snapshotter, shard)  # v5: still on the current chain
+    builds.release()
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([9])
+    _take(snapshotter, shard)  # v6: the full (not made latest), v7: the rows changed since its cut
+    parents = [store.read_manifest(v).parent_version for v in range(1, 8)]
+    assert (parents, store.latest_version()) == ([None, None, 2, 3, 4, None, 6], 7)
+    assert store.read_manifest(7).count == 3  # items 8, 700 and 9
+    served = store.load(7).arrays
+    by_id = dict(zip(served.ids.tolist(), served.input_vectors, strict=True))
+    assert len(by_id) == 501
+    assert all(np.array_equal(by_id[f"item-{k}"], shard.rows[k][0]) for k in (1, 7, 8, 9, 700))
+
+
+def test_an_index_below_the_recall_gate_is_not_published_and_the_chain_goes_on(tmp_path):
+    registry = CollectorRegistry()
+    starved = IndexConfig(exact_below=100, kind="ivf", ivf_nlist=100, ivf_nprobe=1, recall_sample=50)
+    snapshotter, store = _snapshotter(tmp_path, index=starved, registry=registry)
+    shard = Shard(clustered=False)
+    shard.train(range(3000))
+    _take(snapshotter, shard)  # v1: exact indexes while the (refused) build runs
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([9])
+    _take(snapshotter, shard)
+    assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1]
+    assert registry.get_sample_value("recsim_snapshots_refused_total", {"reason": "recall"}) == 1.0
+
+
+def test_a_full_snapshot_comes_early_once_half_its_rows_changed(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    shard.train(range(10))
+    _take(snapshotter, shard)  # v2: 10 changed rows
+    shard.train(range(10, 30))
+    _take(snapshotter, shard)  # v3: 30 of 50 changed rows
+    shard.train([0])
+    _take(snapshotter, shard)
+    assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, 2, None]
+
+
+def test_a_full_snapshot_comes_early_when_the_cold_start_alone_added_half_its_rows(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    _take(snapshotter, shard, _with_content_rows([f"new-{j}" for j in range(30)]))  # v2: 30 new rows
+    _take(snapshotter, shard, _with_content_rows(["new-30"]))  # no shard moved, but a full is due
+    assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, None]
+    assert store.read_manifest(3).count == 51
