@@ -85,6 +85,11 @@ def test_every_service_process_is_scraped_with_moving_figures(prometheus, kafka_
                 lambda: (_value(prometheus, "recsim_checkpoints_written_total") or 0) > 0,
                 children,
             )
+            _wait(  # the updater collects the shard actors' figures with its progress line, every 5 s
+                "the shards' figures",
+                lambda: (_value(prometheus, 'sum(recsim_shard_rows{service="updater"})') or 0) > 0,
+                children,
+            )
             prometheus.wait_for_scrapes(list(targets.values()), before, timeout_s=60)
             for service in targets:
                 assert _value(prometheus, f'up{{service="{service}"}}') == 1.0, service
