@@ -102,6 +102,11 @@ def test_every_service_process_is_scraped_with_moving_figures(prometheus, kafka_
             assert _value(prometheus, 'min(recsim_kafka_connected{service="updater"})') == 1.0
             assert _value(prometheus, 'sum(recsim_shard_rows{service="updater"})') > 0  # Ray actors' figures
             assert _value(prometheus, 'recsim_index_items{service="api"}') > 0
+            # wall-clock freshness: from the newest record's Kafka timestamp to the swap that serves it
+            freshness = _value(
+                prometheus, 'histogram_quantile(0.5, recsim_freshness_seconds_bucket{service="api"})'
+            )
+            assert freshness is not None and 0 < freshness < 60
             requests = 'sum(recsim_query_duration_seconds_count{service="api", endpoint="/recommend"})'
             assert _value(prometheus, requests) >= 20
     finally:
