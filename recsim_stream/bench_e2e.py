@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -456,7 +455,6 @@ def run(options: E2EOptions, log: Log) -> dict:
 
 
 def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
-    suffix = uuid.uuid4().hex[:8]
     rss = PeakRss()
     rss.watch("bench", os.getpid())
     children = Children(folder)
@@ -468,13 +466,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
         try:
             if broker_pid is not None:
                 rss.watch("broker", broker_pid)
-            kafka = KafkaConfig(
-                bootstrap=bootstrap,
-                events_topic=f"bench-events-{suffix}",
-                items_topic=f"bench-items-{suffix}",
-                dlq_topic=f"bench-dlq-{suffix}",
-                group_id=f"bench-{suffix}",
-            )
+            kafka = KafkaConfig.isolated(bootstrap, "bench")
             ensure_topics(kafka)
             metrics_port, api_port = free_port(), free_port()
             snapshots = str(folder / "snapshots")

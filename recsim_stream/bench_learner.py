@@ -63,8 +63,12 @@ def gensim_expected_pairs(sessions: list[np.ndarray]) -> float:
 
 
 def sgns_pairs_per_s(
-    config: LearnConfig, make_calls: Callable[[], tuple[PullFn, PushFn]], tokens: np.ndarray,
-    centers: np.ndarray, contexts: np.ndarray, batches: int = 40,
+    config: LearnConfig,
+    make_calls: Callable[[], tuple[PullFn, PushFn]],
+    tokens: np.ndarray,
+    centers: np.ndarray,
+    contexts: np.ndarray,
+    batches: int = 40,
 ) -> float:
     """Pairs/s of sample -> pull -> step -> push over fresh shards (rows created as keys arrive)."""
     sampler = NegativeSampler(config)
@@ -84,7 +88,9 @@ def gensim_pairs_per_s(sessions: list[np.ndarray], seed: int) -> float:
     from gensim.models import Word2Vec  # a bench dependency only
 
     sentences = [[str(x) for x in s] for s in sessions]
-    model = Word2Vec(vector_size=64, window=WINDOW, sg=1, negative=5, workers=1, min_count=1, sample=0, seed=seed)
+    model = Word2Vec(
+        vector_size=64, window=WINDOW, sg=1, negative=5, workers=1, min_count=1, sample=0, seed=seed
+    )
     model.build_vocab(sentences)
     started = time.perf_counter()
     model.train(sentences, total_examples=len(sentences), epochs=1)
@@ -109,19 +115,34 @@ def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = pr
         init_ray(RayConfig())
     for rep in range(repeats):
         results["gensim"].append(gensim_pairs_per_s(sessions, seed=rep))
-        results["sgns_local"].append(sgns_pairs_per_s(
-            config, lambda: local_shard_calls([ParameterShard(config, i) for i in range(config.shards)]),
-            tokens, centers, contexts,
-        ))
+        results["sgns_local"].append(
+            sgns_pairs_per_s(
+                config,
+                lambda: local_shard_calls([ParameterShard(config, i) for i in range(config.shards)]),
+                tokens,
+                centers,
+                contexts,
+            )
+        )
         if with_ray:
             if shards_ray is not None:
                 shards_ray.kill()
             shards_ray = RayShards(config)
-            results["sgns_ray"].append(sgns_pairs_per_s(
-                config, lambda s=shards_ray: (s.pull, s.push), tokens, centers, contexts,
-            ))
-        log(f"bench learner: run {rep + 1}/{repeats}: " + ", ".join(
-            f"{name} {values[-1] / 1e6:.3f}M pairs/s" for name, values in results.items() if values))
+            results["sgns_ray"].append(
+                sgns_pairs_per_s(
+                    config,
+                    lambda s=shards_ray: (s.pull, s.push),
+                    tokens,
+                    centers,
+                    contexts,
+                )
+            )
+        log(
+            f"bench learner: run {rep + 1}/{repeats}: "
+            + ", ".join(
+                f"{name} {values[-1] / 1e6:.3f}M pairs/s" for name, values in results.items() if values
+            )
+        )
     if shards_ray is not None:
         shards_ray.kill()
     medians = {name: statistics.median(v) for name, v in results.items() if v}

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import types
 import typing
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -63,6 +64,20 @@ class KafkaConfig:
     # Records the producer holds unacknowledged before send() blocks: kafka-python 3 has no bound of
     # its own (no buffer_memory), so during an outage memory would grow with every record sent.
     producer_max_unacked: int = 100_000
+
+    @classmethod
+    def isolated(cls, bootstrap: str, prefix: str, **settings: object) -> KafkaConfig:
+        """Topics and a consumer group of its own, named ``<prefix>-events-<random>`` and so on: for a
+        test, benchmark or drill sharing a broker with others."""
+        suffix = uuid.uuid4().hex[:10]
+        return cls(
+            bootstrap=bootstrap,
+            events_topic=f"{prefix}-events-{suffix}",
+            items_topic=f"{prefix}-items-{suffix}",
+            dlq_topic=f"{prefix}-dlq-{suffix}",
+            group_id=f"{prefix}-{suffix}",
+            **settings,
+        )
 
     def __post_init__(self) -> None:
         _require(bool(self.bootstrap), "kafka.bootstrap", "must name at least one host:port")

@@ -27,7 +27,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -170,23 +169,16 @@ def _broker(options: DrillOptions, folder: Path) -> Iterator[str]:
 
 
 def _drill(options: DrillOptions, bootstrap: str, folder: Path, log: Log) -> dict:
-    suffix = uuid.uuid4().hex[:8]
-    kafka = KafkaConfig(
-        bootstrap=bootstrap,
-        events_topic=f"drill-events-{suffix}",
-        items_topic=f"drill-items-{suffix}",
-        dlq_topic=f"drill-dlq-{suffix}",
-        group_id=f"drill-{suffix}",
-    )
+    kafka = KafkaConfig.isolated(bootstrap, "drill")
     ensure_topics(kafka)
     _send_bad_records(kafka, options.bad_records)
     children = Children(folder)
     rng = random.Random(options.seed)
-    faulted = _Run("faulted", f"drill-{suffix}", folder / "faulted", instance="drill-updater")
-    steady = _Run("uninterrupted", f"drill-{suffix}-uninterrupted", folder / "uninterrupted")
+    faulted = _Run("faulted", kafka.group_id, folder / "faulted", instance="drill-updater")
+    steady = _Run("uninterrupted", f"{kafka.group_id}-uninterrupted", folder / "uninterrupted")
     # A second uninterrupted run: how much two runs without faults differ (poll boundaries, hence
     # batches and negative samples, vary from run to run), the yardstick for the faulted run's overlap.
-    again = _Run("uninterrupted-again", f"drill-{suffix}-again", folder / "again")
+    again = _Run("uninterrupted-again", f"{kafka.group_id}-again", folder / "again")
     try:
         children.start(
             "simulator",

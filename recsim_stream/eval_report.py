@@ -23,7 +23,15 @@ def to_json(result: EvalResult, main: str | None, baselines: list[str], total_wa
 def format_table(result: EvalResult) -> str:
     """One row per model, aligned, for people reading a terminal."""
     k = result.k
-    columns = (f"hr@{k}", f"mrr@{k}", f"hr@{k}_second_half", f"cold_hr@{k}", "wall_s", "events_per_s", "learn_events_per_s")
+    columns = (
+        f"hr@{k}",
+        f"mrr@{k}",
+        f"hr@{k}_second_half",
+        f"cold_hr@{k}",
+        "wall_s",
+        "events_per_s",
+        "learn_events_per_s",
+    )
     header = f"{'model':<16}" + "".join(f"{c:>18}" for c in columns)
     lines = [
         f"{result.events} events, {len(result.positions)} predictions "

@@ -63,14 +63,7 @@ def make_records(n: int) -> list[tuple[bytes, bytes]]:
 
 
 def topic_config(bootstrap: str) -> KafkaConfig:
-    suffix = uuid.uuid4().hex[:10]
-    config = KafkaConfig(
-        bootstrap=bootstrap,
-        events_topic=f"bench-events-{suffix}",
-        items_topic=f"bench-items-{suffix}",
-        dlq_topic=f"bench-dlq-{suffix}",
-        partitions=PARTITIONS,
-    )
+    config = KafkaConfig.isolated(bootstrap, "bench", partitions=PARTITIONS)
     ensure_topics(config)
     return config
 

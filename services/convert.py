@@ -10,9 +10,13 @@ from recsim_stream.datasets import DatasetError, convert
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="REES46 events.csv, a MovieLens-100k folder (RecBole files), or a canonical CSV")
+    parser.add_argument(
+        "source", help="REES46 events.csv, a MovieLens-100k folder (RecBole files), or a canonical CSV"
+    )
     parser.add_argument("out_dir", help="folder for events.csv and items.csv")
-    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
+    parser.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"recsim-stream convert: {exc}", file=sys.stderr)
         return 2
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(result.skipped.items())) or "none"
-    print(f"convert: {result.format.value}: {result.events:,} events, {result.items:,} items -> {args.out_dir} "
-          f"(skipped rows: {skipped})")
+    print(
+        f"convert: {result.format.value}: {result.events:,} events, {result.items:,} items -> {args.out_dir} "
+        f"(skipped rows: {skipped})"
+    )
     return 0

@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
-    print(f"serve: http://{config.api.host}:{config.api.port} over snapshots in {config.snapshot.dir}",
-          file=sys.stderr, flush=True)
+    print(
+        f"serve: http://{config.api.host}:{config.api.port} over snapshots in {config.snapshot.dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     serve(config)
     return 0

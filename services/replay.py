@@ -20,10 +20,17 @@ from services.publishing import publish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="canonical events CSV (items.csv beside it is used), REES46 events.csv, "
-                        "or a MovieLens-100k folder of RecBole files")
-    parser.add_argument("--speed", type=float, default=0.0,
-                        help="event-time seconds per wall second (0 = as fast as possible)")
+    parser.add_argument(
+        "path",
+        help="canonical events CSV (items.csv beside it is used), REES46 events.csv, "
+        "or a MovieLens-100k folder of RecBole files",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="event-time seconds per wall second (0 = as fast as possible)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="publish only the first N events")
     add_config_arguments(parser, ["kafka"])
 

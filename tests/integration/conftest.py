@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,15 +40,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def kafka_config(kafka_bootstrap: str) -> KafkaConfig:
     """A KafkaConfig whose topics and group belong to this test alone; the topics exist."""
-    suffix = uuid.uuid4().hex[:10]
-    config = KafkaConfig(
-        bootstrap=kafka_bootstrap,
-        events_topic=f"events-{suffix}",
-        items_topic=f"items-{suffix}",
-        dlq_topic=f"events-dlq-{suffix}",
-        group_id=f"test-{suffix}",
-        partitions=4,
-    )
+    config = KafkaConfig.isolated(kafka_bootstrap, "test", partitions=4)
     ensure_topics(config)
     return config
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -165,15 +164,7 @@ def connected(registry: CollectorRegistry, client: str) -> float | None:
 def test_a_broker_restart_mid_stream_loses_and_duplicates_no_event(
     broker: LocalBroker, ray_cluster: None, tmp_path: Path
 ) -> None:
-    suffix = uuid.uuid4().hex[:10]
-    kafka = KafkaConfig(
-        bootstrap=broker.bootstrap,
-        events_topic=f"events-{suffix}",
-        items_topic=f"items-{suffix}",
-        dlq_topic=f"events-dlq-{suffix}",
-        group_id=f"outage-{suffix}",
-        max_poll_records=2000,
-    )
+    kafka = KafkaConfig.isolated(broker.bootstrap, "outage", max_poll_records=2000)
     ensure_topics(kafka)
     config = Config(
         kafka=kafka,

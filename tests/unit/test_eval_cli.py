@@ -5,19 +5,46 @@ import pytest
 
 from recsim_stream.cli import main
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "rees46-multicat-oct2019-head" / "canonical"
-KEYS = {"events", "predictions", "hr@20", "mrr@20", "hr@20_second_half", "cold_predictions", "cold_hr@20",
-        "cold_coverage", "wall_s", "events_per_s", "learn_events_per_s"}
+DATA = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "data"
+    / "rees46-multicat-oct2019-head"
+    / "canonical"
+)
+KEYS = {
+    "events",
+    "predictions",
+    "hr@20",
+    "mrr@20",
+    "hr@20_second_half",
+    "cold_predictions",
+    "cold_hr@20",
+    "cold_coverage",
+    "wall_s",
+    "events_per_s",
+    "learn_events_per_s",
+}
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data sets are not at {DATA}")
 
 
 def test_eval_json_has_the_protocol_keys_for_the_model_and_each_baseline(capsys, tmp_path):
     plot = tmp_path / "hr.png"
-    code = main([
-        "eval", str(DATA / "events.csv"), "--items", str(DATA / "items.csv"), "--limit", "3000",
-        "--baselines", "--json", "--plot", str(plot),
-    ])
+    code = main(
+        [
+            "eval",
+            str(DATA / "events.csv"),
+            "--items",
+            str(DATA / "items.csv"),
+            "--limit",
+            "3000",
+            "--baselines",
+            "--json",
+            "--plot",
+            str(plot),
+        ]
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
     assert KEYS <= set(report)
