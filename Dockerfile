@@ -1,10 +1,18 @@
-# One image for every recsim-stream service (updater, query API, simulator, Ray head/worker).
+# One image for every recsim-stream service (updater, query API, simulator, Ray head/worker), used by
+# docker-compose.yml and deploy/ray/kuberay.yaml as recsim-stream:latest. Ray comes from
+# requirements.lock (ray==2.60.0, as pinned in pyproject.toml): every Ray node and driver must run it.
 FROM python:3.11-slim
 WORKDIR /app
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 COPY pyproject.toml requirements.lock README.md ./
 COPY recsim_stream ./recsim_stream
 COPY services ./services
-RUN pip install -c requirements.lock . && useradd --create-home recsim && mkdir -p /data && chown recsim /data
+# /data/snapshots and /data/checkpoints exist in the image so that a named volume mounted there starts
+# owned by the recsim user (Docker copies the image's folder into a new volume; a missing one is root's).
+# torch from PyTorch's CPU wheel index (recsim-stream uses torch on CPU only): PyPI's Linux wheel pulls
+# the CUDA libraries of requirements.lock's nvidia-* pins, gigabytes no container here uses. The lock's
+# torch==2.15.0 matches the CPU build 2.15.0+cpu (a local version label is ignored by ==).
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c requirements.lock . \
+    && useradd --create-home --uid 1000 recsim && mkdir -p /data/snapshots /data/checkpoints && chown -R recsim /data
 USER recsim
 ENTRYPOINT ["recsim-stream"]
