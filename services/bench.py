@@ -6,6 +6,10 @@ against gensim's effective pairs/s on the same sessions, median of ``--repeats``
 ``bench e2e``: a broker, the updater and the query API as processes; the simulator at ``--rate``
 events/s for ``--duration`` s while a separate process queries; reports ingest and training rates,
 wall-clock freshness of new items, query latency and peak memory.
+
+``bench scaling``: a per-component cost model (events/s per core, bytes per item, snapshot and index
+build seconds per million rows), the drain rate of a backlog with 1, 2 and 4 shards and 1 or 2
+updater processes, and the cluster for a target load on paper (SCALING.md).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["learner", "e2e"], help="which benchmark")
+    parser.add_argument("what", choices=["learner", "e2e", "scaling"], help="which benchmark")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     learner = parser.add_argument_group("bench learner")
     learner.add_argument("--repeats", type=int, default=3, help="runs per system; medians are reported")
@@ -35,6 +40,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e2e.add_argument("--seed", type=int, default=7, help="simulator seed")
     e2e.add_argument("--plot", default="", metavar="PNG", help="freshness and query latency over time")
     e2e.add_argument("--keep-logs", action="store_true", help="keep the services' logs (kept on failure)")
+    scaling = parser.add_argument_group("bench scaling (also --repeats, --bootstrap, --plot, --seed)")
+    scaling.add_argument("--no-costs", action="store_true", help="skip the per-component cost model")
+    scaling.add_argument(
+        "--costs-from", default="", metavar="JSON", help="with --no-costs: the cost model of an earlier --out"
+    )
+    scaling.add_argument("--no-grid", action="store_true", help="skip the shards x updaters grid")
+    scaling.add_argument(
+        "--grid-from",
+        default="",
+        metavar="JSON",
+        help="with --no-grid: the grids of earlier --out files (comma-separated), merged",
+    )
+    scaling.add_argument(
+        "--stage-events", type=int, default=200_000, help="simulated events per stage timing"
+    )
+    scaling.add_argument(
+        "--sizes", default="100000,1000000", help="rows of the synthetic snapshot and index builds"
+    )
+    scaling.add_argument(
+        "--index-kind", choices=["hnsw", "ivf"], default="hnsw", help="index.kind of the builds"
+    )
+    scaling.add_argument("--events", type=int, default=200_000, help="backlog the grid drains")
+    scaling.add_argument("--shards", default="1,2,4", help="learn.shards values of the grid")
+    scaling.add_argument("--updaters", default="1,2", help="updater process counts of the grid")
+    scaling.add_argument(
+        "--layouts",
+        default="local,head",
+        help="local: Ray in the updater (1 updater); head: a Ray head joined",
+    )
+    scaling.add_argument(
+        "--grid-repeats", type=int, default=2, help="drains per grid point; medians reported"
+    )
+    scaling.add_argument("--point-timeout-s", type=float, default=90.0, help="longest drain of one point")
+    scaling.add_argument(
+        "--freshness-s",
+        type=float,
+        default=0.0,
+        help="seconds of bench e2e at --rate per shard count (0 = skip)",
+    )
+    scaling.add_argument("--out", default="", metavar="JSON", help="write every measurement here")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -68,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         result = run_e2e(options, log)
+    elif args.what == "scaling":
+        result = _run_scaling(args, log)
+        if result is None:
+            return 2
     else:
         if args.repeats < 1:
             print("recsim-stream bench: --repeats must be >= 1", file=sys.stderr)
@@ -81,3 +130,58 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _run_scaling(args: argparse.Namespace, log: Callable[[str], None]) -> dict | None:
+    from recsim_stream import bench_scaling
+
+    try:
+        grid = None
+        if not args.no_grid:
+            grid = bench_scaling.GridOptions(
+                shards=_ints(args.shards),
+                updaters=_ints(args.updaters),
+                layouts=tuple(x.strip() for x in args.layouts.split(",") if x.strip()),
+                events=args.events,
+                repeats=args.grid_repeats,
+                point_timeout_s=args.point_timeout_s,
+                bootstrap=args.bootstrap,
+                seed=args.seed,
+                freshness_s=args.freshness_s,
+                freshness_rate=args.rate,
+            )
+        sizes = _ints(args.sizes)
+        if not args.no_costs and (len(sizes) < 1 or min(sizes) < 1000):
+            raise ValueError(f"bench scaling: --sizes must list row counts >= 1000, got {args.sizes!r}")
+    except ValueError as exc:
+        print(f"recsim-stream {exc}", file=sys.stderr)
+        return None
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    result = bench_scaling.run(
+        log,
+        costs=not args.no_costs,
+        costs_from=args.costs_from,
+        grid_from=args.grid_from,
+        grid=grid,
+        stage_events=args.stage_events,
+        repeats=args.repeats,
+        sizes=sizes,
+        index_kind=args.index_kind,
+        plot=args.plot,
+        out=args.out,
+    )
+    summary: dict = {"started_load_1m": result["started_load_1m"]}
+    if "costs" in result:
+        summary.update({f"cost_{k}": v for k, v in result["costs"]["model"].items()})
+        summary["ray_efficiency"] = result["plan"]["target"]["ray_efficiency"]
+        summary.update({f"sizing_{k}": v for k, v in result["plan"]["sizing"].items()})
+    if "grid" in result:
+        for row in result["grid"]["summary"]:
+            key = f"grid_{row['layout']}_{row['updaters']}u_{row['shards']}s_records_per_s"
+            summary[key] = row["records_per_s"]
+    return summary
