@@ -4,7 +4,9 @@ Both see the same synthetic sessions (Zipf popularity inside clusters, as in rea
 window (5), negatives (5) and dimension (64). gensim's work is counted as the pairs it updates in
 expectation: word2vec samples a reduced window b ~ U{1..window} per position, so a position pairs
 with min(b, i) + min(b, L-1-i) others, about 0.66x the full window. Ours counts every pair it trains.
-The ratio of the two pairs/s, measured in one run, is the figure that matters on a shared machine.
+The ratio of the two pairs/s, measured in one run, is the figure that matters on a shared machine;
+the ratio of CPU time per pair (every process involved, Ray's shard actors included) moves less with
+the other load there.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -20,6 +23,9 @@ from recsim_stream.pairs import PairBatch
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.shard import ParameterShard
 from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, local_shard_calls
+
+if TYPE_CHECKING:
+    from recsim_stream.ray_actors import RayShards
 
 WINDOW = 5
 
@@ -62,29 +68,46 @@ def gensim_expected_pairs(sessions: list[np.ndarray]) -> float:
     return total
 
 
-def sgns_pairs_per_s(
+class Speed(NamedTuple):
+    pairs_per_s: float  # wall clock
+    cpu_us_per_pair: float  # CPU of every process involved: steadier than wall time on a shared machine
+
+
+class ShardCalls(NamedTuple):
+    pull: PullFn
+    push: PushFn
+    barrier: Callable[[], object]  # returns once every push is applied
+    cpu_s: Callable[[], float]  # CPU seconds the shards have used outside this process so far
+
+
+def sgns_speed(
     config: LearnConfig,
-    make_calls: Callable[[], tuple[PullFn, PushFn]],
+    make_calls: Callable[[], ShardCalls],
     tokens: np.ndarray,
     centers: np.ndarray,
     contexts: np.ndarray,
-    batches: int = 40,
-) -> float:
-    """Pairs/s of sample -> pull -> step -> push over fresh shards (rows created as keys arrive)."""
+    pairs: int = 40 * 8192,
+) -> Speed:
+    """Speed of sample -> pull -> step -> push over fresh shards (rows created as keys arrive), fed
+    as the learner feeds it (``train_batches`` batches per step), timed until every push is applied."""
     sampler = NegativeSampler(config)
     sampler.observe(tokens)
-    trainer = SgnsTrainer(config, sampler, *make_calls())
-    size = config.batch_pairs
-    n = min(len(centers), batches * size)
+    calls = make_calls()
+    trainer = SgnsTrainer(config, sampler, calls.pull, calls.push)
+    size = config.batch_pairs * config.train_batches
+    n = min(len(centers), pairs)
     ones = np.ones(size, dtype=np.float32)
-    started = time.perf_counter()
+    cpu, shards_cpu, started = time.process_time(), calls.cpu_s(), time.perf_counter()
     for s in range(0, n, size):
-        c = centers[s : s + size]
-        trainer.step(PairBatch(c, contexts[s : s + size], ones[: len(c)]), ts=0.0)
-    return n / (time.perf_counter() - started)
+        c = centers[s : min(s + size, n)]
+        trainer.step(PairBatch(c, contexts[s : s + len(c)], ones[: len(c)]), ts=0.0)
+    calls.barrier()
+    wall = time.perf_counter() - started
+    used = time.process_time() - cpu + calls.cpu_s() - shards_cpu
+    return Speed(n / wall, used / n * 1e6)
 
 
-def gensim_pairs_per_s(sessions: list[np.ndarray], seed: int) -> float:
+def gensim_speed(sessions: list[np.ndarray], seed: int) -> Speed:
     from gensim.models import Word2Vec  # a bench dependency only
 
     sentences = [[str(x) for x in s] for s in sessions]
@@ -92,9 +115,27 @@ def gensim_pairs_per_s(sessions: list[np.ndarray], seed: int) -> float:
         vector_size=64, window=WINDOW, sg=1, negative=5, workers=1, min_count=1, sample=0, seed=seed
     )
     model.build_vocab(sentences)
-    started = time.perf_counter()
+    pairs = gensim_expected_pairs(sessions)
+    cpu, started = time.process_time(), time.perf_counter()
     model.train(sentences, total_examples=len(sentences), epochs=1)
-    return gensim_expected_pairs(sessions) / (time.perf_counter() - started)
+    return Speed(pairs / (time.perf_counter() - started), (time.process_time() - cpu) / pairs * 1e6)
+
+
+def local_calls(config: LearnConfig) -> ShardCalls:
+    pull, push = local_shard_calls([ParameterShard(config, i) for i in range(config.shards)])
+    # In process: nothing to wait for, and this process's CPU time already counts the shards.
+    return ShardCalls(pull, push, lambda: None, lambda: 0.0)
+
+
+def ray_calls(shards: RayShards) -> ShardCalls:
+    def cpu_s() -> float:
+        import ray
+
+        return sum(
+            ray.get([a.__ray_call__.remote(lambda _shard: time.process_time()) for a in shards.actors])
+        )
+
+    return ShardCalls(shards.pull, shards.push, shards.barrier, cpu_s)
 
 
 def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -106,7 +147,7 @@ def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = pr
     tokens = np.concatenate(sessions)
     config = LearnConfig(dim=64, negatives=5, shards=2)
     log(f"bench learner: {len(sessions):,} sessions, {len(tokens):,} tokens, {len(centers):,} window pairs")
-    results: dict[str, list[float]] = {"gensim": [], "sgns_local": [], "sgns_ray": []}
+    results: dict[str, list[Speed]] = {"gensim": [], "sgns_local": [], "sgns_ray": []}
     shards_ray = None
     if with_ray:
         from recsim_stream.config import RayConfig
@@ -114,40 +155,34 @@ def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = pr
 
         init_ray(RayConfig())
     for rep in range(repeats):
-        results["gensim"].append(gensim_pairs_per_s(sessions, seed=rep))
+        results["gensim"].append(gensim_speed(sessions, seed=rep))
         results["sgns_local"].append(
-            sgns_pairs_per_s(
-                config,
-                lambda: local_shard_calls([ParameterShard(config, i) for i in range(config.shards)]),
-                tokens,
-                centers,
-                contexts,
-            )
+            sgns_speed(config, lambda: local_calls(config), tokens, centers, contexts)
         )
         if with_ray:
             if shards_ray is not None:
                 shards_ray.kill()
             shards_ray = RayShards(config)
             results["sgns_ray"].append(
-                sgns_pairs_per_s(
-                    config,
-                    lambda s=shards_ray: (s.pull, s.push),
-                    tokens,
-                    centers,
-                    contexts,
-                )
+                sgns_speed(config, lambda s=shards_ray: ray_calls(s), tokens, centers, contexts)
             )
         log(
             f"bench learner: run {rep + 1}/{repeats}: "
             + ", ".join(
-                f"{name} {values[-1] / 1e6:.3f}M pairs/s" for name, values in results.items() if values
+                f"{name} {v[-1].pairs_per_s / 1e6:.3f}M pairs/s ({v[-1].cpu_us_per_pair:.2f} us CPU/pair)"
+                for name, v in results.items()
+                if v
             )
         )
     if shards_ray is not None:
         shards_ray.kill()
-    medians = {name: statistics.median(v) for name, v in results.items() if v}
-    out = {f"{name}_pairs_per_s": round(v) for name, v in medians.items()}
+    rate = {name: statistics.median(s.pairs_per_s for s in v) for name, v in results.items() if v}
+    cpu = {name: statistics.median(s.cpu_us_per_pair for s in v) for name, v in results.items() if v}
+    out: dict[str, float] = {f"{name}_pairs_per_s": round(v) for name, v in rate.items()}
+    out.update({f"{name}_cpu_us_per_pair": round(v, 2) for name, v in cpu.items()})
     for name in ("sgns_local", "sgns_ray"):
-        if name in medians:
-            out[f"{name}_vs_gensim"] = round(medians[name] / medians["gensim"], 3)
+        if name in rate:
+            out[f"{name}_vs_gensim"] = round(rate[name] / rate["gensim"], 3)
+            # gensim's CPU per pair over ours: the same comparison, less at the mercy of other load
+            out[f"{name}_vs_gensim_cpu"] = round(cpu["gensim"] / cpu[name], 3)
     return out

@@ -21,7 +21,7 @@ Three things make the cold component hit rather than merely cover:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,7 @@ from recsim_stream.config import ContentConfig
 from recsim_stream.content import ContentTower
 from recsim_stream.content_features import learned_weight
 from recsim_stream.events import ItemMeta
-from recsim_stream.scoring import Embeddings
+from recsim_stream.scoring import SESSION_ITEMS, Embeddings, session_query
 
 # Items whose learned weight is above this are served as learned (the content part is negligible).
 _BLEND_UNTIL = 0.95
@@ -151,22 +151,30 @@ class ColdStart:
         self._budget = 0.0  # tower pairs earned by learner events and not trained yet
         self._new_item_events: deque[tuple[tuple[str, ...], str]] = deque(maxlen=config.calibration_events)
         self._calibrations = 0
-        # Unit content vectors, one row per item with metadata, recomputed once the tower has moved
-        # reencode_every_steps steps: encoding the whole catalogue at every publish cost more than
-        # the learner did on REES46.
+        # Unit content vectors, one row per item with metadata, each recomputed once the tower has
+        # moved reencode_every_steps steps since it was encoded, at most reencode_chunk rows per
+        # refresh (oldest first): re-encoding the whole catalogue at once took seconds at 100k items
+        # and republished every cold row in one delta.
         self._row: dict[str, int] = {}
+        self._item_of_row: list[str | None] = []  # None: a forgotten item's row, until compaction
         self._content = np.zeros((0, 2 * dim), dtype=np.float32)
-        self._encoded_at = 0
+        self._encoded_step = np.zeros(0, dtype=np.int64)  # tower steps when each row was encoded
+        self._unencoded: set[str] = set()  # items with metadata whose content row is missing or outdated
+        self._changed: set[str] = set()  # items whose content vector changed since the last complete()
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
         for item in items:
             self.metadata[item.item_id] = item
-            self._row.pop(item.item_id, None)  # (re-)encode with this metadata
+            self._unencoded.add(item.item_id)  # (re-)encode with this metadata
+            self._changed.add(item.item_id)
 
     def forget(self, item_id: str) -> None:
         """The item was deleted from the catalogue (a tombstone on the items topic)."""
         self.metadata.pop(item_id, None)
-        self._row.pop(item_id, None)
+        self._unencoded.discard(item_id)
+        row = self._row.pop(item_id, None)
+        if row is not None:
+            self._item_of_row[row] = None
 
     def remember_pairs(self, left_ids: Sequence[str], right_ids: Sequence[str]) -> None:
         """Offer co-occurring pairs to the reservoir; pairs with an item without metadata are dropped."""
@@ -243,14 +251,21 @@ class ColdStart:
         outputs: np.ndarray,
         counts: np.ndarray,
         learned_elsewhere: Collection[str] = (),
+        changed_only: bool = False,
     ) -> ServedRows:
         """The served table: learned rows blended with content for items with few interactions, plus
         a content-only row for every item with metadata and no learned row, and every row's unit
         content vector. ``learned_elsewhere``: items with a learned row not among ``ids`` (a delta
-        snapshot holds only the rows changed since the last one); they get no content-only row."""
+        snapshot holds only the rows changed since the last one); they get no content-only row.
+        ``changed_only``: content-only rows only for items whose content vector changed since the
+        last call (new or updated metadata, a re-encoding), as a delta needs: the cost then follows
+        what changed, not the catalogue."""
         self._refresh_content()
         known = set(ids)
-        fresh = [i for i in self.metadata if i not in known and i not in learned_elsewhere]
+        candidates = self._changed if changed_only else self.metadata
+        meta = self.metadata
+        fresh = [i for i in candidates if i in meta and i not in known and i not in learned_elsewhere]
+        self._changed = set()
         all_ids = ids + fresh
         rows = np.fromiter((self._row.get(i, -1) for i in all_ids), dtype=np.int64, count=len(all_ids))
         content = self._content[rows]
@@ -271,30 +286,49 @@ class ColdStart:
             content,
         )
 
-    @property
-    def encoding(self) -> int:
-        """Tower steps at the last re-encoding of every item: content vectors made since are stable
-        until it changes (or the item's metadata does)."""
-        return self._encoded_at
-
-    def _refresh_content(self) -> None:
-        """Encode items not encoded yet, or all of them once the tower has moved enough."""
-        if self.tower.steps - self._encoded_at >= self.config.reencode_every_steps:
-            self._row.clear()
-            self._content = self._content[:0]
-            self._encoded_at = self.tower.steps
-        missing = [i for i in self.metadata if i not in self._row]
-        if not missing:
+    def _refresh_content(self, reencode: bool = True) -> None:
+        """Encode items with new metadata (changed content), then, with ``reencode``, re-encode up to
+        ``reencode_chunk`` rows the tower has moved ``reencode_every_steps`` steps past, oldest first;
+        those whose vector moved by more than ``reencode_tolerance`` (cosine distance) changed too."""
+        steps = self.tower.steps
+        stale = np.flatnonzero(self._encoded_step <= steps - self.config.reencode_every_steps)
+        if not reencode:
+            stale = stale[:0]
+        if len(stale) > self.config.reencode_chunk:
+            oldest = np.argpartition(self._encoded_step[stale], self.config.reencode_chunk)
+            stale = stale[oldest[: self.config.reencode_chunk]]
+        items = self._item_of_row
+        stale_ids = [
+            items[r] for r in stale.tolist() if items[r] is not None and items[r] not in self._unencoded
+        ]
+        if not self._unencoded and not stale_ids:
             return
-        if len(self._row) < len(self._content):  # rows of re-observed items: compact before growing
-            order = sorted(self._row, key=self._row.__getitem__)
-            self._content = self._content[[self._row[i] for i in order]]
-            self._row = {item: r for r, item in enumerate(order)}
+        if len(self._content) > 1024 and len(self._row) < len(self._content) // 2:
+            self._compact()
+        new = [i for i in self._unencoded if i not in self._row]
         start = len(self._content)
-        self._content = np.vstack(
-            [self._content, self.tower.encode_unit([self.metadata[i] for i in missing])]
-        )
-        self._row.update((item, start + r) for r, item in enumerate(missing))
+        self._row.update((item, start + r) for r, item in enumerate(new))
+        self._item_of_row.extend(new)
+        self._content = np.vstack([self._content, np.zeros((len(new), self._content.shape[1]), np.float32)])
+        self._encoded_step = np.concatenate([self._encoded_step, np.zeros(len(new), np.int64)])
+        fresh = list(self._unencoded)
+        todo = fresh + stale_ids
+        at = np.fromiter((self._row[i] for i in todo), dtype=np.int64, count=len(todo))
+        before = self._content[at[len(fresh) :]]
+        encoded = self.tower.encode_unit([self.metadata[i] for i in todo])
+        self._content[at] = encoded
+        self._encoded_step[at] = steps
+        moved = 1.0 - np.einsum("ij,ij->i", before, encoded[len(fresh) :]) > self.config.reencode_tolerance
+        self._changed.update(fresh)
+        self._changed.update(item for item, m in zip(stale_ids, moved.tolist(), strict=True) if m)
+        self._unencoded = set()
+
+    def _compact(self) -> None:
+        """Drop the rows of forgotten items."""
+        kept = np.fromiter(self._row.values(), dtype=np.int64, count=len(self._row))
+        self._content, self._encoded_step = self._content[kept], self._encoded_step[kept]
+        self._item_of_row = list(self._row)
+        self._row = {item: r for r, item in enumerate(self._item_of_row)}
 
     def state(self) -> dict:
         """The learned part (tower, reservoir, temperature evidence, budget) for a checkpoint. The
@@ -322,29 +356,48 @@ class ColdStart:
         self._new_item_events.clear()
         self._new_item_events.extend((tuple(prefix), target) for prefix, target in state["new_item_events"])
         self._calibrations = int(state["calibrations"])
-        self._row.clear()  # content vectors are re-encoded with the restored tower
-        self._content = self._content[:0]
-        self._encoded_at = self.tower.steps
+        # Content vectors are re-encoded with the restored tower.
+        self._row, self._item_of_row = {}, []
+        self._content, self._encoded_step = self._content[:0], self._encoded_step[:0]
+        self._unencoded, self._changed = set(self.metadata), set(self.metadata)
 
     def record_new_item(self, prefix: Sequence[str], target: str) -> None:
         """A session went on to an item the learner had never seen: evidence for the temperature."""
         if prefix and target in self.metadata:
             self._new_item_events.append((tuple(prefix), target))
 
-    def calibrate_on_content(self, learned: Collection[str]) -> None:
+    def calibrate_on_content(self, learned: Set[str]) -> None:
         """``calibrate`` without a served table at hand (the updater publishes deltas): the items
         that were cold when the new-item events arrived are those with metadata and no learned row
-        at the last publish, ``learned`` being the items that had one."""
-        if not self._new_item_events:
+        at the last publish, ``learned`` being the items that had one. Costs the events and the
+        candidate sample, not the catalogue: at 1M items a table of every cold row took seconds."""
+        events = list(self._new_item_events)
+        self._new_item_events.clear()
+        if not events:
             return
-        self._refresh_content()
-        ids = [""] * len(self._content)  # "" marks rows of re-observed items, awaiting compaction
-        for item, row in self._row.items():
-            ids[row] = item
-        cold = np.fromiter((bool(i) and i not in learned for i in ids), dtype=bool, count=len(ids))
-        no_vectors = np.zeros((len(ids), 0), dtype=np.float32)
-        counts = np.zeros(len(ids), dtype=np.int64)
-        self.calibrate(Embeddings(ids, no_vectors, no_vectors, counts, cold=cold, content=self._content))
+        self._refresh_content(reencode=False)  # complete() re-encodes: one chunk per snapshot
+        row = self._row
+        queries, targets = [], []
+        for prefix, target in events:
+            if target not in row or target in learned:
+                continue
+            query = _content_query(self._content, [row[i] for i in prefix if i in row])
+            if query is not None:
+                queries.append(query)
+                targets.append(row[target])
+        cold_count = len(row) - len(row.keys() & learned)
+        if not queries or cold_count < 2:
+            return
+        rng = self._calibration_rng()
+        # Uniform over cold rows by rejection from all rows, drawing enough for the cold share.
+        wanted = min(cold_count, self.config.calibration_candidates)
+        draws = min(len(self._content), int(1.2 * wanted * len(row) / cold_count) + 64, 64 * wanted)
+        items = self._item_of_row
+        drawn = rng.choice(len(self._content), draws, replace=False).tolist()
+        sample = [r for r in drawn if items[r] is not None and items[r] not in learned][:wanted]
+        self._observe_cold(
+            np.vstack(queries), np.asarray(targets), np.asarray(sample), self._content, cold_count
+        )
 
     def calibrate(self, served: Embeddings) -> None:
         """Fit the cold temperature on the new-item events since the last call, scored by ``served``,
@@ -365,17 +418,35 @@ class ColdStart:
                 targets.append(row)
         if not queries:
             return
-        rng = np.random.default_rng([self.config.seed, self._calibrations])
-        self._calibrations += 1
+        rng = self._calibration_rng()
         sample = cold_rows[
             rng.choice(len(cold_rows), min(len(cold_rows), self.config.calibration_candidates), replace=False)
         ]
-        q = np.vstack(queries)
-        target_rows = np.asarray(targets)
-        candidates = q @ served.content[sample].T
+        self._observe_cold(np.vstack(queries), np.asarray(targets), sample, served.content, len(cold_rows))
+
+    def _calibration_rng(self) -> np.random.Generator:
+        rng = np.random.default_rng([self.config.seed, self._calibrations])
+        self._calibrations += 1
+        return rng
+
+    def _observe_cold(
+        self, q: np.ndarray, target_rows: np.ndarray, sample: np.ndarray, content: np.ndarray, cold_count: int
+    ) -> None:
+        """Evidence for the temperature: each query's target against a ``sample`` of the
+        ``cold_count`` cold rows (rows of ``content``), each standing for as many others."""
+        candidates = q @ content[sample].T
         is_target = sample[None, :] == target_rows[:, None]
         candidates[is_target] = -np.inf
         sampled_others = len(sample) - is_target.sum(axis=1)
-        log_scale = np.log((len(cold_rows) - 1) / np.maximum(sampled_others, 1))
-        target_scores = np.einsum("ij,ij->i", q, served.content[target_rows])
+        log_scale = np.log((cold_count - 1) / np.maximum(sampled_others, 1))
+        target_scores = np.einsum("ij,ij->i", q, content[target_rows])
         self.temperature.observe(target_scores, candidates, log_scale)
+
+
+def _content_query(content: np.ndarray, rows: list[int]) -> np.ndarray | None:
+    """``scoring.Embeddings.content_query`` over rows of a content cache (every row has content)."""
+    if not rows:
+        return None
+    query = session_query(content[rows[-SESSION_ITEMS:]])
+    norm = float(np.linalg.norm(query))
+    return query / norm if norm > 0 else None

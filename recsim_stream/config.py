@@ -220,7 +220,7 @@ class LearnConfig:
     learning_rate: float = 0.2  # Adagrad base step (best of 0.05-0.4 on both data sets, BENCHMARKS.md)
     sampler_power: float = 0.75
     shards: int = 2
-    batch_pairs: int = 8192  # pairs per pull/step/push round trip
+    batch_pairs: int = 8192  # pairs per pull/step/push trip (larger: less CPU, lower HR@20; BENCHMARKS.md)
     seed: int = 13
     expire_after_s: float = 0.0  # rows untouched this long (event time) expire; 0 = never
     torch_threads: int = 1  # pinned: 2 threads collapse when another process takes a core
@@ -229,6 +229,12 @@ class LearnConfig:
     # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
     negative_pool: int = 2048
     adagrad_initial: float = 0.1  # starting value of each row's squared-gradient accumulator
+    # The learner trains once this many batches are pending, so one train() call can overlap them...
+    train_batches: int = 1
+    # ...when batch n+1's rows are pulled before batch n's gradients are pushed: the shards serve the
+    # pull while the trainer computes, and n+1 reads rows one batch stale (asynchronous SGD). Off by
+    # default: it cost HR@20 on MovieLens at 8,192 pairs per batch (BENCHMARKS.md, training speed).
+    stale_pulls: bool = False
 
     def __post_init__(self) -> None:
         _require(1 <= self.dim <= 1024, "learn.dim", "must be between 1 and 1024")
@@ -244,10 +250,14 @@ class LearnConfig:
         _require(self.sampler_table_size >= 1024, "learn.sampler_table_size", "must be >= 1024")
         _require(self.negative_pool >= 0, "learn.negative_pool", "must be >= 0 (0 = no pool)")
         _require(self.adagrad_initial > 0, "learn.adagrad_initial", "must be > 0")
+        _require(self.train_batches >= 1, "learn.train_batches", f"must be >= 1, got {self.train_batches}")
 
 
 @dataclass(frozen=True)
 class SnapshotConfig:
+    # Whether this updater publishes snapshots (and writes the whole-updater checkpoints). Several
+    # updaters sharing shards (``ray.address``) need exactly one publisher: false on the others.
+    enabled: bool = True
     dir: str = "var/snapshots"
     interval_s: float = 2.0
     keep: int = 5
@@ -256,6 +266,10 @@ class SnapshotConfig:
     # ...and sooner once the rows changed since the last full one reach this share of its rows: the
     # query API searches changed rows exactly, so a large delta costs query time (0 = never sooner).
     full_after_changed: float = 0.5
+    # A delta leaves out rows whose interaction count did not move: rows touched only as negative
+    # samples (~87% of the changed rows at 100k items, each output vector moving ~4% per second)
+    # wait for the next full snapshot, so deltas, and the API's work per swap, follow the clicks.
+    deltas_skip_negative_only_rows: bool = True
 
     def __post_init__(self) -> None:
         _require(self.interval_s > 0, "snapshot.interval_s", "must be > 0")
@@ -354,7 +368,12 @@ class ContentConfig:
     train_batch: int = 256  # co-occurring pairs per tower step
     train_pairs_per_event: float = 0.05
     reservoir_pairs: int = 16384  # co-occurring pairs kept (uniform over the stream) to train on
-    reencode_every_steps: int = 16  # tower steps after which every cached content vector is recomputed
+    reencode_every_steps: int = 16  # tower steps after which a cached content vector is recomputed
+    # ...at most this many per snapshot, oldest first: the cost and the delta stay bounded at 1M items.
+    reencode_chunk: int = 2000
+    # ...and republished only when it moved more than this (cosine distance): a delta carries the
+    # content vectors that changed, not every one the tower touched.
+    reencode_tolerance: float = 0.02
     # Cold-component temperature, fitted by likelihood on up to this many new-item targets per publish
     # against a sample of this many cold candidates.
     calibration_events: int = 128
@@ -380,9 +399,10 @@ class ContentConfig:
             "content.train_batch",
             f"must be >= 2 (in-batch negatives), got {self.train_batch}",
         )
-        for name in ("reservoir_pairs", "reencode_every_steps", "calibration_candidates"):
+        for name in ("reservoir_pairs", "reencode_every_steps", "reencode_chunk", "calibration_candidates"):
             value = getattr(self, name)
             _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")
+        _require(self.reencode_tolerance >= 0, "content.reencode_tolerance", "must be >= 0")
         for name in ("train_pairs_per_event", "calibration_events"):
             value = getattr(self, name)
             _require(value >= 0, f"content.{name}", f"must be >= 0, got {value}")

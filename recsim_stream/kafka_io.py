@@ -86,6 +86,7 @@ from recsim_stream.events import BadEvent, BadReason, Event, ItemMeta, encode_ev
 from recsim_stream.metrics import KafkaMetrics
 
 __all__ = [
+    "AssignHandler",
     "BrokerUnavailable",
     "CommitRefused",
     "ConsumerRecord",
@@ -450,6 +451,8 @@ class RecordProducer:
 
 # Offsets to commit for the partitions being revoked: (topic, partition) -> next offset to read.
 RevokeHandler = Callable[[set[tuple[str, int]]], Mapping[tuple[str, int], int]]
+# Partitions just assigned -> the offset each resumes from (None: from the beginning, nothing committed).
+AssignHandler = Callable[[Mapping[tuple[str, int], int | None]], None]
 
 # Commit refusals that mean "this member's generation is over" (a rebalance, an eviction): the
 # records are not lost, whoever owns the partition next re-reads them from the last commit.
@@ -469,6 +472,9 @@ class BrokerUnavailable(CommitRefused):
     """A commit found no broker (or group coordinator) to answer within ``kafka.commit_timeout_ms``.
     Nothing is lost: keep the offsets pending and commit them again with a later poll, as for any
     ``CommitRefused``; the consumer has already logged the outage."""
+
+
+_COMMITTED = object()  # a newly assigned partition resumes from the group's committed offset
 
 
 class _RevokeListener(AsyncConsumerRebalanceListener):
@@ -505,8 +511,10 @@ class _RevokeListener(AsyncConsumerRebalanceListener):
         self._owner._handle_revoke(lost)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Partitions resume from their committed offsets, unless ``start_from`` says otherwise."""
-        self._owner._seek_restored(assigned)
+        """Partitions resume from their committed offsets, unless ``start_from`` says otherwise.
+        They stay paused until ``poll()`` has told the assign handler where each resumes."""
+        restored = self._owner._seek_restored(assigned)
+        self._owner._hold_assigned(assigned, restored)
 
 
 def _offset_map(next_offsets: Mapping[tuple[str, int], int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -524,7 +532,11 @@ class EventConsumer:
     Rebalances use the eager protocol (range, round-robin assignors): every partition is revoked
     before a join, and the revoke handler (``set_revoke_handler``) says which offsets to commit
     first. Its records are processed one poll at a time by the caller, so the consumer buffers no
-    more than kafka-python's fetch buffer (``fetch_max_bytes``).
+    more than kafka-python's fetch buffer (``fetch_max_bytes``). Newly assigned partitions stay paused
+    until the end of a ``poll()``, where the assign handler (``set_assign_handler``) learns on the
+    caller's thread the offset each resumes from, before any of their records: the session hand-off
+    between updaters (handoff.py) needs that offset. kafka-python may finish its assignment callback
+    after ``poll()`` returned, which is why nothing in that callback waits on the network.
     """
 
     def __init__(
@@ -551,6 +563,12 @@ class EventConsumer:
             metrics_enabled=False,
         )
         self._on_revoke: RevokeHandler = lambda _partitions: {}
+        self._on_assign: AssignHandler = lambda _resume_at: None
+        # Partitions assigned but not yet announced to the assign handler (held paused), with where
+        # each starts; None: no assignment pending.
+        self._announce: dict[TopicPartition, int | None | object] | None = None
+        self.assignments = 0  # rebalances that gave this member partitions
+        self._topic = topic or config.events_topic
         self._in_call = False  # the loop's thread is inside poll() or close()
         self.revocations = 0  # rebalances that took partitions away (or closed the consumer)
         self.commits = 0  # successful commits, from commit() and from revokes
@@ -579,15 +597,17 @@ class EventConsumer:
         run ahead of the checkpoint. Call before the first poll."""
         self._start = dict(next_offsets)
 
-    def _seek_restored(self, assigned: set[TopicPartition]) -> None:
+    def _seek_restored(self, assigned: set[TopicPartition]) -> dict[tuple[str, int], int | None]:
+        """Seek the partitions assigned for the first time since ``start_from``; returns where they start."""
+        started: dict[tuple[str, int], int | None] = {}
         if self._start is None:
-            return
+            return started
         for tp in assigned:
             partition = (tp.topic, tp.partition)
             if partition in self._started:
                 continue
             self._started.add(partition)
-            offset = self._start.get(partition)
+            offset = started[partition] = self._start.get(partition)
             if offset is None:
                 self._consumer.seek_to_beginning(tp)
             else:
@@ -597,6 +617,72 @@ class EventConsumer:
                 partition,
                 "the beginning" if offset is None else offset,
             )
+        return started
+
+    def _hold_assigned(
+        self, assigned: set[TopicPartition], restored: Mapping[tuple[str, int], int | None]
+    ) -> None:
+        """In the assignment callback: pause the new partitions, so none of their records is fetched
+        before ``_announce_assigned`` (on the loop's thread, no network call here) has told the
+        assign handler where each one resumes. The callback may finish after ``poll()`` returned."""
+        self._consumer.pause(*assigned)
+        self._announce = {tp: restored.get((tp.topic, tp.partition), _COMMITTED) for tp in assigned}
+
+    def _announce_assigned(self) -> None:
+        """Inside ``poll()``: fetch the committed offsets of newly assigned partitions, pin each to its
+        offset, call the assign handler with them, and let their records flow. If the broker does not
+        answer, they stay paused until a later poll."""
+        announce = self._announce
+        if announce is None:
+            return
+        need = {tp for tp, start in announce.items() if start is _COMMITTED}
+        try:
+            committed = (
+                self._consumer._coordinator.fetch_committed_offsets(
+                    need, timeout_ms=self.config.commit_timeout_ms
+                )
+                if need
+                else {}
+            )
+        except KafkaError as exc:
+            self.health.down("fetch committed offsets", exc)
+            return
+        resume: dict[tuple[str, int], int | None] = {}
+        for tp, start in announce.items():
+            if start is _COMMITTED:
+                meta = committed.get(tp)
+                start = meta.offset if meta is not None and meta.offset >= 0 else None
+                if start is not None:
+                    self._consumer.seek(tp, start)
+            resume[(tp.topic, tp.partition)] = start
+        if self._announce is announce:  # not replaced by a late callback meanwhile
+            self._announce = None
+        self.assignments += 1
+        self._on_assign(resume)
+        self._consumer.resume(*(set(announce) & self._consumer.assignment()))
+
+    def set_assign_handler(self, handler: AssignHandler) -> None:
+        """``handler(resume_at)`` runs on the caller's thread at the end of the ``poll()`` in which
+        partitions were assigned, before any of their records is returned; ``resume_at`` maps each
+        to the offset reading resumes from (None: the beginning, nothing committed)."""
+        self._on_assign = handler
+
+    def committed_offsets(self) -> dict[tuple[str, int], int]:
+        """The group's committed offsets for every partition of the topic that has one (a blocking
+        request; call between polls). Raises ``BrokerUnavailable`` when the broker does not answer."""
+        partitions = [
+            TopicPartition(self._topic, p)
+            for p in sorted(self._consumer.partitions_for_topic(self._topic) or ())
+        ]
+        try:
+            committed = self._consumer._coordinator.fetch_committed_offsets(
+                partitions, timeout_ms=self.config.commit_timeout_ms
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"fetching the committed offsets of group {self.config.group_id!r} from {self.config.bootstrap}: {exc}"
+            ) from exc
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items() if meta.offset >= 0}
 
     def set_revoke_handler(self, handler: RevokeHandler) -> None:
         """``handler(partitions)`` runs before partitions are taken away and returns the next offsets
@@ -613,6 +699,8 @@ class EventConsumer:
                 "loop was not inside poll() or close(); expected the eager protocol, which only revokes there"
             )
         self.revocations += 1
+        if self._announce is not None:  # assigned and taken back before poll() announced them
+            self._announce = {tp: start for tp, start in self._announce.items() if tp not in revoked}
         offsets = self._on_revoke(partitions)
         unowned = set(offsets) - partitions
         if unowned:
@@ -631,6 +719,7 @@ class EventConsumer:
             records = _poll(self._consumer, timeout, self.config.max_poll_records, self.health)
         finally:
             self._in_call = False
+        self._announce_assigned()
         return records
 
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> None:

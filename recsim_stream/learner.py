@@ -126,11 +126,11 @@ class Learner:
         self.new_items = Share(*state["new_items"])
 
     def ready(self) -> bool:
-        """Enough pairs for one batch."""
-        return len(self.pairs) >= self.config.learn.batch_pairs
+        """Enough pairs for ``learn.train_batches`` batches (trained overlapped, see SgnsTrainer)."""
+        return len(self.pairs) >= self.config.learn.batch_pairs * self.config.learn.train_batches
 
     def train(self) -> StepResult:
-        """Train everything pending (one pull and one push per shard)."""
+        """Train everything pending (one pull and one push per shard and batch)."""
         batch = self.last_batch = self.pairs.take()
         tokens = np.frombuffer(self._tokens, dtype=np.int64)
         self._tokens = array("q")

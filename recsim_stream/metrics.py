@@ -18,8 +18,21 @@ from recsim_stream.events import BadReason, EventKind
 
 # Every label name a recsim metric may carry; each has a small, fixed set of values.
 LABELS = frozenset(
-    {"reason", "shard", "partition", "endpoint", "status", "kind", "index", "cause", "client", "operation"}
+    {
+        "reason",
+        "shard",
+        "partition",
+        "endpoint",
+        "status",
+        "kind",
+        "index",
+        "cause",
+        "client",
+        "operation",
+        "outcome",
+    }
 )
+HANDOFF_OUTCOMES = ("exact", "afresh")
 SNAPSHOT_WRITE_REFUSALS = ("write_failed", "recall", "index_failed")
 SNAPSHOT_LOAD_REFUSALS = ("corrupt", "recall")
 RECOVERY_CAUSES = ("shard_actor",)
@@ -67,6 +80,15 @@ class UpdaterMetrics:
         self.sessions_closed = Counter(
             "recsim_sessions_closed_total", "Sessions closed by the watermark.", registry=registry
         )
+        self.partition_handoffs = Counter(
+            "recsim_partition_handoffs_total",
+            "Partitions assigned with earlier records: open sessions handed over exactly (the stored "
+            "offset is the one resumed from), or started afresh (no matching hand-off: a crash).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in HANDOFF_OUTCOMES:
+            self.partition_handoffs.labels(outcome)
         self.pairs_trained = Counter(
             "recsim_pairs_trained_total", "Skip-gram pairs trained.", registry=registry
         )

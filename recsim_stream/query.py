@@ -40,12 +40,13 @@ from recsim_stream.index import (
     RecallGateError,
     VectorIndex,
     build_main_indexes,
+    inner_products,
     l2_normalise,
     merge_with_delta,
     unship,
 )
 from recsim_stream.metrics import ApiMetrics
-from recsim_stream.scoring import query_with_prior, session_query, top_k, with_prior
+from recsim_stream.scoring import query_with_prior, session_query, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
     ShippedIndex,
@@ -84,6 +85,11 @@ class MainBuild:
     recall: Mapping[str, float]
     popularity_power: float  # of the prior in ``recommend``; delta rows get the same
     shipped: bool  # the indexes came with the snapshot (else this process built them)
+    # Its cold rows for the new-item component, gathered once per base rather than at every swap
+    # (a copy of ~90k x 192 floats per swap at 100k items): positions, content and output vectors.
+    cold_positions: np.ndarray
+    cold_content: np.ndarray | None
+    cold_outputs: np.ndarray
 
 
 TAIL_SAMPLE = 1024  # known rows sampled to estimate the discovery softmax's normaliser beyond the top hits
@@ -122,16 +128,25 @@ class IdLookup(Mapping[str, int]):
 @dataclass(frozen=True)
 class NewItems:
     """The new-item component of a state: every cold row, scored exactly (a brute-force scan: cold
-    rows are the few items not clicked yet; 100k of them x 128 floats is ~13 Mflop a query)."""
+    rows are the few items not clicked yet; 100k of them x 128 floats is ~13 Mflop a query). The
+    rows come in parts (the main's, shared by every state on it, then the delta's); ``dead`` rows of
+    the main part (overridden by the delta) score nothing."""
 
     share: float  # probability that a session goes on to a new item
     temperature: float  # of the softmax over content cosines
-    positions: np.ndarray  # (m,) state positions of the cold rows
-    content: np.ndarray  # (m, width) their unit content vectors
-    outputs: np.ndarray  # (m, dim) their (content-derived) output vectors, for sessions without content
+    positions: np.ndarray  # (m,) state positions of the cold rows, parts concatenated
+    content: tuple[np.ndarray, ...]  # per part (m_i, width): their unit content vectors
+    outputs: tuple[np.ndarray, ...]  # per part (m_i, dim): (content-derived) output vectors, for
+    # sessions without content
+    dead: np.ndarray  # indexes into ``positions`` of rows no longer served
     known_rows: int  # rows in the discovery component
     tail: np.ndarray  # (s, dim + 1) a uniform sample of known rows' ``with_prior`` vectors
     tail_positions: np.ndarray  # (s,) their state positions
+
+    @property
+    def size(self) -> int:
+        """Cold rows served."""
+        return len(self.positions) - len(self.dead)
 
     def log_normaliser(self, query: np.ndarray, head: np.ndarray, head_positions: np.ndarray) -> float:
         """log sum exp of every known row's discovery score: the ``head`` scores exactly, each of
@@ -149,15 +164,26 @@ class NewItems:
         top = scores.max()
         return float(top + np.log(np.exp(scores - top).sum()))
 
-    def log_probabilities(self, content_query: np.ndarray | None, learned_query: np.ndarray) -> np.ndarray:
-        """log P(cold row | next item is new), over ``positions``; by the learned dot product when the
-        session has no content vector (as scoring.Embeddings falls back)."""
+    def best(
+        self, content_query: np.ndarray | None, learned_query: np.ndarray, k: int, banned: set[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(log P(cold row | next item is new), state positions) of the ``k`` most likely cold rows
+        not in ``banned``, best first; by the learned dot product when the session has no content
+        vector (as scoring.Embeddings falls back). One pass over the cold rows, single-threaded."""
         if content_query is None:
-            logits = (self.outputs @ learned_query).astype(np.float64)
+            logits = np.concatenate([inner_products(part, learned_query) for part in self.outputs])
         else:
-            logits = (self.content @ content_query).astype(np.float64) / self.temperature
-        top = logits.max()
-        return logits - (top + np.log(np.exp(logits - top).sum()))
+            logits = np.concatenate([inner_products(part, content_query) for part in self.content])
+            logits /= np.float32(self.temperature)
+        logits[self.dead] = -np.inf
+        top = float(logits.max())
+        log_z = top + float(np.log(np.exp(logits - top).sum(dtype=np.float64)))
+        fetch = min(len(logits), k + len(banned) + len(self.dead))
+        head = np.argpartition(-logits, fetch - 1)[:fetch] if fetch < len(logits) else np.arange(len(logits))
+        head = head[np.argsort(-logits[head], kind="stable")]
+        served = [i for i in head.tolist() if logits[i] > -np.inf and int(self.positions[i]) not in banned]
+        head = np.array(served[:k], dtype=np.int64)
+        return logits[head].astype(np.float64) - log_z, self.positions[head]
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,7 @@ def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | 
             config,
             discovery=~arrays.cold if with_new_items else None,
         )
+    cold = np.flatnonzero(arrays.cold)
     return MainBuild(
         snapshot.manifest.version,
         arrays,
@@ -226,6 +253,9 @@ def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | 
         indexes.recall,
         indexes.popularity_power,
         shipped is not None,
+        cold,
+        None if arrays.content_vectors is None else np.ascontiguousarray(arrays.content_vectors[cold]),
+        np.ascontiguousarray(arrays.output_vectors[cold]),
     )
 
 
@@ -243,7 +273,7 @@ def build_state(
     overridden = overridden[overridden >= 0]
     live = np.ones(n_main, dtype=bool)
     live[overridden] = False
-    new_items = _new_items(main.arrays, delta, live, manifest, config.seed, main.popularity_power)
+    new_items = _new_items(main, delta, live, manifest, config.seed)
     # Cold rows answer through the new-item component only, when there is one.
     discovery = (live, None) if new_items is None else (live & ~main.arrays.cold, ~delta.cold)
     recommend = merge_with_delta(
@@ -274,14 +304,10 @@ def serves_new_items(scoring: Mapping[str, float] | None, has_content: bool) -> 
 
 
 def _new_items(
-    main: SnapshotArrays,
-    delta: SnapshotArrays,
-    live: np.ndarray,
-    manifest: SnapshotManifest,
-    seed: int,
-    popularity_power: float,
+    main_build: MainBuild, delta: SnapshotArrays, live: np.ndarray, manifest: SnapshotManifest, seed: int
 ) -> NewItems | None:
     """The new-item component, when the snapshot publishes one (content vectors and a share)."""
+    main, popularity_power = main_build.arrays, main_build.popularity_power
     scoring = manifest.scoring or {}
     share = float(scoring.get("new_item_share", 0.0))
     temperature = float(scoring.get("cold_temperature", 0.1))
@@ -293,12 +319,15 @@ def _new_items(
             f"snapshot {manifest.version}: expected cold_temperature >= 1e-6, got {temperature}"
         )
 
-    def content(arrays: SnapshotArrays, rows: np.ndarray) -> np.ndarray:
-        if arrays.content_vectors is None:
-            return np.zeros((len(rows), widths[0]), np.float32)
-        return arrays.content_vectors[rows]
-
-    cold_main, cold_delta = np.flatnonzero(main.cold & live), np.flatnonzero(delta.cold)
+    cold_main, cold_delta = main_build.cold_positions, np.flatnonzero(delta.cold)
+    main_content = main_build.cold_content
+    if main_content is None:
+        main_content = np.zeros((len(cold_main), widths[0]), np.float32)
+    delta_content = (
+        np.zeros((len(cold_delta), widths[0]), np.float32)
+        if delta.content_vectors is None
+        else np.ascontiguousarray(delta.content_vectors[cold_delta])
+    )
     known_main, known_delta = np.flatnonzero(~main.cold & live), np.flatnonzero(~delta.cold)
     known = len(known_main) + len(known_delta)
     rng = np.random.default_rng([seed, manifest.version])
@@ -316,8 +345,9 @@ def _new_items(
         share=min(share, 1.0 - 1e-6),
         temperature=temperature,
         positions=np.concatenate([cold_main, main.count + cold_delta]),
-        content=np.vstack([content(main, cold_main), content(delta, cold_delta)]),
-        outputs=np.vstack([main.output_vectors[cold_main], delta.output_vectors[cold_delta]]),
+        content=(main_content, delta_content),
+        outputs=(main_build.cold_outputs, np.ascontiguousarray(delta.output_vectors[cold_delta])),
+        dead=np.flatnonzero(~live[cold_main]),
         known_rows=known,
         tail=tail,
         tail_positions=tail_positions,
@@ -413,7 +443,7 @@ class IndexHolder:
         query = query_with_prior(session_query(np.stack([state.input_vector(p) for p in recent])))
         banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
-        if state.new_items is not None and len(state.new_items.positions):
+        if state.new_items is not None and state.new_items.size:
             scores, positions = _with_new_items(
                 state, state.new_items, recent, query, scores, positions, banned, k
             )
@@ -474,12 +504,10 @@ def _with_new_items(
     """Merge the discovery hits with the best cold rows, ranked by mixture probability:
     ``(1 - c) exp(s) / Z`` for a known row, ``c p_new`` for a cold one, both expressed on the
     discovery scale (``log Z + log(c / (1 - c)) + log p_new``)."""
-    log_p = new.log_probabilities(state.content_query(recent), query[:-1])
+    log_p, cold_positions = new.best(state.content_query(recent), query[:-1], k, banned)
     cold_scores = new.log_normaliser(query, scores, positions) + np.log(new.share / (1.0 - new.share)) + log_p
-    allowed = np.flatnonzero(~np.isin(new.positions, np.fromiter(banned, dtype=np.int64, count=len(banned))))
-    best = allowed[top_k(cold_scores[allowed], k)]
-    merged_scores = np.concatenate([scores, cold_scores[best].astype(np.float32)])
-    merged_positions = np.concatenate([positions, new.positions[best]])
+    merged_scores = np.concatenate([scores, cold_scores.astype(np.float32)])
+    merged_positions = np.concatenate([positions, cold_positions])
     order = np.argsort(-merged_scores, kind="stable")[:k]
     return merged_scores[order], merged_positions[order]
 

@@ -20,6 +20,9 @@ from recsim_stream.sharding import _GOLDEN, KeyIndex, mix64
 
 State = dict[str, np.ndarray | int | float]
 
+# Pulls whose rows a push of the same keys reuses: a trainer overlapping batches has two in flight.
+_RECENT_PULLS = 4
+
 # Per-row arrays, saved by state(); the vector tables are handled alongside them.
 _ROW_FIELDS = ("keys", "acc_in", "acc_out", "counts", "updated", "touched", "live")
 
@@ -73,6 +76,7 @@ class ParameterShard:
         self._free = np.zeros(0, dtype=np.int64)
         self._removed_keys = np.zeros(0, dtype=np.int64)
         self._removed_versions = np.zeros(0, dtype=np.int64)
+        self._recent_pulls: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, rows), newest last
         self._allocate(1024)
 
     @property
@@ -82,7 +86,10 @@ class ParameterShard:
 
     def pull(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Input and output rows of ``keys`` (float32, len(keys) x dim), creating missing rows."""
+        keys = np.asarray(keys, dtype=np.int64)
         rows = self._rows(keys)
+        # A trainer pushes the very keys it pulled: remember their rows to skip the lookup then.
+        self._recent_pulls = [*self._recent_pulls[1 - _RECENT_PULLS :], (keys.copy(), rows)]
         return take_rows(self._input, rows), take_rows(self._output, rows)
 
     def push(
@@ -111,7 +118,7 @@ class ParameterShard:
             raise ValueError(
                 f"ParameterShard.push: interactions must have shape ({n},), got {interactions.shape}"
             )
-        rows = self._rows(keys)
+        rows = self._pulled_rows(keys)
         if self._has_duplicates(rows):
             rows, which = np.unique(rows, return_inverse=True)
             grad_in, grad_out, interactions = (
@@ -280,6 +287,18 @@ class ParameterShard:
             self._live[new_rows] = True
             rows[missing] = new_rows[which]
         return rows
+
+    def _pulled_rows(self, keys: np.ndarray) -> np.ndarray:
+        """``_rows(keys)`` from a recent pull of the same keys when its rows still hold them (an
+        expiry or a restore in between may have recycled them: then look the keys up again)."""
+        for i, (pulled, rows) in enumerate(self._recent_pulls):
+            if np.array_equal(pulled, keys):
+                del self._recent_pulls[i]
+                valid = len(rows) == 0 or rows.max() < self._used
+                if valid and self._live[rows].all() and np.array_equal(self._keys[rows], keys):
+                    return rows
+                break
+        return self._rows(keys)
 
     def _take_rows(self, n: int) -> np.ndarray:
         recycled = self._free[:n]

@@ -259,6 +259,16 @@ class ShippedIndex:
     info: Mapping[str, object]  # JSON-serialisable: how they were built and gated
 
 
+@dataclass(frozen=True)
+class PreparedFiles:
+    """A full snapshot's files written and fsynced in a hidden folder, not published yet."""
+
+    folder: Path
+    files: Mapping[str, dict]  # name -> checksum, dtype, shape (the manifest's entries)
+    arrays: SnapshotArrays
+    index_info: Mapping[str, object] | None
+
+
 def folder_name(version: int) -> str:
     return f"v{version:012d}"
 
@@ -384,6 +394,27 @@ class SnapshotStore:
         return read_npy(folder, name, manifest.files[name], SnapshotError)
 
     # -- writing ---------------------------------------------------------------------------------
+    def prepare(self, arrays: SnapshotArrays, index: ShippedIndex | None = None) -> PreparedFiles:
+        """Write a full snapshot's arrays (and shipped index) durably into a hidden folder, without
+        publishing anything: the slow part of ``write``, which a background thread can do while
+        deltas go on being published; ``write(..., prepared=...)`` then adds the manifest and
+        renames it into place. ``discard`` removes one that will not be published."""
+        arrays.validate_content()
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f"{_TEMP_PREFIX}prepared-{secrets.token_hex(4)}"
+        temp.mkdir()
+        try:
+            files = {name: write_npy(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)}
+            for name, data in (index.files if index is not None else {}).items():
+                files[INDEX_PREFIX + name] = write_npy(temp, INDEX_PREFIX + name, data)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return PreparedFiles(temp, files, arrays, None if index is None else dict(index.info))
+
+    def discard(self, prepared: PreparedFiles) -> None:
+        shutil.rmtree(prepared.folder, ignore_errors=True)
+
     def write(
         self,
         version: int,
@@ -396,35 +427,26 @@ class SnapshotStore:
         index: ShippedIndex | None = None,
         newest_record_ts: float | None = None,
         make_latest: bool = True,
+        prepared: PreparedFiles | None = None,
     ) -> SnapshotManifest:
         """Publish a full snapshot (``parent_version=None``) or a delta on ``parent_version``.
 
         Writes the folder atomically, points ``LATEST`` at it (unless ``make_latest`` is False: a
         full snapshot whose catch-up delta follows at once), then prunes old versions. ``scoring``
         (optional) is stored in the manifest for the query API; ``index`` (full snapshots only) is
-        shipped beside the arrays.
+        shipped beside the arrays. With ``prepared`` (a full snapshot's files, from ``prepare``; its
+        arrays must be ``arrays``), only the manifest is written here.
         """
-        if index is not None and parent_version is not None:
-            raise SnapshotError(f"delta {version}: an index ships with a full snapshot only")
-        latest = self.latest_version()
-        if latest is not None and version <= latest:
-            raise SnapshotError(f"snapshot {version}: expected a version above the latest, {latest}")
-        arrays.validate_content()
-        base_version = version
-        if parent_version is not None:
-            parent = self.read_manifest(parent_version)
-            if parent.dim != arrays.dim and arrays.count:
-                raise SnapshotError(
-                    f"delta {version}: expected dim {parent.dim} like parent, got {arrays.dim}"
-                )
-            base_version = parent.base_version
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f"{_TEMP_PREFIX}{folder_name(version)}-{secrets.token_hex(4)}"
-        temp.mkdir()
         try:
-            files = {name: write_npy(temp, name, getattr(arrays, name)) for name in _present_arrays(arrays)}
-            for name, data in (index.files if index is not None else {}).items():
-                files[INDEX_PREFIX + name] = write_npy(temp, INDEX_PREFIX + name, data)
+            base_version = self._check_publishable(version, arrays, parent_version, index, prepared)
+        except BaseException:
+            if prepared is not None:  # never publishable: its folder would linger until the next start
+                self.discard(prepared)
+            raise
+        if prepared is None:
+            prepared = self.prepare(arrays, index)
+        temp = prepared.folder
+        try:
             manifest = SnapshotManifest(
                 version=version,
                 kind=KIND_FULL if parent_version is None else KIND_DELTA,
@@ -435,9 +457,9 @@ class SnapshotStore:
                 offsets=offsets,
                 newest_event_ts=newest_event_ts,
                 created_at=self._clock(),
-                files=files,
+                files=dict(prepared.files),
                 scoring=None if scoring is None else dict(scoring),
-                index=None if index is None else dict(index.info),
+                index=None if prepared.index_info is None else dict(prepared.index_info),
                 newest_record_ts=newest_record_ts,
             )
             write_durably(temp / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
@@ -451,6 +473,32 @@ class SnapshotStore:
             self._point_latest(version)
         self.prune()
         return manifest
+
+    def _check_publishable(
+        self,
+        version: int,
+        arrays: SnapshotArrays,
+        parent_version: int | None,
+        index: ShippedIndex | None,
+        prepared: PreparedFiles | None,
+    ) -> int:
+        """The base version ``version`` would have; raises if it cannot be published as asked."""
+        if (index is not None or prepared is not None) and parent_version is not None:
+            raise SnapshotError(f"delta {version}: an index or prepared files belong to a full snapshot")
+        if prepared is not None and (index is not None or prepared.arrays is not arrays):
+            raise SnapshotError(f"snapshot {version}: prepared files must hold these arrays and their index")
+        latest = self.latest_version()
+        if latest is not None and version <= latest:
+            raise SnapshotError(f"snapshot {version}: expected a version above the latest, {latest}")
+        base_version = version
+        if parent_version is not None:
+            parent = self.read_manifest(parent_version)
+            if parent.dim != arrays.dim and arrays.count:
+                raise SnapshotError(
+                    f"delta {version}: expected dim {parent.dim} like parent, got {arrays.dim}"
+                )
+            base_version = parent.base_version
+        return base_version
 
     def _point_latest(self, version: int) -> None:
         temp = self.root / f"{_TEMP_PREFIX}{LATEST}-{secrets.token_hex(4)}"

@@ -7,15 +7,21 @@ snapshot is due, so nothing queues up.
 
 A full snapshot of ``index.exact_below`` rows or more needs approximate indexes, which take seconds
 to build at 100k rows and minutes at 1M. They are built and gated here once, on a build thread, and
-shipped in the snapshot folder, so no query API replica builds them. Meanwhile deltas keep flowing on
-the current chain, and their rows are also kept as the *catch-up* of the full snapshot being built.
-Once the index is ready, the next snapshot writes the full one without pointing LATEST at it, then a
-delta with the catch-up rows on top of it, and LATEST at that: a reader never swaps back to the
-older cut the index was built over. An index below the recall gate is not published (refused,
+shipped in the snapshot folder, so no query API replica builds them; the same thread then writes the
+snapshot's files (``SnapshotStore.prepare``: hundreds of MB, which held every delta back for up to
+13 s at 100k when the writer thread wrote them). Meanwhile deltas keep flowing on the current chain,
+and their rows are also kept as the *catch-up* of the full snapshot being built. Once its files are
+written, the next snapshot publishes the full one (manifest and rename) without pointing LATEST at
+it, then a delta with the catch-up rows on top of it, and LATEST at that: a reader never swaps back
+to the older cut the index was built over. An index below the recall gate is not published (refused,
 reason ``recall``) and the current chain goes on. With no chain to go on (the first snapshot of this
-process), or one whose base is small enough to be searched exactly, the cut is published at once with
-exact (flat) indexes: slow queries at a large catalogue, but served in seconds rather than after
-minutes of building.
+process), the cut is published at once with exact (flat) indexes: slow queries at a large catalogue,
+but served in seconds rather than after minutes of building. A large cut on a chain whose base is
+small (the catalogue listed after the first snapshot) is first built with exact indexes on the build
+thread, so deltas go on meanwhile; its approximate build is due at the next snapshot.
+
+A delta carries the rows whose interaction count moved (and new rows), not those moved only as
+negative samples (``snapshot.deltas_skip_negative_only_rows``), which the next full snapshot brings.
 
 A full snapshot is due every ``snapshot.full_every`` snapshots, and sooner once the rows changed since
 the last one reach ``snapshot.full_after_changed`` of it: the API searches changed rows exactly.
@@ -35,11 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsim_stream.config import IndexConfig, SnapshotConfig
-from recsim_stream.index import MainIndexes, RecallGateError, build_main_indexes, exact_main_indexes, ship
+from recsim_stream.index import RecallGateError, build_main_indexes, exact_main_indexes, ship
 from recsim_stream.metrics import SnapshotMetrics
 from recsim_stream.query import serves_new_items
 from recsim_stream.shard import ShardExport
-from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
+from recsim_stream.snapshot import PreparedFiles, SnapshotArrays, SnapshotStore, apply_delta
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +56,10 @@ Complete = Callable[[SnapshotArrays, bool], SnapshotArrays]
 
 
 def snapshot_arrays(
-    exports: Sequence[ShardExport],
-    names: Names,
-    cold_keys: set[int],
-    since: Sequence[int | None] | None = None,
+    exports: Sequence[ShardExport], names: Names, cold_keys: set[int]
 ) -> tuple[SnapshotArrays, int]:
     """Rows worth serving (learned from at least one pair, or given a content vector), and how many
-    rows were left out because their item id is unknown to this process. With ``since``, only the
-    rows each shard changed after that version (a delta taken out of a full export)."""
-    if since is not None:
-        exports = [_changed_after(e, s) for e, s in zip(exports, since, strict=True)]
+    rows were left out because their item id is unknown to this process."""
     keys = np.concatenate([e.keys for e in exports]) if exports else np.zeros(0, np.int64)
     counts = np.concatenate([e.counts for e in exports]) if exports else np.zeros(0, np.int64)
     ids = names(keys)
@@ -84,7 +84,47 @@ def snapshot_arrays(
 def _changed_after(export: ShardExport, version: int | None) -> ShardExport:
     if version is None:
         return export
-    rows = export.versions > version
+    return _rows_of(export, export.versions > version)
+
+
+class PublishedCounts:
+    """The interaction count of every row as last published, by key (sorted arrays: a dict of 1M
+    keys would cost ~100 MB and a Python loop per delta)."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+
+    def reset(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        order = np.argsort(keys)
+        self.keys, self.counts = keys[order], counts[order]
+
+    def moved(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Whether each row is new or its count differs from the published one."""
+        at, found = self._find(keys)
+        moved = np.ones(len(keys), dtype=bool)
+        moved[found] = self.counts[at[found]] != counts[found]
+        return moved
+
+    def update(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Rows (distinct keys) as published now."""
+        at, found = self._find(keys)
+        self.counts[at[found]] = counts[found]
+        if not found.all():
+            order = np.argsort(keys[~found])
+            new_keys, new_counts = keys[~found][order], counts[~found][order]
+            where = np.searchsorted(self.keys, new_keys)
+            self.keys = np.insert(self.keys, where, new_keys)
+            self.counts = np.insert(self.counts, where, new_counts)
+
+    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.searchsorted(self.keys, keys)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == keys[found]
+        return at, found
+
+
+def _rows_of(export: ShardExport, rows: np.ndarray) -> ShardExport:
     return ShardExport(
         export.version,
         export.keys[rows],
@@ -112,21 +152,25 @@ class _Write:
     arrays: SnapshotArrays
     parent: int | None  # None for a full snapshot
     meta: _Meta
-    indexes: MainIndexes | None = None  # shipped with a full snapshot
     make_latest: bool = True
     exact: bool = False  # ship exact indexes (built by the writer)
+    prepared: PreparedFiles | None = None  # a full snapshot's files, already written by its build
+    exact_base: bool = False  # a full snapshot whose indexes are exact: an approximate one is due
 
 
 @dataclass
 class _FullBuild:
-    """A full snapshot whose indexes a build thread is making, and the rows changed since its cut."""
+    """A full snapshot whose indexes and files a build thread is making, and the rows changed since
+    its cut."""
 
     arrays: SnapshotArrays
     meta: _Meta
     catch_up: SnapshotArrays
     thread: threading.Thread | None = None
-    indexes: MainIndexes | None = None
+    prepared: PreparedFiles | None = None
     error: Exception | None = None
+    reason: str = ""  # why it is not published: recall | index_failed | write_failed
+    exact: bool = False  # exact indexes (quick), for a cut the chain's small base cannot stand for
 
     def done(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
@@ -164,6 +208,8 @@ class Snapshotter:
         self._full_rows = 0  # rows of the last full snapshot
         self._changed: set[str] = set()  # ids in the deltas written on it since
         self._build: _FullBuild | None = None
+        self._base_exact = False  # the chain's full snapshot has exact indexes only
+        self._counts = PublishedCounts()  # what the served rows' counts are, for deltas to compare with
         self._plan: str | None = None  # what the last since() asked to export
         self._idle = False  # the last snapshot found nothing to publish
         self.published = 0
@@ -176,7 +222,9 @@ class Snapshotter:
         """What to export next: None per shard for a full export, else the shard version to diff from."""
         grown = len(self._changed) >= self.config.full_after_changed * self._full_rows > 0
         full_due = (
-            self._build is None and not self._idle and (self._since_full >= self.config.full_every or grown)
+            self._build is None
+            and not self._idle
+            and (self._since_full >= self.config.full_every or grown or self._base_exact)
         )
         self._plan = FULL if self._since is None or full_due else DELTA
         return [None] * self._shards if self._plan == FULL else list(self._since)
@@ -238,7 +286,7 @@ class Snapshotter:
         changed = None  # rows changed since the chain's last snapshot, as served
         if self._chain is not None or plan == DELTA:
             since = self._since if plan == FULL else None  # a delta export holds only changed rows
-            changed = complete(self._rows(exports, names, cold_keys, since), False)
+            changed = complete(self._delta_rows(exports, names, cold_keys, since), False)
         if plan == FULL and (changed is None or moved or changed.count):
             return self._prepare_full(exports, names, cold_keys, versions, changed, meta, complete)
         build = self._build
@@ -246,7 +294,7 @@ class Snapshotter:
             build.catch_up = apply_delta(build.catch_up, changed)
             if build.done():
                 self._build = None
-                if build.indexes is not None:
+                if build.prepared is not None:
                     self._since, self._idle = versions, False
                     return self._publish_build(build, meta)
                 self._refuse_build(build)
@@ -266,7 +314,11 @@ class Snapshotter:
         meta: _Meta,
         complete: Complete,
     ) -> list[_Write]:
-        whole = complete(self._rows(exports, names, cold_keys, None), True)
+        self._counts.reset(
+            np.concatenate([e.keys for e in exports]) if exports else np.zeros(0, np.int64),
+            np.concatenate([e.counts for e in exports]) if exports else np.zeros(0, np.int64),
+        )
+        whole = complete(self._rows(exports, names, cold_keys), True)
         if whole.count == 0 and self._chain is None:
             return []  # nothing learned and no metadata yet: nothing worth serving
         self._since, self._idle = versions, False
@@ -275,21 +327,35 @@ class Snapshotter:
         empty = SnapshotArrays(
             *(a[:0] for a in (whole.ids, whole.input_vectors, whole.output_vectors, whole.counts, whole.cold))
         )
-        build = _FullBuild(whole, meta, catch_up=empty)
+        # With a chain on a small base, this cut is first published with exact indexes, built and
+        # written off the writer like an approximate one (writing it held every delta for 8 s at
+        # 100k items; a delta holding the whole catalogue made every API swap as slow); the
+        # approximate build follows at the next snapshot.
+        exact = self._chain is not None and self._full_rows < self.index.exact_below
+        build = _FullBuild(whole, meta, catch_up=empty, exact=exact)
         build.thread = threading.Thread(
             target=self._build_indexes, args=(build,), name="index-build", daemon=True
         )
         self._build = build
         build.thread.start()
-        if self._chain is None or self._full_rows < self.index.exact_below:
-            # Nothing to extend, or a base the API indexes exactly anyway: serve this cut exactly
-            # meanwhile, rather than every row the build takes in the delta.
+        if self._chain is None:  # nothing to extend: serve this cut exactly meanwhile
             return [self._full(whole, meta, exact=True)]
         # The chain goes on while the index builds: what changed up to this cut is published on it too.
         return [self._delta(changed, meta)] if changed is not None and changed.count else []
 
-    def _rows(self, exports, names, cold_keys, since) -> SnapshotArrays:
-        arrays, unnamed = snapshot_arrays(exports, names, cold_keys, since)
+    def _delta_rows(self, exports, names, cold_keys, since) -> SnapshotArrays:
+        """The rows a delta publishes: changed since ``since`` (when the exports are full ones), and
+        with ``deltas_skip_negative_only_rows`` only those whose count moved or that are new."""
+        if since is not None:
+            exports = [_changed_after(e, s) for e, s in zip(exports, since, strict=True)]
+        if self.config.deltas_skip_negative_only_rows:
+            exports = [_rows_of(e, self._counts.moved(e.keys, e.counts)) for e in exports]
+        for export in exports:
+            self._counts.update(export.keys, export.counts)
+        return self._rows(exports, names, cold_keys)
+
+    def _rows(self, exports, names, cold_keys) -> SnapshotArrays:
+        arrays, unnamed = snapshot_arrays(exports, names, cold_keys)
         if unnamed:
             log.warning("snapshot: %d rows have item ids unknown to this updater; left out", unnamed)
         return arrays
@@ -298,13 +364,16 @@ class Snapshotter:
         self,
         arrays: SnapshotArrays,
         meta: _Meta,
-        indexes: MainIndexes | None = None,
         make_latest: bool = True,
         exact: bool = False,
+        prepared: PreparedFiles | None = None,
+        exact_base: bool = False,
     ) -> _Write:
         self._last_version += 1
         self._full_rows, self._changed = arrays.count, set()
-        return _Write(self._last_version, arrays, None, meta, indexes, make_latest, exact)
+        return _Write(
+            self._last_version, arrays, None, meta, make_latest, exact, prepared, exact_base or exact
+        )
 
     def _delta(self, arrays: SnapshotArrays, meta: _Meta, parent: int | None = None) -> _Write:
         self._last_version += 1
@@ -314,39 +383,56 @@ class Snapshotter:
     def _publish_build(self, build: _FullBuild, meta: _Meta) -> list[_Write]:
         """The built full snapshot, and the catch-up delta on it that becomes the latest."""
         if build.catch_up.count == 0:
-            return [self._full(build.arrays, build.meta, indexes=build.indexes)]
-        full = self._full(build.arrays, build.meta, indexes=build.indexes, make_latest=False)
+            return [self._full(build.arrays, build.meta, prepared=build.prepared, exact_base=build.exact)]
+        full = self._full(
+            build.arrays, build.meta, make_latest=False, prepared=build.prepared, exact_base=build.exact
+        )
         return [full, self._delta(build.catch_up, meta, parent=full.version)]
 
     def _refuse_build(self, build: _FullBuild) -> None:
-        reason = "recall" if isinstance(build.error, RecallGateError) else "index_failed"
-        log.error("snapshot: full index not published (%s): %s", reason, build.error)
-        self.metrics.refused.labels(reason).inc()
+        log.error("snapshot: full snapshot not published (%s): %s", build.reason, build.error)
+        self.metrics.refused.labels(build.reason).inc()
         self.failed += 1
         if self._chain is not None:  # retry later (full_every snapshots or as many changes), not at once
-            self._since_full, self._changed = 1, set()
+            self._since_full, self._changed, self._base_exact = 1, set(), False
 
     def _build_indexes(self, build: _FullBuild) -> None:
+        """Build and gate the indexes, then write the snapshot's files (hundreds of MB at 100k rows),
+        all off the writer thread, so deltas go on being published meanwhile."""
         arrays = build.arrays
         with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
         try:
-            build.indexes = build_main_indexes(
-                arrays.input_vectors,
-                arrays.output_vectors,
-                arrays.counts,
-                self.index,
-                discovery=~arrays.cold if with_new_items else None,
-            )
+            if build.exact:
+                indexes = exact_main_indexes(
+                    arrays.input_vectors, arrays.output_vectors, arrays.counts, self.index
+                )
+            else:
+                indexes = build_main_indexes(
+                    arrays.input_vectors,
+                    arrays.output_vectors,
+                    arrays.counts,
+                    self.index,
+                    discovery=~arrays.cold if with_new_items else None,
+                )
         except RecallGateError as exc:
-            build.error = exc
+            build.error, build.reason = exc, "recall"
+            return
         except Exception as exc:  # e.g. out of memory: the chain goes on without this full snapshot
             log.exception("snapshot: index build failed")
-            build.error = exc
+            build.error, build.reason = exc, "index_failed"
+            return
+        try:
+            build.prepared = self.store.prepare(arrays, ship(indexes))
+        except Exception as exc:  # disk full: the chain goes on without this full snapshot
+            build.error, build.reason = exc, "write_failed"
+            return
+        if self._build is not build:  # dropped meanwhile (a failed write): never published
+            self.store.discard(build.prepared)
 
     def _write(self, writes: list[_Write], started: float) -> None:
         try:
             for write in writes:
-                meta, indexes = write.meta, write.indexes
+                meta, indexes = write.meta, None
                 if write.exact:
                     a = write.arrays
                     indexes = exact_main_indexes(a.input_vectors, a.output_vectors, a.counts, self.index)
@@ -360,9 +446,12 @@ class Snapshotter:
                     index=None if indexes is None else ship(indexes),
                     newest_record_ts=meta.newest_record_ts,
                     make_latest=write.make_latest,
+                    prepared=write.prepared,
                 )
                 self._chain = write.version
                 self._since_full = 1 if write.parent is None else self._since_full + 1
+                if write.parent is None:
+                    self._base_exact = write.exact_base and write.arrays.count >= self.index.exact_below
                 self.published += 1
                 self.metrics.published.inc()
                 if write.parent is None:
@@ -372,6 +461,8 @@ class Snapshotter:
             log.error("snapshot %d: write failed, the previous snapshot stays live: %s", write.version, exc)
             self.failed += 1
             self.metrics.refused.labels("write_failed").inc()
+            if self._build is not None and self._build.prepared is not None:
+                self.store.discard(self._build.prepared)
             self._chain, self._since, self._build = None, None, None  # the next one must not depend on it
         else:
             self.metrics.build_seconds.observe(time.perf_counter() - started)

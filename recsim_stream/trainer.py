@@ -4,7 +4,8 @@ The trainer never owns rows. It talks to a set of shards through two callables t
 entry per shard (index = shard number, as routed by ``sharding.shard_of``), so the same code runs
 against in-process ``ParameterShard`` objects (``local_shard_calls``) and against Ray actors (the
 caller issues the per-shard calls in parallel and waits for all of them): one pull and one push per
-shard per batch, whatever the batch size.
+shard per batch of ``learn.batch_pairs``, whatever the batch size. Keys are laid out grouped by shard,
+so the pulled rows are concatenated as they arrive and each shard's gradients are a slice (no copy).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.sgns import sgns_step
 from recsim_stream.shard import ParameterShard
-from recsim_stream.sharding import split_by_shard
+from recsim_stream.sharding import shard_of
 
 
 class PairArrays(Protocol):
@@ -40,7 +41,8 @@ class RowUpdate(NamedTuple):
     ts: float | None
 
 
-# pull([keys for shard 0, keys for shard 1, ...]) -> [(input rows, output rows) per shard]
+# pull([keys for shard 0, keys for shard 1, ...]) -> [(input rows, output rows) per shard]; the
+# sequence may be lazy (Ray: the calls are issued at once, waited for at the first access)
 PullFn = Callable[[list[np.ndarray]], Sequence[tuple[np.ndarray, np.ndarray]]]
 # push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
 # push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
@@ -67,6 +69,18 @@ def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]
     return pull, push
 
 
+class _Prepared(NamedTuple):
+    """One batch with its rows requested: keys grouped by shard, pair ends as row numbers."""
+
+    keys: np.ndarray  # distinct keys, shard 0's first, then shard 1's, ...
+    bounds: np.ndarray  # shard s owns keys[bounds[s] : bounds[s + 1]]
+    centers: np.ndarray  # rows (positions in keys) of each pair's center
+    contexts: np.ndarray
+    negatives: np.ndarray  # (pairs, negatives)
+    weights: np.ndarray
+    pulled: Sequence[tuple[np.ndarray, np.ndarray]]  # may resolve lazily (Ray), see PullFn
+
+
 class SgnsTrainer:
     def __init__(self, config: LearnConfig, sampler: NegativeSampler, pull: PullFn, push: PushFn) -> None:
         self._config = config
@@ -77,11 +91,16 @@ class SgnsTrainer:
     def step(
         self, batch: PairArrays, *, tokens: np.ndarray | None = None, ts: float | None = None
     ) -> StepResult:
-        """Train on one batch of pairs.
+        """Train on one batch of pairs, in pieces of about ``learn.batch_pairs``.
 
         ``tokens``: keys of the events behind this batch, counted by the sampler before negatives
         are drawn (word2vec counts tokens, not pairs). ``ts``: the batch's newest event time, which
         marks the rows as touched (for expiry).
+
+        With ``learn.stale_pulls`` the rows of piece n+1 are requested before piece n's gradients
+        are pushed, so the shards serve that pull while this process computes: piece n+1 reads rows
+        without piece n's update (asynchronous SGD's usual one-step staleness). Every push has been
+        issued when this returns.
         """
         centers = np.asarray(batch.centers, dtype=np.int64)
         contexts = np.asarray(batch.contexts, dtype=np.int64)
@@ -96,26 +115,70 @@ class SgnsTrainer:
             self.sampler.observe(tokens)
         if n == 0:
             return StepResult(loss=0.0, pairs=0, rows=0, versions=())
-        cfg = self._config
+        # Equal pieces of about batch_pairs: a batch a few pairs over it stays whole rather than
+        # paying a round trip for a sliver (and trains exactly as one batch of that size would).
+        pieces = max(1, int(n / self._config.batch_pairs + 0.5))
+        bounds = [n * i // pieces for i in range(pieces + 1)]
+        stale = self._config.stale_pulls
+
+        def prepare(i: int) -> _Prepared:
+            piece = slice(bounds[i], bounds[i + 1])
+            return self._prepare(centers[piece], contexts[piece], weights[piece])
+
+        loss, rows, versions = 0.0, 0, ()
+        ahead = prepare(0)
+        for i in range(pieces):
+            current = ahead
+            more = i + 1 < pieces
+            if more and stale:
+                ahead = prepare(i + 1)
+            piece_loss, pushed = self._train(current, ts)
+            if more and not stale:
+                ahead = prepare(i + 1)
+            loss += piece_loss
+            rows += len(current.keys)
+            if pushed is not None:
+                versions = tuple(int(v) for v in pushed)
+        return StepResult(loss=loss / n, pairs=n, rows=rows, versions=versions)
+
+    def _prepare(self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray) -> _Prepared:
+        """Draw negatives, find the distinct keys and request their rows from the shards."""
+        n, cfg = len(centers), self._config
         pool, pick = self.sampler.sample_pool(n, cfg.negatives, cfg.negative_pool)
         keys, which = np.unique(np.concatenate([centers, contexts, pool]), return_inverse=True)
-        center_rows, context_rows = which[:n], which[n : 2 * n]
-        negative_rows = which[2 * n :][pick]
+        # Group the keys by shard, so each shard's rows and gradients are one contiguous slice:
+        # the pulled rows are concatenated as they come, the pushes are views, nothing is re-sorted.
+        owner = shard_of(keys, cfg.shards)
+        if cfg.shards > 1:
+            order = np.concatenate([np.flatnonzero(owner == s) for s in range(cfg.shards)])
+            position = np.empty(len(keys), dtype=np.int64)
+            position[order] = np.arange(len(keys))
+            keys, which = keys[order], position[which]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=cfg.shards))])
+        pulled = self._pull([keys[bounds[s] : bounds[s + 1]] for s in range(cfg.shards)])
+        return _Prepared(keys, bounds, which[:n], which[n : 2 * n], which[2 * n :][pick], weights, pulled)
 
-        parts = split_by_shard(keys, cfg.shards)
-        pulled = self._pull([keys[p] for p in parts])
-        # Rows arrive grouped by shard; one gather puts them back in key order (faster than scattering).
-        back = np.argsort(np.concatenate(parts))
-        in_rows = np.concatenate([rows_in for rows_in, _ in pulled])[back]
-        out_rows = np.concatenate([rows_out for _, rows_out in pulled])[back]
-
-        grads = sgns_step(in_rows, out_rows, center_rows, context_rows, negative_rows, weights)
-        interactions = np.bincount(center_rows, minlength=len(keys)) + np.bincount(
-            context_rows, minlength=len(keys)
+    def _train(self, batch: _Prepared, ts: float | None) -> tuple[float, Sequence[int] | None]:
+        """SGNS on the pulled rows, then push the gradients; returns (summed loss, push result)."""
+        in_rows = _stack([rows_in for rows_in, _ in batch.pulled])
+        out_rows = _stack([rows_out for _, rows_out in batch.pulled])
+        grads = sgns_step(in_rows, out_rows, batch.centers, batch.contexts, batch.negatives, batch.weights)
+        interactions = np.bincount(batch.centers, minlength=len(batch.keys)) + np.bincount(
+            batch.contexts, minlength=len(batch.keys)
         )
+        b = batch.bounds
         updates = [
-            RowUpdate(keys[p], grads.grad_in[p], grads.grad_out[p], interactions[p], ts) for p in parts
+            RowUpdate(
+                batch.keys[b[s] : b[s + 1]],
+                grads.grad_in[b[s] : b[s + 1]],
+                grads.grad_out[b[s] : b[s + 1]],
+                interactions[b[s] : b[s + 1]],
+                ts,
+            )
+            for s in range(len(b) - 1)
         ]
-        pushed = self._push(updates)
-        versions = () if pushed is None else tuple(int(v) for v in pushed)
-        return StepResult(loss=grads.loss / n, pairs=n, rows=len(keys), versions=versions)
+        return grads.loss, self._push(updates)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

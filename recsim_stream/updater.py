@@ -30,11 +30,17 @@ and reservoir are in checkpoints; the metadata is re-read from the topic at each
 softmax's temperature is fitted at each snapshot on the sessions that went on to a never-seen item
 since the last one (``ColdStart.calibrate_on_content``).
 
-Rebalances: the consumer calls ``revoke`` (inside ``poll()`` or ``close()``, between two steps)
-before partitions are taken away; it trains what is pending, flushes dead letters, returns the
-processed but uncommitted offsets of those partitions for the consumer to commit, and drops their
-open sessions. Sessions are not handed over: with one updater per group (the supported layout) a
-rebalance only happens at restarts, which restore them from the checkpoint.
+Rebalances: several updaters may share the partitions as one consumer group, over shared shards
+(README, "Running several updaters"). The consumer calls ``revoke`` (inside ``poll()`` or ``close()``,
+between two steps) before partitions are taken away; it trains what is pending, waits for the
+pushes, flushes dead letters, writes each partition's open sessions with the offset they are valid
+at to the hand-off store (handoff.py), and returns the processed but uncommitted offsets for the
+consumer to commit. When partitions are assigned, ``assign`` learns the offset each resumes from
+and adopts the stored sessions when they are valid exactly there; otherwise (the previous owner
+crashed, or its commit failed) the partition's sessions start afresh, counted in
+``recsim_partition_handoffs_total{outcome="afresh"}``. A partition whose sessions came with the
+restored checkpoint keeps them (a single updater's restart). Without a hand-off store, revoked
+sessions are dropped.
 """
 
 from __future__ import annotations
@@ -54,9 +60,11 @@ from recsim_stream.checkpointer import Checkpointer
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config
 from recsim_stream.events import BadEvent, ItemMeta, decode_event, decode_item
+from recsim_stream.handoff import Handoff, HandoffStore, Outcome, decide, session_keys
 from recsim_stream.kafka_io import BrokerUnavailable, CommitRefused, RevokeHandler
 from recsim_stream.learner import Learner
 from recsim_stream.metrics import UpdaterMetrics
+from recsim_stream.reshard import fit_shard_count
 from recsim_stream.scoring import SESSION_ITEMS
 from recsim_stream.sessions import Arrival
 from recsim_stream.shard import ShardExport
@@ -105,6 +113,13 @@ class DeadLetters(Protocol):
     def flush(self) -> None: ...
 
 
+class NameExchange(Protocol):
+    """Item ids seen by every updater sharing the shards (ray_actors.SharedNames)."""
+
+    def share(self, names: list[str]) -> None: ...
+    def fetch(self) -> list[str]: ...
+
+
 class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
     def barrier(self) -> object: ...
@@ -138,10 +153,16 @@ class Updater:
         items: ItemSource | None = None,
         cold_start: ColdStart | None = None,
         checkpointer: Checkpointer | None = None,
+        handoff: HandoffStore | None = None,
+        group_offsets: Callable[[], dict[Partition, int]] | None = None,
+        names: NameExchange | None = None,
     ) -> None:
         """``items`` (the ``items`` topic) and ``cold_start`` go together: without them no item is
         served before its first interaction. With a ``checkpointer``, call ``resume`` before the
-        first step."""
+        first step. ``handoff``: where revoked partitions' sessions go and assigned ones' come from
+        (wire ``assign`` to the consumer). ``group_offsets``: the group's committed offsets, which a
+        checkpoint records for the partitions other updaters own (their rows are in the shards).
+        ``names``: where updaters sharing the shards tell the publisher the item ids they saw."""
         if (items is None) != (cold_start is None):
             raise ValueError("Updater: expected both an items source and a ColdStart, or neither")
         self.config = config
@@ -161,10 +182,6 @@ class Updater:
         self._hold_until = 0.0
         self._learned: set[str] = set()  # items with a learned row in the published chain
         self._cold_started: set[str] = set()  # items ever given a content-only row
-        # Content-only rows in the published chain, and the tower encoding they were made with: a
-        # delta carries only the others, or every cold catalogue item would ride along each time.
-        self._cold_published: set[str] = set()
-        self._cold_encoding = -1
         self.totals = Totals()
         self.offsets: dict[str, dict[int, int]] = {}  # next offset per topic/partition, committed
         self.processed: dict[Partition, int] = {}  # next offset whose records are all applied
@@ -172,6 +189,12 @@ class Updater:
         self.failed: BaseException | None = None  # set by a poll that failed half way
         self._lag_partitions: set[int] = set()
         self._expired_seen = 0
+        self.handoff = handoff
+        self.group_offsets = group_offsets
+        self.names = names
+        self._names_shared = 0  # item ids of learner.items told to the others so far
+        self._resumed_at: dict[Partition, int | None] = {}  # where each owned partition was assigned
+        self.handoffs: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         source.set_revoke_handler(self.revoke)
 
     def step(self) -> int:
@@ -187,12 +210,14 @@ class Updater:
             records = self.source.poll()
             if records:
                 self._process(records)
+                self._share_names()
             self._commit()
             self._close_sessions()
             self._observe_lag()
             if self.checkpointer is not None and self.checkpointer.due(self.totals.records):
                 self.checkpoint()
             if self.snapshotter is not None and self.snapshotter.due() and not self._holding_snapshots():
+                self.learn_names()
                 self.snapshot()
         except BaseException as exc:
             self.failed = exc
@@ -215,15 +240,25 @@ class Updater:
         """Capture the state now and write it in the background."""
         assert self.checkpointer is not None
         started = time.perf_counter()
+        offsets = {**self._others_offsets(), **self.processed}  # fetched before the shards' cut
         state = self.checkpoint_state()
-        self.checkpointer.take(
-            dict(self.processed), state, self.totals.records, time.perf_counter() - started
-        )
+        self.checkpointer.take(offsets, state, self.totals.records, time.perf_counter() - started)
+
+    def _others_offsets(self) -> dict[Partition, int]:
+        """Committed offsets of the partitions other updaters own: every record before them is in
+        the shards, so a restore re-reads from there (at-least-once for what came after)."""
+        if self.group_offsets is None:
+            return {}
+        try:
+            return self.group_offsets()
+        except CommitRefused as exc:
+            log.warning("checkpoint without the other updaters' offsets: %s", exc)
+            return {}
 
     def check_compatible(self, checkpoint: Checkpoint) -> None:
         """Raise ``CheckpointError`` for a damaged state tree, ``ValueError`` for one this
-        configuration cannot continue (other shard count or dimension: a wrong setting, not a
-        reason to silently start over)."""
+        configuration cannot continue (another dimension: a wrong setting, not a reason to silently
+        start over). Another shard count is fine: ``resume`` re-routes the rows (``reshard``)."""
         state = checkpoint.state
         try:
             version, dim, shards = state["version"], state["dim"], len(state["shards"])
@@ -233,11 +268,13 @@ class Updater:
             raise CheckpointError(
                 f"checkpoint {checkpoint.seq}: state version {version!r}, expected {STATE_VERSION}"
             )
-        if dim != self.config.learn.dim or shards != self.config.learn.shards:
+        if shards < 1:
+            raise CheckpointError(f"checkpoint {checkpoint.seq}: state holds no shard")
+        if dim != self.config.learn.dim:
             raise ValueError(
-                f"checkpoint {checkpoint.seq} holds {shards} shards of dim {dim}; this updater is configured "
-                f"for {self.config.learn.shards} of dim {self.config.learn.dim}. Restore with the settings it "
-                "was made with, or move the checkpoint folder away to start over (replaying the topic)."
+                f"checkpoint {checkpoint.seq} holds rows of dim {dim}; this updater is configured for dim "
+                f"{self.config.learn.dim}. Restore with the dim it was made with, or move the checkpoint "
+                "folder away to start over (replaying the topic)."
             )
 
     def resume(
@@ -250,7 +287,7 @@ class Updater:
             self.check_compatible(checkpoint)
             state = checkpoint.state
             try:
-                self.shards.restore(state["shards"])
+                self.shards.restore(fit_shard_count(state["shards"], self.config.learn.shards))
                 self.learner.restore(state["learner"])
                 if self.cold_start is not None and state["cold_start"] is not None:
                     self.cold_start.restore(state["cold_start"])
@@ -293,25 +330,28 @@ class Updater:
         return False
 
     def revoke(self, partitions: set[Partition]) -> dict[Partition, int]:
-        """Partitions are being taken away: make their work durable, return the offsets to commit
-        (processed, not yet committed), and drop their state. Called by the consumer inside
-        ``poll()``/``close()``, so never in the middle of a step.
-
-        Open sessions of these partitions are dropped, not handed over: the next owner starts them
-        afresh (a restart restores them from the checkpoint instead).
-        """
-        if self.failed is None:
+        """Partitions are being taken away: make their work durable, hand their sessions over,
+        return the offsets to commit (processed, not yet committed), and drop their state. Called by
+        the consumer inside ``poll()``/``close()``, so never in the middle of a step."""
+        healthy = self.failed is None  # a half-processed poll must never be committed or handed over
+        if healthy:
             self._train()
+            self.shards.barrier()
             self.dead_letters.flush()
             offsets = {
                 p: o for p, o in self.processed.items() if p in partitions and self.committed.get(p) != o
             }
-        else:  # a half-processed poll must never be committed
+        else:
             offsets = {}
+        valid_at = {p: self.processed.get(p, self._resumed_at.get(p)) for p in partitions}
         for p in partitions:
             self.processed.pop(p, None)
             self.committed.pop(p, None)
-        self.learner.windows.revoke(sorted({partition for _topic, partition in partitions}))
+            self._resumed_at.pop(p, None)
+            self._publish_after.pop(p, None)  # its replay is its next owner's now
+        sessions = self.learner.windows.revoke(sorted({partition for _topic, partition in partitions}))
+        if healthy and self.handoff is not None:
+            self._hand_over(valid_at, sessions)
         self.metrics.sessions_open.set(self.learner.windows.open_sessions())
         for _topic, partition in partitions:
             if partition in self._lag_partitions:
@@ -319,6 +359,103 @@ class Updater:
                 self._lag_partitions.discard(partition)
         log.info("revoked %s; committing %s", sorted(partitions), offsets)
         return offsets
+
+    def _hand_over(self, valid_at: Mapping[Partition, int | None], sessions: dict) -> None:
+        """Write each partition's sessions (durably, before its offset is committed)."""
+        assert self.handoff is not None
+        rows = {row[0]: row for row in sessions["partitions"]}
+        names = self.learner.items.names
+        for (topic, partition), offset in sorted(valid_at.items()):
+            if offset is None:  # nothing read or committed: nothing to hand over
+                continue
+            state = {
+                "version": sessions["version"],
+                "partitions": [rows[partition]] if partition in rows else [],
+            }
+            keys = session_keys(state)
+            self.handoff.write((topic, partition), Handoff(offset, state, {k: names[k] for k in keys}))
+
+    def assign(self, resume_at: Mapping[Partition, int | None]) -> None:
+        """Partitions were assigned, each resuming at the offset given (None: from the beginning).
+        Called by the consumer inside ``poll()``, before any of their records is returned."""
+        windows = self.learner.windows
+        # State a restored checkpoint holds for partitions other updaters own now is theirs.
+        for p in [p for p in self.processed if p not in resume_at]:
+            self.processed.pop(p)
+            self.committed.pop(p, None)
+            windows.revoke([p[1]])
+        for p, offset in sorted(resume_at.items(), key=lambda item: item[0]):
+            self._resumed_at[p] = offset
+            if windows.watermark(p[1]) is not None:
+                continue  # sessions came with the restored checkpoint, valid where start_from seeks
+            stored = self.handoff.read(p) if self.handoff is not None else None
+            outcome = decide(stored, offset)
+            if outcome is Outcome.EXACT:
+                assert stored is not None
+                try:
+                    windows.adopt(stored.sessions)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning(
+                        "partition %s: hand-off at %d unusable (%s); sessions start afresh", p, offset, exc
+                    )
+                    windows.revoke([p[1]])
+                    outcome = Outcome.AFRESH
+                else:
+                    for name in stored.names.values():
+                        self.learner.items.key(name)
+            self.handoffs[outcome] += 1
+            if outcome is not Outcome.NEW:
+                self.metrics.partition_handoffs.labels(outcome.value).inc()
+            if outcome is Outcome.AFRESH:
+                log.warning(
+                    "partition %s resumes at %s without a matching hand-off (stored at %s): its open "
+                    "sessions start afresh, so no pairs join events before and after this point",
+                    p,
+                    offset,
+                    None if stored is None else stored.offset,
+                )
+            else:
+                log.info("partition %s assigned at %s: %s", p, offset, outcome.value)
+        self.metrics.sessions_open.set(windows.open_sessions())
+
+    def _share_names(self) -> None:
+        """Tell the other updaters the item ids seen for the first time in this poll."""
+        names = self.learner.items.names
+        if self.names is None or len(names) == self._names_shared:
+            return
+        # The id map only grows and keeps insertion order: the new ids are its tail (one pass over
+        # the values, only in polls that brought new items).
+        self.names.share(list(names.values())[self._names_shared :])
+        self._names_shared = len(names)
+
+    def learn_names(self) -> None:
+        """Before a snapshot: the item ids other updaters trained rows for, so the rows are named
+        (a row whose id arrives later is published with the next full snapshot)."""
+        if self.names is None:
+            return
+        items = self.learner.items
+        for name in self.names.fetch():
+            items.key(name)
+        self._names_shared = len(items.names)  # own ids are shared after each poll: none pending
+
+    def join_running(self, checkpoint: Checkpoint | None) -> None:
+        """Start next to updaters already training the shared shards (which this one found running,
+        so it must not restore them): take only the item names, sampler counts and content tower of
+        ``checkpoint`` (the publisher's newest), and read each partition from the group's committed
+        offset. Its totals count from zero: they are this process's own."""
+        if checkpoint is None:
+            return
+        learner = self.learner
+        try:
+            learner.restore(checkpoint.state["learner"])
+            if self.cold_start is not None and checkpoint.state["cold_start"] is not None:
+                self.cold_start.restore(checkpoint.state["cold_start"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.seq}: cannot restore ({type(exc).__name__}: {exc})"
+            ) from exc
+        learner.windows = type(learner.windows)(self.config.sessions)  # sessions come by hand-off
+        log.info("joined running shards; item names, sampler and tower from checkpoint %d", checkpoint.seq)
 
     def _read_items(self) -> None:
         """What the items topic has for this step; until the reader has caught up with the topic
@@ -349,7 +486,6 @@ class Updater:
             else:
                 good.append(item)
         self.cold_start.observe_items(good)
-        self._cold_published.difference_update(i.item_id for i in good)  # new metadata, new vector
         if bad:
             self.dead_letters.flush()
         self.totals.items += len(records)
@@ -479,10 +615,10 @@ class Updater:
 
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no
-        learned row (in a delta, only those not published with the current tower encoding), low-count
-        rows blended with content, cold flags and content vectors. A learned row's content vector is
-        refreshed when the row is next exported: between full snapshots it may be a few tower steps
-        old."""
+        learned row (in a delta, only those whose content vector changed since the last snapshot,
+        so a delta costs what changed, not the catalogue), low-count rows blended with content, cold
+        flags and content vectors. A learned row's content vector is refreshed when the row is next
+        exported: between full snapshots it may be a few tower steps old."""
         assert self.cold_start is not None
         learned = arrays.ids[arrays.counts > 0].tolist()
         if full:
@@ -497,24 +633,18 @@ class Updater:
             arrays.output_vectors,
             arrays.counts,
             learned_elsewhere=self._learned,
+            changed_only=not full,
         )
-        fresh = rows.ids[arrays.count :]
-        started = [i for i in fresh if i not in self._cold_started]
+        started = [i for i in rows.ids[arrays.count :] if i not in self._cold_started]
         self._cold_started.update(started)
         self.metrics.items_cold_started.inc(len(started))
-        if full or self.cold_start.encoding != self._cold_encoding:
-            self._cold_published.clear()
-            self._cold_encoding = self.cold_start.encoding
-        keep = np.ones(len(rows.ids), dtype=bool)
-        keep[arrays.count :] = [i not in self._cold_published for i in fresh]
-        self._cold_published.update(fresh)
         return SnapshotArrays(
-            ids=np.array(rows.ids, dtype=str).reshape(-1)[keep],
-            input_vectors=rows.inputs.astype(np.float32, copy=False)[keep],
-            output_vectors=rows.outputs.astype(np.float32, copy=False)[keep],
-            counts=rows.counts.astype(np.int64, copy=False)[keep],
-            cold=rows.cold[keep],
-            content_vectors=rows.content.astype(np.float32, copy=False)[keep],
+            ids=np.array(rows.ids, dtype=str).reshape(-1),
+            input_vectors=rows.inputs.astype(np.float32, copy=False),
+            output_vectors=rows.outputs.astype(np.float32, copy=False),
+            counts=rows.counts.astype(np.int64, copy=False),
+            cold=rows.cold,
+            content_vectors=rows.content.astype(np.float32, copy=False),
         )
 
     def _pull_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

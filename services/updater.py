@@ -5,7 +5,14 @@ cold start (when ``content.enabled``), a dead-letter producer, the parameter-ser
 actors, the learner, the snapshotter writing to the folder the query API watches, and the
 checkpointer. At start the newest valid checkpoint is restored and the consumer reads on from its
 offsets (no checkpoint: every partition from its beginning). SIGINT/SIGTERM stop it after the poll in
-progress, with a last checkpoint. A shard actor that dies is recovered in process: every part is
+progress, with a last checkpoint.
+
+Several updaters (README, "Running several updaters"): with ``ray.address`` set, the shard actors are
+named after the consumer group and shared; the updater that creates them restores the checkpoint as
+above, the others only take item names and sampler counts from it and read from the group's committed
+offsets. Exactly one of them publishes snapshots and writes checkpoints (``snapshot.enabled``), naming
+the rows with the item ids all of them share through a Ray actor; all of them hand open sessions over
+through ``checkpoint.dir/partitions`` on rebalances, so that folder must be shared. A shard actor that dies is recovered in process: every part is
 rebuilt, restored from the last checkpoint, and the consumer rewinds to its offsets. Any other
 failure ends the process; restarting it resumes the same way.
 """
@@ -27,6 +34,7 @@ from recsim_stream.checkpoint import CheckpointStore
 from recsim_stream.checkpointer import Checkpointer
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config, add_config_arguments, load_config
+from recsim_stream.handoff import HandoffStore
 from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, ItemsReader, RecordProducer, ensure_topics
 from recsim_stream.learner import Learner
 from recsim_stream.metrics import (
@@ -37,7 +45,7 @@ from recsim_stream.metrics import (
     new_registry,
     serve_metrics,
 )
-from recsim_stream.ray_actors import RayShards, init_ray
+from recsim_stream.ray_actors import RayShards, SharedNames, init_ray
 from recsim_stream.snapshot import SnapshotError, SnapshotStore
 from recsim_stream.snapshotter import Snapshotter
 from recsim_stream.updater import Totals, Updater
@@ -98,11 +106,12 @@ class _Parts:
     shards: RayShards
     consumer: EventConsumer
     items: ItemsReader | None
-    snapshotter: Snapshotter
+    snapshotter: Snapshotter | None  # None: another updater publishes
     checkpointer: Checkpointer | None
 
     def close(self, kill_shards: bool = False) -> None:
-        self.snapshotter.wait()
+        if self.snapshotter is not None:
+            self.snapshotter.wait()
         if self.checkpointer is not None:
             self.checkpointer.wait()
         self.consumer.close()
@@ -114,19 +123,28 @@ class _Parts:
 
 def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Parts:
     """Build every part and resume from the newest valid checkpoint (or from nothing)."""
-    shards = RayShards(config.learn)
+    shared = bool(config.ray.address)  # several updaters may train these shards
+    shards = RayShards(config.learn, shared_by=config.kafka.group_id if shared else None)
     learner = Learner(config, shards.pull, shards.push)
     consumer = EventConsumer(config.kafka, metrics=metrics.kafka)
+    publisher = config.snapshot.enabled
     snapshots = SnapshotStore(config.snapshot)
-    snapshotter = Snapshotter(
-        config.snapshot, snapshots, metrics.snapshot, config.learn.shards, index=config.index
+    snapshotter = (
+        Snapshotter(config.snapshot, snapshots, metrics.snapshot, config.learn.shards, index=config.index)
+        if publisher
+        else None
     )
     items = ItemsReader(config.kafka, metrics=metrics.kafka) if config.content.enabled else None
     cold_start = (
         ColdStart(config.content, config.learn.dim, config.learn.torch_threads) if items is not None else None
     )
     checkpoints = CheckpointStore(config.checkpoint) if config.checkpoint.enabled else None
-    checkpointer = Checkpointer(config.checkpoint, checkpoints, metrics.checkpoint) if checkpoints else None
+    # One checkpoint writer (the publisher): the shards it captures hold every updater's rows.
+    checkpointer = (
+        Checkpointer(config.checkpoint, checkpoints, metrics.checkpoint)
+        if checkpoints and publisher
+        else None
+    )
     updater = Updater(
         config,
         consumer,
@@ -138,11 +156,19 @@ def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Pa
         items,
         cold_start,
         checkpointer,
+        handoff=HandoffStore(config.checkpoint) if checkpoints else None,
+        group_offsets=consumer.committed_offsets if shared else None,
+        names=SharedNames(config.kafka.group_id) if shared else None,
     )
+    consumer.set_assign_handler(updater.assign)
     if checkpoints is not None:
-        checkpoints.remove_stale_temp()
+        if checkpointer is not None:
+            checkpoints.remove_stale_temp()
         checkpoint = checkpoints.newest(accept=updater.check_compatible)
-        updater.resume(checkpoint, published=_published_offsets(snapshots))
+        if shards.fresh:
+            updater.resume(checkpoint, published=_published_offsets(snapshots) if publisher else None)
+        else:
+            updater.join_running(checkpoint)
     return _Parts(updater, shards, consumer, items, snapshotter, checkpointer)
 
 
@@ -171,7 +197,8 @@ class _Reporter:
             f"train: {totals.events:,} events ({max(0, totals.events - self.last.events) / dt:,.0f}/s)  "
             f"pairs {max(0, totals.pairs - self.last.pairs) / dt:,.0f}/s  loss {totals.loss:.3f}  "
             f"items {len(updater.learner.items):,}  dead-lettered {totals.dead_lettered:,}  "
-            f"lag {sum(updater.source.lag().values()):,}  snapshots {parts.snapshotter.published}{checkpoints}",
+            f"lag {sum(updater.source.lag().values()):,}  "
+            f"snapshots {'-' if parts.snapshotter is None else parts.snapshotter.published}{checkpoints}",
             file=sys.stderr,
             flush=True,
         )
@@ -200,7 +227,17 @@ def run(args: argparse.Namespace) -> int:
     restored = parts.updater.restored
     print(
         f"train: consuming {config.kafka.events_topic} on {config.kafka.bootstrap} as group "
-        f"{config.kafka.group_id!r}; {config.learn.shards} shards; snapshots in {config.snapshot.dir}; "
+        f"{config.kafka.group_id!r}; {config.learn.shards} "
+        + (
+            f"shared shards ({'created' if parts.shards.fresh else 'found running'}); "
+            if config.ray.address
+            else "shards; "
+        )
+        + (
+            f"snapshots in {config.snapshot.dir}; "
+            if config.snapshot.enabled
+            else "snapshots published by another updater; "
+        )
         + (
             f"checkpoints in {config.checkpoint.dir}, "
             + (
@@ -208,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
                 if restored
                 else "none yet"
             )
+            if parts.checkpointer is not None
+            else f"session hand-offs in {config.checkpoint.dir} (checkpoints by the publisher)"
             if config.checkpoint.enabled
             else "checkpoints off"
         ),
@@ -235,10 +274,12 @@ def run(args: argparse.Namespace) -> int:
                 reporter(parts)
                 next_report += 5.0
         updater = parts.updater
-        parts.snapshotter.wait()
-        if updater.totals.events:
-            updater.snapshot()  # the final state, so a restart's API serves everything trained
+        if parts.snapshotter is not None:
             parts.snapshotter.wait()
+            if updater.totals.events:
+                updater.learn_names()
+                updater.snapshot()  # the final state, so a restart's API serves everything trained
+                parts.snapshotter.wait()
         if parts.checkpointer is not None:
             parts.checkpointer.wait()
             if parts.checkpointer.behind(updater.totals.records):
@@ -249,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
         busy = last_record - first_poll if first_poll is not None else 0.0
         rate = f"{t.records / busy:,.0f} records/s, {t.pairs / busy:,.0f} pairs/s" if busy > 0 else "-"
         print(
-            f"train: done: {t.events:,} events, {t.pairs:,} pairs, {t.dead_lettered:,} dead-lettered in "
+            f"train: done: {t.records:,} records: {t.events:,} events, {t.pairs:,} pairs, "
+            f"{t.dead_lettered:,} dead-lettered in "
             f"{elapsed:.1f} s; from first to last record {busy:.2f} s: {rate}",
             file=sys.stderr,
         )

@@ -3,8 +3,11 @@ resuming a learner from its checkpoint equals continuing it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -19,13 +22,16 @@ from recsim_stream.checkpoint import (
     unpack_state,
 )
 from recsim_stream.checkpointer import Checkpointer
-from recsim_stream.config import CheckpointConfig, Config, LearnConfig, SimConfig
-from recsim_stream.events import Event
+from recsim_stream.config import CheckpointConfig, Config, LearnConfig, SimConfig, SnapshotConfig
+from recsim_stream.events import Event, encode_event
 from recsim_stream.learner import Learner
-from recsim_stream.metrics import CheckpointMetrics, new_registry
+from recsim_stream.metrics import CheckpointMetrics, SnapshotMetrics, UpdaterMetrics, new_registry
 from recsim_stream.shard import ParameterShard
 from recsim_stream.sim import Simulator
+from recsim_stream.snapshot import SnapshotStore
+from recsim_stream.snapshotter import Snapshotter
 from recsim_stream.trainer import local_shard_calls
+from recsim_stream.updater import Updater
 
 OFFSETS = {("events", 0): 10, ("events", 1): 7}
 
@@ -273,3 +279,208 @@ def test_a_learner_state_with_pending_pairs_is_refused():
         learner.add(event)
     with pytest.raises(ValueError, match="pairs pending"):
         learner.state()
+
+
+# -- a restart with another shard count re-routes the checkpoint's rows ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _records(events: list[Event]) -> list[_Record]:
+    """The events as records of a two-partition topic, partitioned by user as the producer does."""
+    next_offset = [0, 0]
+    records = []
+    for event in events:
+        partition = zlib.crc32(event.user_id.encode()) % 2
+        records.append(
+            _Record(
+                "events", partition, next_offset[partition], int(event.ts * 1000), None, encode_event(event)
+            )
+        )
+        next_offset[partition] += 1
+    return records
+
+
+class _ListSource:
+    """The updater's source over records in memory, ``per_poll`` at a time from ``start_from``'s offsets."""
+
+    def __init__(self, records: list[_Record], per_poll: int = 500) -> None:
+        self.records, self.per_poll, self.pending = records, per_poll, list(records)
+
+    def start_from(self, next_offsets) -> None:
+        self.pending = [r for r in self.records if r.offset >= next_offsets.get((r.topic, r.partition), 0)]
+
+    def poll(self) -> list[_Record]:
+        batch, self.pending = self.pending[: self.per_poll], self.pending[self.per_poll :]
+        return batch
+
+    def commit(self, next_offsets) -> None:
+        pass
+
+    def lag(self) -> dict:
+        return {}
+
+    def set_revoke_handler(self, handler) -> None:
+        pass
+
+
+class _NoDeadLetters:
+    def send(self, record, bad) -> None:
+        raise AssertionError(f"unexpected dead letter {bad} for {record}")
+
+    def flush(self) -> None:
+        pass
+
+
+class _LocalShards:
+    """The updater's shards in this process (what ``RayShards`` does, without Ray)."""
+
+    def __init__(self, learn: LearnConfig) -> None:
+        self.shards = [ParameterShard(learn, i) for i in range(learn.shards)]
+        self.pull, self.push = local_shard_calls(self.shards)
+
+    def export(self, since):
+        return [s.export(v) for s, v in zip(self.shards, since, strict=True)]
+
+    def barrier(self) -> list[int]:
+        return [s.version for s in self.shards]
+
+    def state(self) -> list[dict]:
+        return [s.state() for s in self.shards]
+
+    def restore(self, states) -> None:
+        if len(states) != len(self.shards):
+            raise ValueError(f"shard states: {len(states)} saved, {len(self.shards)} shards configured")
+        for shard, state in zip(self.shards, states, strict=True):
+            shard.restore(state)
+
+    def rows(self) -> tuple[list[int], np.ndarray, np.ndarray, list[int]]:
+        """(keys, inputs, outputs, counts) of every live row, ordered by key."""
+        exports = [s.export() for s in self.shards]
+        keys = np.concatenate([e.keys for e in exports])
+        order = np.argsort(keys)
+        return (
+            keys[order].tolist(),
+            np.concatenate([e.input for e in exports])[order],
+            np.concatenate([e.output for e in exports])[order],
+            np.concatenate([e.counts for e in exports])[order].tolist(),
+        )
+
+
+def _updater(
+    config: Config, records: list[_Record], snapshotter: Snapshotter | None = None
+) -> tuple[Updater, _LocalShards]:
+    shards = _LocalShards(config.learn)
+    learner = Learner(config, shards.pull, shards.push)
+    metrics = UpdaterMetrics(new_registry())
+    return Updater(
+        config, _ListSource(records), _NoDeadLetters(), learner, shards, snapshotter, metrics
+    ), shards
+
+
+def _snapshotter(tmp_path, shards: int) -> Snapshotter:
+    config = SnapshotConfig(dir=str(tmp_path / "snapshots"), interval_s=3600.0)
+    store = SnapshotStore(config)
+    return Snapshotter(config, store, SnapshotMetrics(new_registry()), shards)
+
+
+def _drain(updater: Updater) -> None:
+    while updater.step():
+        pass
+
+
+def _checkpointed_halfway(
+    tmp_path, records: list[_Record], snapshotter: Snapshotter | None = None
+) -> tuple[Updater, _LocalShards, CheckpointStore]:
+    """A two-shard updater that read half the records and checkpointed there."""
+    updater, shards = _updater(CONFIG, records, snapshotter)
+    updater.resume(None)
+    while updater.totals.records < len(records) // 2:
+        updater.step()
+    store = _store(tmp_path)
+    store.write(updater.processed, updater.checkpoint_state())
+    return updater, shards, store
+
+
+def test_an_updater_resumed_with_another_shard_count_continues_like_the_original(tmp_path):
+    records = _records(_events())
+    original, original_shards, store = _checkpointed_halfway(tmp_path, records)
+    _drain(original)
+    resumed, resumed_shards = _updater(
+        dataclasses.replace(CONFIG, learn=dataclasses.replace(LEARN, shards=3)), records
+    )
+    resumed.resume(store.newest(accept=resumed.check_compatible))
+    _drain(resumed)
+
+    assert resumed.totals.records == 3000
+    keys, inputs, outputs, counts = resumed_shards.rows()
+    want_keys, want_inputs, want_outputs, want_counts = original_shards.rows()
+    assert keys == want_keys
+    assert counts == want_counts
+    np.testing.assert_array_equal(inputs, want_inputs)
+    np.testing.assert_array_equal(outputs, want_outputs)
+
+
+def test_resuming_with_another_shard_count_logs_the_rerouting(tmp_path, caplog):
+    records = _records(_events())
+    _original, original_shards, store = _checkpointed_halfway(tmp_path, records)
+    rows = len(original_shards.rows()[0])
+    resumed, _shards = _updater(
+        dataclasses.replace(CONFIG, learn=dataclasses.replace(LEARN, shards=3)), records
+    )
+    with caplog.at_level(logging.INFO, logger="recsim_stream.reshard"):
+        resumed.resume(store.newest())
+    assert caplog.messages == [
+        f"re-routed {rows} rows from 2 shards to 3 (learn.shards changed since the checkpoint)"
+    ]
+
+
+def test_a_checkpoint_of_another_dim_is_still_refused(tmp_path):
+    records = _records(_events())
+    _original, _shards, store = _checkpointed_halfway(tmp_path, records)
+    resumed, _resumed_shards = _updater(
+        dataclasses.replace(CONFIG, learn=dataclasses.replace(LEARN, dim=16)), records
+    )
+    with pytest.raises(ValueError, match="holds rows of dim 8; this updater is configured for dim 16"):
+        resumed.check_compatible(store.newest())
+
+
+def test_the_first_snapshot_after_resuming_with_another_shard_count_is_a_full_one(tmp_path):
+    records = _records(_events())
+    before = _snapshotter(tmp_path, shards=2)
+    original, _shards, store = _checkpointed_halfway(tmp_path, records, before)
+    original.snapshot()  # on top of the full one its first step published: a delta
+    before.wait()
+    published = before.store.versions()
+    after = _snapshotter(tmp_path, shards=3)
+    resumed, resumed_shards = _updater(
+        dataclasses.replace(CONFIG, learn=dataclasses.replace(LEARN, shards=3)), records, after
+    )
+    resumed.resume(store.newest())
+    resumed.step()  # a snapshot is due at once
+    after.wait()
+
+    assert before.store.read_manifest(published[-1]).kind == "delta"
+    first = after.store.read_manifest(after.store.versions()[len(published)])
+    assert (first.kind, first.parent_version) == ("full", None)
+    assert first.count == sum(c > 0 for c in resumed_shards.rows()[3])
+
+
+def test_a_partition_given_away_no_longer_holds_snapshots_back(tmp_path):
+    records = _records(_events())
+    _original, _shards, store = _checkpointed_halfway(tmp_path, records)
+    resumed, _resumed_shards = _updater(CONFIG, records)
+    resumed.resume(store.newest(), published={"events": {"0": 10**9, "1": 10**9}})
+    assert resumed._holding_snapshots()
+
+    resumed.revoke({("events", 0), ("events", 1)})
+
+    assert not resumed._holding_snapshots()

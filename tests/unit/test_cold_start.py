@@ -237,3 +237,61 @@ def test_a_cold_start_restored_from_its_checkpoint_state_continues_like_the_orig
     np.testing.assert_array_equal(rows[0].content, rows[1].content)
     assert restored.tower.steps == original.tower.steps
     assert restored.reservoir.state() == original.reservoir.state()
+
+
+def _complete_changed(cold_start: ColdStart, learned=()) -> list[str]:
+    empty = np.zeros((0, 2), np.float32)
+    return cold_start.complete([], empty, empty, np.zeros(0, np.int64), learned, changed_only=True).ids
+
+
+def test_a_delta_gets_content_rows_only_for_items_whose_metadata_arrived_since():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    _complete_changed(cold_start)
+    cold_start.observe_items([ItemMeta("d", "oak table", "furniture.table", 90.0)])
+    assert _complete_changed(cold_start) == ["d"]
+
+
+def test_a_delta_gives_no_content_row_to_a_changed_item_learned_elsewhere():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    assert sorted(_complete_changed(cold_start, learned={"a"})) == ["b", "c"]
+
+
+def test_re_encoding_after_the_tower_moved_takes_at_most_a_chunk_per_refresh():
+    config = ContentConfig(
+        hidden=16,
+        train_batch=2,
+        train_pairs_per_event=1.0,
+        reencode_every_steps=1,
+        reencode_chunk=2,
+        reencode_tolerance=0.0,
+    )
+    cold_start = ColdStart(config, dim=2)
+    cold_start.observe_items(_items())
+    _complete_changed(cold_start)
+    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    vectors = np.ones((3, 2), np.float32)
+    cold_start.train(2, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
+    assert [len(_complete_changed(cold_start)) for _ in range(3)] == [2, 1, 0]
+
+
+def test_calibration_on_content_sharpens_the_temperature_on_a_target_like_its_session():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.record_new_item(["a"], "b")
+    cold_start.calibrate_on_content({"a"})
+    assert cold_start.temperature.value == TEMPERATURE_GRID[0]
+
+
+def test_a_re_encoded_vector_that_barely_moved_is_not_republished():
+    config = ContentConfig(
+        hidden=16, train_batch=2, train_pairs_per_event=1.0, reencode_every_steps=1, reencode_tolerance=2.0
+    )
+    cold_start = ColdStart(config, dim=2)
+    cold_start.observe_items(_items())
+    _complete_changed(cold_start)
+    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    vectors = np.ones((3, 2), np.float32)
+    cold_start.train(2, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
+    assert _complete_changed(cold_start) == []

@@ -10,6 +10,7 @@ from recsim_stream.metrics import ApiMetrics
 from recsim_stream.query import (
     IdLookup,
     IndexHolder,
+    NewItems,
     NotReady,
     SnapshotWatcher,
     UnknownItem,
@@ -278,3 +279,31 @@ def test_id_lookup_finds_positions_with_its_offset():
 def test_id_lookup_maps_many_ids_at_once():
     lookup = IdLookup(np.array(["b", "a", "ccc"]))
     assert lookup.positions_of(np.array(["ccc", "x", "b"])).tolist() == [2, -1, 0]
+
+
+def _new_items(dead=()):
+    content = np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32)
+    return NewItems(
+        share=0.1,
+        temperature=0.5,
+        positions=np.array([10, 11, 12]),
+        content=(content[:2], content[2:]),
+        outputs=(np.zeros((2, 2), np.float32), np.zeros((1, 2), np.float32)),
+        dead=np.array(dead, np.int64),
+        known_rows=0,
+        tail=np.zeros((0, 3), np.float32),
+        tail_positions=np.zeros(0, np.int64),
+    )
+
+
+def test_new_items_rank_cold_rows_by_their_softmax_over_content_cosines():
+    log_p, positions = _new_items().best(np.array([1, 0], np.float32), np.zeros(2, np.float32), 3, set())
+    logits = np.array([1.0, 0.8, 0.0]) / 0.5
+    expected = logits - np.log(np.exp(logits).sum())
+    assert positions.tolist() == [10, 11, 12]
+    np.testing.assert_allclose(log_p, expected, rtol=1e-5)
+
+
+def test_new_items_never_return_banned_or_dead_rows():
+    _, positions = _new_items(dead=[1]).best(np.array([1, 0], np.float32), np.zeros(2, np.float32), 3, {10})
+    assert positions.tolist() == [12]

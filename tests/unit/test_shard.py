@@ -138,3 +138,15 @@ def test_restored_shard_continues_exactly_like_the_original():
 def test_restore_refuses_a_state_of_another_dimension():
     with pytest.raises(ValueError, match="state has dim 4, config says 8"):
         ParameterShard(LearnConfig(dim=8)).restore(ParameterShard(CONFIG).state())
+
+
+def test_push_after_an_expiry_recycled_the_pulled_rows_updates_the_pushed_keys():
+    shard = ParameterShard(CONFIG)
+    shard.pull(np.array([1, 2]))  # remembered for the push of the same keys
+    shard.push(np.array([9]), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), ts=1000.0)
+    shard.expire(1000.0)  # rows of 1 and 2 (touched at -inf) are freed...
+    others_before, _ = shard.pull(np.array([3, 4]))  # ...and recycled for 3 and 4
+    shard.push(np.array([1, 2]), _grad([1, 0, 0, 0], [1, 0, 0, 0]), np.zeros((2, 4), np.float32))
+    others_after, _ = shard.pull(np.array([3, 4]))
+    assert np.array_equal(others_after, others_before)
+    assert sorted(shard.export().keys.tolist()) == [1, 2, 3, 4, 9]

@@ -307,3 +307,42 @@ def test_a_concurrent_reader_only_ever_sees_whole_snapshots(tmp_path):
     thread.join()
     assert errors == []
     assert all(count == version for version, count in loaded)
+
+
+def test_prepared_files_are_not_a_version_until_written(tmp_path):
+    store = _store(tmp_path)
+    store.prepare(_arrays(["a", "b"]))
+    assert store.versions() == []
+
+
+def test_a_write_of_prepared_files_publishes_those_arrays(tmp_path):
+    store = _store(tmp_path)
+    arrays = _arrays(["a", "b"])
+    prepared = store.prepare(arrays)
+    store.write(1, arrays, offsets={}, newest_event_ts=None, prepared=prepared)
+    assert (store.latest_version(), store.read(1).arrays.ids.tolist()) == (1, ["a", "b"])
+
+
+def test_discarded_prepared_files_leave_no_folder_behind(tmp_path):
+    store = _store(tmp_path)
+    store.discard(store.prepare(_arrays(["a"])))
+    assert list((tmp_path / "snaps").iterdir()) == []
+
+
+def test_prepared_files_cannot_be_published_as_a_delta(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 1, ["a"])
+    arrays = _arrays(["b"])
+    with pytest.raises(SnapshotError, match="full snapshot"):
+        store.write(
+            2, arrays, offsets={}, newest_event_ts=None, parent_version=1, prepared=store.prepare(arrays)
+        )
+
+
+def test_prepared_files_a_write_refuses_leave_no_folder_behind(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 2, ["a"])
+    arrays = _arrays(["b"])
+    with pytest.raises(SnapshotError, match="above the latest"):
+        store.write(1, arrays, offsets={}, newest_event_ts=None, prepared=store.prepare(arrays))
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["LATEST", "v000000000002"]

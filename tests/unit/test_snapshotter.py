@@ -11,7 +11,7 @@ from recsim_stream.config import IndexConfig, SnapshotConfig
 from recsim_stream.metrics import SnapshotMetrics
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
-from recsim_stream.snapshotter import Snapshotter
+from recsim_stream.snapshotter import PublishedCounts, Snapshotter
 
 DIM = 8
 SHIPPING = IndexConfig(exact_below=100, recall_sample=50, hnsw_ef_search=64)
@@ -33,6 +33,13 @@ class Shard:
             vector = (centre + 0.2 * self.rng.normal(size=DIM)).astype(np.float32)
             count = self.rows[key][1] + 1 if key in self.rows else 1
             self.rows[key] = (vector, count, self.version)
+
+    def touch(self, keys) -> None:
+        """Move vectors without counting an interaction, as negative sampling does."""
+        self.version += 1
+        for key in keys:
+            vector, count, _ = self.rows[key]
+            self.rows[key] = (vector + np.float32(0.1), count, self.version)
 
     def export(self, since: int | None) -> ShardExport:
         keys = sorted(k for k, (_, _, v) in self.rows.items() if since is None or v > since)
@@ -210,3 +217,70 @@ def test_a_full_snapshot_comes_early_when_the_cold_start_alone_added_half_its_ro
     _take(snapshotter, shard, _with_content_rows(["new-30"]))  # no shard moved, but a full is due
     assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, None]
     assert store.read_manifest(3).count == 51
+
+
+def test_deltas_go_on_while_a_full_snapshot_is_written(tmp_path, builds):
+    snapshotter, store = _snapshotter(tmp_path, full_every=2)
+    writing, written = threading.Event(), threading.Semaphore(0)
+    prepare = store.prepare
+
+    def held(*args, **kwargs):
+        if threading.current_thread().name == "index-build":  # not the writer's own deltas
+            writing.set()
+            assert written.acquire(timeout=60)
+        return prepare(*args, **kwargs)
+
+    store.prepare = held
+    shard = Shard()
+    shard.train(range(500))
+    _take(snapshotter, shard)  # v1: exact indexes while the first build runs
+    builds.release()
+    assert writing.wait(timeout=60)  # the build thread now writes the full snapshot's files
+    shard.train([3])
+    _take(snapshotter, shard)  # v2: a delta on v1 meanwhile
+    written.release()
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([4])
+    _take(snapshotter, shard)  # v3: the full one, v4: rows 3 and 4 on it
+    parents = [store.read_manifest(v).parent_version for v in range(1, 5)]
+    assert (parents, store.latest_version(), store.read_manifest(4).count) == ([None, 1, None, 3], 4, 2)
+
+
+def test_a_delta_leaves_out_rows_that_moved_only_as_negative_samples(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    shard.train([1])
+    shard.touch([2, 3])  # vectors moved, counts did not
+    _take(snapshotter, shard)
+    assert store.read(2).arrays.ids.tolist() == ["item-1"]
+
+
+def test_published_counts_say_which_rows_are_new_or_counted_again():
+    counts = PublishedCounts()
+    counts.reset(np.array([5, 1, 3]), np.array([50, 10, 30]))
+    counts.update(np.array([3, 7]), np.array([31, 70]))
+    moved = counts.moved(np.array([1, 3, 7, 9]), np.array([10, 31, 71, 1]))
+    assert moved.tolist() == [False, False, True, True]
+
+
+def test_a_large_cut_on_a_small_base_is_published_exact_then_with_its_approximate_index(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: 50 rows, flat (the API builds it)
+    shard.train(range(50, 500))
+    _take(snapshotter, shard)  # v2: a delta of 450 rows; a full is due next
+    shard.train([1])
+    _take(snapshotter, shard)  # v3: row 1, while the exact full's files are written
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([2])
+    _take(snapshotter, shard)  # v4: the exact full, v5: row 2 on it
+    shard.train([3])
+    _take(snapshotter, shard)  # v6: row 3, while the approximate index builds
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([4])
+    _take(snapshotter, shard)  # v7: the approximate full, v8: row 4 on it
+    kinds = [(store.read_manifest(v).index or {}).get("kind") for v in (4, 7)]
+    assert (kinds, store.latest_version(), store.read_manifest(8).parent_version) == (["flat", "hnsw"], 8, 7)

@@ -77,3 +77,71 @@ def test_empty_batch_trains_nothing():
     empty = PairBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     assert trainer.step(empty).pairs == 0
     assert [s.version for s in shards] == [0, 0]
+
+
+def _recording_calls(shards: list[ParameterShard], log: list[str]):
+    pull, push = local_shard_calls(shards)
+
+    def recorded_pull(parts):
+        log.append("pull")
+        return pull(parts)
+
+    def recorded_push(updates):
+        log.append("push")
+        return push(updates)
+
+    return recorded_pull, recorded_push
+
+
+def test_with_stale_pulls_each_piece_is_pulled_before_the_previous_one_is_pushed():
+    config = LearnConfig(
+        dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=True
+    )
+    log: list[str] = []
+    shards = [ParameterShard(config, i) for i in range(2)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
+    batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
+    result = trainer.step(batch, tokens=np.arange(1, 6))
+    assert log == ["pull", "pull", "push", "pull", "push", "push"]
+    assert result.pairs == 5
+
+
+def test_without_stale_pulls_each_piece_is_pushed_before_the_next_pull():
+    config = LearnConfig(
+        dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=False
+    )
+    log: list[str] = []
+    shards = [ParameterShard(config, i) for i in range(2)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
+    batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
+    trainer.step(batch, tokens=np.arange(1, 6))
+    assert log == ["pull", "push", "pull", "push", "pull", "push"]
+
+
+def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
+    config = LearnConfig(dim=8, shards=2, batch_pairs=4, negative_pool=4, sampler_table_size=1 << 10)
+    log: list[str] = []
+    shards = [ParameterShard(config, i) for i in range(2)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
+    batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
+    trainer.step(batch, tokens=np.arange(1, 6))
+    assert log == ["pull", "push"]
+
+
+def test_without_stale_pulls_one_big_batch_equals_its_pieces_one_by_one():
+    """12 pairs at batch_pairs 3: four pieces of 3."""
+    config = LearnConfig(
+        dim=8, shards=2, batch_pairs=3, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=False
+    )
+    batch = PairBatch(np.arange(12) % 7, (np.arange(12) + 1) % 7, np.ones(12, np.float32))
+    whole = [ParameterShard(config, i) for i in range(2)]
+    SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(whole)).step(batch, tokens=batch.centers)
+    pieces = [ParameterShard(config, i) for i in range(2)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(pieces))
+    trainer.sampler.observe(batch.centers)
+    for s in range(0, len(batch.centers), 3):
+        part = slice(s, s + 3)
+        trainer.step(PairBatch(batch.centers[part], batch.contexts[part], batch.weights[part]))
+    a, b = _merged(whole), _merged(pieces)
+    assert a[0].tolist() == b[0].tolist()
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
