@@ -233,7 +233,7 @@ def run_point(
                     children.stop(f"updater-{i}")
             shared = None
             if actors is not None:
-                shard_actors = [a for a in actors if "shard" in str(a.get("name", "")).lower()]
+                shard_actors = [a for a in actors if "-shard-" in str(a.get("name", ""))]
                 shared = len(shard_actors) == shards
                 log(f"bench scaling:   named actors on the head after the run: {actors}")
             reported = tuple(reported_rate(children.log(f"updater-{i}")) for i in range(updaters))

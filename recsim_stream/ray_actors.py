@@ -19,6 +19,7 @@ the others saw (item_names.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,51 +77,132 @@ class PulledRows(Sequence[tuple[np.ndarray, np.ndarray]]):
         return self._get()[i]
 
 
+SHARED_SET_WAIT_S = 300.0  # how long a non-publishing updater waits for the publisher's shard set
+_NAME_RELEASE_S = 30.0  # a killed actor's name is freed asynchronously
+
+
+@ray.remote(num_cpus=0)
+class _OpenMarker:
+    """Exists while a shared set is restored and open for training (its name is the flag)."""
+
+
+def _marker_name(group_id: str, shards: int) -> str:
+    return f"{group_id}-shards-open-of-{shards}"
+
+
+def _marker(config: LearnConfig, group_id: str) -> ray.actor.ActorHandle | None:
+    try:
+        return ray.get_actor(_marker_name(group_id, config.shards), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _running_shards(config: LearnConfig, group_id: str) -> list[ray.actor.ActorHandle | None]:
+    """The named shards of the group that are alive now (None where a shard is missing)."""
+    found: list[ray.actor.ActorHandle | None] = []
+    for i in range(config.shards):
+        try:
+            found.append(ray.get_actor(shard_name(group_id, i, config.shards), namespace=NAMESPACE))
+        except ValueError:
+            found.append(None)
+    return found
+
+
+def _publisher_set(
+    config: LearnConfig, group_id: str, options: dict
+) -> tuple[list[ray.actor.ActorHandle], bool]:
+    """The whole open set (not fresh), or a new one (fresh), never a mix of the two. A whole set
+    that was never opened (its publisher died before restoring it) is remade too."""
+    running = _running_shards(config, group_id)
+    marker = _marker(config, group_id)
+    if marker is not None and all(actor is not None for actor in running):
+        return running, False  # type: ignore[return-value]
+    if marker is not None:
+        ray.kill(marker)  # closed first, so no other updater joins what is about to be killed
+    survivors = [actor for actor in running if actor is not None]
+    if survivors:
+        log.warning(
+            "shared shards of group %r: %d of %d running; killing them to remake the whole set from the "
+            "checkpoint (the survivors are ahead of it)",
+            group_id,
+            len(survivors),
+            config.shards,
+        )
+        for actor in survivors:
+            ray.kill(actor)
+    actors = []
+    for i in range(config.shards):
+        name = shard_name(group_id, i, config.shards)
+        deadline = time.monotonic() + _NAME_RELEASE_S
+        while True:
+            try:
+                actors.append(
+                    ShardActor.options(**options, name=name, namespace=NAMESPACE, lifetime="detached").remote(
+                        config, i
+                    )
+                )
+                break
+            except ValueError:  # the name of a killed survivor is not free yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    return actors, True
+
+
+def _wait_for_set(config: LearnConfig, group_id: str, wait_s: float) -> list[ray.actor.ActorHandle]:
+    """The publisher's whole set, once it is open (restored): a non-publisher never makes shards."""
+    deadline = time.monotonic() + wait_s
+    next_log = time.monotonic()
+    while True:
+        running = _running_shards(config, group_id)
+        if _marker(config, group_id) is not None and all(actor is not None for actor in running):
+            return running  # type: ignore[return-value]
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(
+                f"shared shards of group {group_id!r}: expected {config.shards} running, found "
+                f"{sum(a is not None for a in running)} (open: {_marker(config, group_id) is not None}) after "
+                f"{wait_s:.0f} s; is the publishing updater "
+                "(snapshot.enabled) running?"
+            )
+        if now >= next_log:
+            log.info("waiting for the publishing updater's %d shards of group %r", config.shards, group_id)
+            next_log = now + 10.0
+        time.sleep(0.5)
+
+
 class RayShards:
     """The shard actors of one learner, spread over the cluster's nodes.
 
     With ``shared_by`` (a consumer group id; used when several updaters join one running cluster)
-    the actors are named and detached: the first updater creates them, the others find them, and
-    they outlive any one updater. ``fresh`` says whether this process created every one of them
-    (empty tables): only then may it restore them from a checkpoint. Without it, the actors are
+    the actors are named and detached, so they outlive any one updater. Only the publishing updater
+    (``create``) makes them; the others wait until the whole set is running. A set is only ever
+    whole or remade: when the publisher finds part of it (a shard died), it kills the survivors and
+    creates every shard afresh, because survivors that are ahead of the checkpoint cannot be mixed
+    with a shard restored from it. ``fresh`` says whether this process created the set (empty
+    tables): only then may it restore them from a checkpoint. Without ``shared_by``, the actors are
     this process's own and die with it.
     """
 
-    def __init__(self, config: LearnConfig, shared_by: str | None = None) -> None:
+    def __init__(
+        self,
+        config: LearnConfig,
+        shared_by: str | None = None,
+        create: bool = True,
+        wait_s: float = SHARED_SET_WAIT_S,
+    ) -> None:
         # num_cpus=0: shards are memory-bound servers; they must not starve the scheduler on a
         # 2-core node. SPREAD places them on different nodes when the cluster has several.
         options = {"num_cpus": 0, "scheduling_strategy": "SPREAD", "max_concurrency": 1}
+        self.fresh = True
+        self._config, self._shared_by = config, shared_by
         if shared_by is None:
             self.actors = [ShardActor.options(**options).remote(config, i) for i in range(config.shards)]
-            self.fresh = True
+        elif create:
+            self.actors, self.fresh = _publisher_set(config, shared_by, options)
         else:
-            found = [self._shared(config, i, shared_by, options) for i in range(config.shards)]
-            self.actors = [actor for actor, _created in found]
-            created = sum(created for _actor, created in found)
-            self.fresh = created == config.shards
-            if 0 < created < config.shards:
-                log.warning(
-                    "shared shards of group %r: %d of %d were missing and are created empty; the others "
-                    "keep their rows, so no checkpoint is restored into them",
-                    shared_by,
-                    created,
-                    config.shards,
-                )
+            self.actors, self.fresh = _wait_for_set(config, shared_by, wait_s), False
         self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
-
-    @staticmethod
-    def _shared(
-        config: LearnConfig, shard: int, group_id: str, options: dict
-    ) -> tuple[ray.actor.ActorHandle, bool]:
-        """The named shard actor, created here (True) or found running (False)."""
-        name = shard_name(group_id, shard, config.shards)
-        try:
-            actor = ShardActor.options(**options, name=name, namespace=NAMESPACE, lifetime="detached").remote(
-                config, shard
-            )
-        except ValueError:  # the name is taken: another updater created it first
-            return ray.get_actor(name, namespace=NAMESPACE), False
-        return actor, True
 
     def pull(self, parts: list[np.ndarray]) -> PulledRows:
         """Issue one pull per shard now; the rows are waited for at the first access, so the
@@ -159,9 +241,36 @@ class RayShards:
     def stats(self) -> list[dict]:
         return ray.get([actor.stats.remote() for actor in self.actors])
 
+    def open(self) -> None:
+        """A shared set this process made is restored: let the other updaters join it (the
+        publisher calls this after ``resume``). A set it joined is open already."""
+        if self._shared_by is None or not self.fresh:
+            return
+        name = _marker_name(self._shared_by, self._config.shards)
+        deadline = time.monotonic() + _NAME_RELEASE_S
+        while True:
+            try:
+                _OpenMarker.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+                return
+            except ValueError:  # the marker of the set this one replaced is not released yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def kill(self) -> None:
+        """Kill every shard; a shared set's names are free again when this returns."""
+        if self._shared_by is not None and (marker := _marker(self._config, self._shared_by)) is not None:
+            ray.kill(marker)
         for actor in self.actors:
             ray.kill(actor)
+        if self._shared_by is not None:
+            deadline = time.monotonic() + _NAME_RELEASE_S
+            while any(a is not None for a in _running_shards(self._config, self._shared_by)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"shared shards of group {self._shared_by!r} still named after being killed"
+                    )
+                time.sleep(0.2)
 
 
 class SharedNames:

@@ -124,10 +124,10 @@ class _Parts:
 def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Parts:
     """Build every part and resume from the newest valid checkpoint (or from nothing)."""
     shared = bool(config.ray.address)  # several updaters may train these shards
-    shards = RayShards(config.learn, shared_by=config.kafka.group_id if shared else None)
+    publisher = config.snapshot.enabled
+    shards = RayShards(config.learn, shared_by=config.kafka.group_id if shared else None, create=publisher)
     learner = Learner(config, shards.pull, shards.push)
     consumer = EventConsumer(config.kafka, metrics=metrics.kafka)
-    publisher = config.snapshot.enabled
     snapshots = SnapshotStore(config.snapshot)
     snapshotter = (
         Snapshotter(config.snapshot, snapshots, metrics.snapshot, config.learn.shards, index=config.index)
@@ -169,6 +169,7 @@ def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Pa
             updater.resume(checkpoint, published=_published_offsets(snapshots) if publisher else None)
         else:
             updater.join_running(checkpoint)
+    shards.open()
     return _Parts(updater, shards, consumer, items, snapshotter, checkpointer)
 
 
@@ -306,13 +307,14 @@ def _recover(
     config: Config, producer: RecordProducer, metrics: _Metrics, parts: _Parts, exc: Exception
 ) -> _Parts:
     """A shard actor died: the surviving shards are ahead of it, so every part goes back to the last
-    checkpoint together, and the consumer re-reads from its offsets."""
+    checkpoint together, and the consumer re-reads from its offsets. With shared shards only the
+    publisher remakes the set from its checkpoint; the other updaters wait for it and join it."""
     started = time.monotonic()
     print(
         f"train: a shard actor failed ({type(exc).__name__}); recovering from the last checkpoint",
         file=sys.stderr,
     )
-    parts.close(kill_shards=True)
+    parts.close(kill_shards=config.snapshot.enabled or not config.ray.address)
     fresh = assemble(config, producer, metrics)
     metrics.checkpoint.recoveries.labels("shard_actor").inc()
     restored = fresh.updater.restored

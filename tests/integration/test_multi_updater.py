@@ -157,7 +157,7 @@ def test_two_updaters_share_partitions_shards_and_sessions(kafka_config, tmp_pat
     assert publisher_records + second_records == total
     assert (handed_to_second > 0, handed_back > 0, afresh) == (True, True, 0.0)
     assert shards["names"] == sorted(
-        [f"{kafka_config.group_id}-item-names"]
+        [f"{kafka_config.group_id}-item-names", f"{kafka_config.group_id}-shards-open-of-{SHARDS}"]
         + [f"{kafka_config.group_id}-shard-{i}-of-{SHARDS}" for i in range(SHARDS)]
     )
     assert shards["rows"] == len(items)
