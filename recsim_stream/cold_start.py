@@ -395,8 +395,14 @@ class ColdStart:
         items = self._item_of_row
         drawn = rng.choice(len(self._content), draws, replace=False).tolist()
         sample = [r for r in drawn if items[r] is not None and items[r] not in learned][:wanted]
+        if not sample:  # cold rows are rare and none was drawn: no evidence this time
+            return
         self._observe_cold(
-            np.vstack(queries), np.asarray(targets), np.asarray(sample), self._content, cold_count
+            np.vstack(queries),
+            np.asarray(targets),
+            np.asarray(sample, dtype=np.int64),
+            self._content,
+            cold_count,
         )
 
     def calibrate(self, served: Embeddings) -> None:

@@ -295,3 +295,16 @@ def test_a_re_encoded_vector_that_barely_moved_is_not_republished():
     vectors = np.ones((3, 2), np.float32)
     cold_start.train(2, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
     assert _complete_changed(cold_start) == []
+
+
+def test_calibration_on_content_survives_draws_that_miss_every_rare_cold_row():
+    config = ContentConfig(hidden=16, calibration_candidates=1)
+    cold_start = ColdStart(config, dim=2)
+    catalogue = [ItemMeta(f"i{n}", f"item {n}", "cat.sub", 10.0 + n) for n in range(400)]
+    cold_start.observe_items(catalogue)
+    _complete_changed(cold_start)
+    learned = {item.item_id for item in catalogue[:-2]}  # 2 cold rows of 400: the draws miss them
+    for _ in range(20):  # 64 draws of 400 rows miss both cold ones about 3 times in 4
+        cold_start.record_new_item(["i0"], "i398")
+        cold_start.calibrate_on_content(learned)
+    assert cold_start.temperature.value in TEMPERATURE_GRID
