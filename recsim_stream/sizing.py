@@ -22,10 +22,6 @@ def rates(count: float, seconds: Sequence[float]) -> list[float]:
     return [count / s if s > 0 else float("inf") for s in seconds]
 
 
-def per_million(seconds: float, rows: int) -> float:
-    return seconds * MILLION / rows
-
-
 def growth_exponent(small: tuple[int, float], large: tuple[int, float]) -> float:
     """b in t = a * n^b through two (rows, seconds) points: 1.0 is linear."""
     (n1, t1), (n2, t2) = small, large
@@ -212,31 +208,3 @@ def plan(costs: dict, grid_summary: Sequence[dict] | None, target: Target | None
         "in_process_events_per_s_per_core": 1.0 / sum(cost.core_seconds_per_event().values()),
         "sizing": asdict(size_cluster(cost, target)),
     }
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub table; numbers get thousands separators."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, bool) or value is None:
-            return "-" if value is None else str(value).lower()
-        if isinstance(value, int):
-            return f"{value:,}"
-        if isinstance(value, float):
-            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def grid_markdown(rows: Sequence[dict]) -> str:
-    return markdown_table(
-        ["layout", "updaters", "shards", "records/s (median)", "runs", "startup s", "load 1m"],
-        [
-            [r["layout"], r["updaters"], r["shards"], r["records_per_s"],
-             " / ".join(f"{v:,}" for v in r["runs"]), r["startup_s"], " / ".join(str(x) for x in r["load"])]
-            for r in rows
-        ],
-    )  # fmt: skip

@@ -11,8 +11,6 @@ from recsim_stream.sizing import (
     Target,
     extrapolate,
     growth_exponent,
-    markdown_table,
-    per_million,
     rates,
     size_cluster,
     updater_efficiency,
@@ -40,10 +38,6 @@ def model(**changes: object) -> CostModel:
 
 def test_rates_divide_the_count_by_each_run() -> None:
     assert rates(1000, [0.5, 2.0]) == [2000.0, 500.0]
-
-
-def test_per_million_scales_seconds_to_a_million_rows() -> None:
-    assert per_million(3.0, 100_000) == 30.0
 
 
 def test_growth_exponent_of_linear_points_is_one() -> None:
@@ -157,9 +151,3 @@ def test_target_refuses_utilisation_above_one() -> None:
 def test_target_refuses_zero_events() -> None:
     with pytest.raises(ValueError, match="events_per_s"):
         Target(events_per_s=0)
-
-
-def test_markdown_table_formats_numbers() -> None:
-    assert markdown_table(["a", "b", "c", "d"], [[1234, 56789.4, 0.1234, None]]) == (
-        "| a | b | c | d |\n|---|---|---|---|\n| 1,234 | 56,789 | 0.123 | - |"
-    )
