@@ -310,10 +310,16 @@ class IndexConfig:
     # FAISS threads for a full index build off the serving path (in the updater's snapshotter, or the
     # API when a snapshot ships no index): one leaves the other core to training and queries.
     build_threads: int = 1
+    # Niceness of the snapshotter's index-build thread (Linux nices threads one by one): a full build
+    # takes a core for tens of seconds, and at 10 it yields that core to training when both want it.
+    build_niceness: int = 10
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")
         _require(self.build_threads >= 1, "index.build_threads", f"must be >= 1, got {self.build_threads}")
+        _require(
+            0 <= self.build_niceness <= 19, "index.build_niceness", f"must be 0-19, got {self.build_niceness}"
+        )
         _require(self.exact_below >= 0, "index.exact_below", f"must be >= 0, got {self.exact_below}")
         _require(self.hnsw_m >= 4, "index.hnsw_m", f"must be >= 4, got {self.hnsw_m}")
         _require(self.hnsw_ef_search >= 1, "index.hnsw_ef_search", "must be >= 1")

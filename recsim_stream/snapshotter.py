@@ -33,6 +33,7 @@ counted and the chain is dropped, so the next snapshot is a full one and serving
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -399,6 +400,7 @@ class Snapshotter:
     def _build_indexes(self, build: _FullBuild) -> None:
         """Build and gate the indexes, then write the snapshot's files (hundreds of MB at 100k rows),
         all off the writer thread, so deltas go on being published meanwhile."""
+        _lower_priority(self.index.build_niceness)
         arrays = build.arrays
         with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
         try:
@@ -482,3 +484,13 @@ class Snapshotter:
             build.thread.join(timeout)
             return not build.thread.is_alive()
         return True
+
+
+def _lower_priority(niceness: int) -> None:
+    """Nice the calling thread only (on Linux a thread has a niceness of its own); elsewhere, or when
+    refused, the build runs at the process's priority."""
+    if niceness:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except (OSError, AttributeError) as exc:
+            log.info("snapshot: index builds keep the process's priority (%s)", exc)
