@@ -46,6 +46,7 @@ sessions are dropped.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -423,9 +424,9 @@ class Updater:
         names = self.learner.items.names
         if self.names is None or len(names) == self._names_shared:
             return
-        # The id map only grows and keeps insertion order: the new ids are its tail (one pass over
-        # the values, only in polls that brought new items).
-        self.names.share(list(names.values())[self._names_shared :])
+        # The id map only grows and keeps insertion order: the new ids are its tail (skipped to in C,
+        # without copying the whole catalogue, and only in polls that brought new items).
+        self.names.share(list(itertools.islice(names.values(), self._names_shared, None)))
         self._names_shared = len(names)
 
     def learn_names(self) -> None:
