@@ -60,23 +60,39 @@ class PairReservoir:
         return len(self.left)
 
     def add(self, left: Sequence[str], right: Sequence[str]) -> None:
-        n = len(left)
-        if len(right) != n:
+        if len(right) != len(left):
             raise ValueError(
-                f"reservoir.add needs as many right items as left items, got {n} and {len(right)}"
+                f"reservoir.add needs as many right items as left items, got {len(left)} and {len(right)}"
             )
+        offsets, slots = self.take(len(left))
+        self.put(slots, [left[i] for i in offsets.tolist()], [right[i] for i in offsets.tolist()])
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Algorithm R's decisions for the next ``n`` pairs of the stream, made before any pair is
+        looked at: which of them (offsets into the ``n``, ascending) the sample takes, and the slot each
+        goes to (a slot at or past ``len(self)`` means "append"). Once the sample is full most pairs are
+        passed over, so a caller names only the pairs taken (``put``), not the whole batch."""
         head = min(n, self.capacity - len(self.left))
-        self.left.extend(left[:head])
-        self.right.extend(right[:head])
+        offsets, slots = np.arange(head), np.arange(len(self.left), len(self.left) + head)
         if head < n:
             rng = np.random.default_rng([self.seed, self.seen])
             index = self.seen + np.arange(head, n)  # position of each pair in the whole stream
             accepted = np.flatnonzero(rng.random(n - head) * (index + 1) < self.capacity)
-            slots = rng.integers(0, self.capacity, len(accepted))
-            for offset, slot in zip(accepted.tolist(), slots.tolist(), strict=True):
-                self.left[slot] = left[head + offset]
-                self.right[slot] = right[head + offset]
+            offsets = np.concatenate([offsets, head + accepted])
+            slots = np.concatenate([slots, rng.integers(0, self.capacity, len(accepted))])
         self.seen += n
+        return offsets, slots
+
+    def put(self, slots: np.ndarray, left: Sequence[str], right: Sequence[str]) -> None:
+        """Store the pairs ``take`` chose (or those of them the caller keeps), in ``take``'s order. A
+        slot past the end appends: when the caller dropped some of the filling pairs, the sample is
+        still filling (and never exceeds its capacity: every slot is below it)."""
+        for slot, a, b in zip(slots.tolist(), left, right, strict=True):
+            if slot < len(self.left):
+                self.left[slot], self.right[slot] = a, b
+            else:
+                self.left.append(a)
+                self.right.append(b)
 
     def state(self) -> dict[str, object]:
         """Plain lists and ints (msgpack/JSON-able)."""
@@ -112,13 +128,18 @@ class TemperatureFit:
         many other cold items each sampled one stands for."""
         if not len(target):
             return
-        tau = TEMPERATURE_GRID[:, None, None]
-        t = target[None, :, None] / tau  # (G, m, 1)
-        c = candidates[None, :, :] / tau + log_scale[None, :, None]  # (G, m, s)
-        both = np.concatenate([t, c], axis=2)
-        top = both.max(axis=2, keepdims=True)
-        log_z = np.log(np.exp(both - top).sum(axis=2)) + top[:, :, 0]
-        self.loglik = _CALIBRATION_DECAY * self.loglik + (t[:, :, 0] - log_z).sum(axis=1)
+        # log Z = logaddexp(t/tau, log_scale + log sum_s exp(c/tau)), the sum taken about each row's
+        # best candidate so that one float32 exp per (temperature, event, candidate) is all it costs.
+        inverse = (1.0 / TEMPERATURE_GRID)[:, None]  # (G, 1)
+        best = candidates.max(axis=1)  # (m,), -inf for an event with no other candidate
+        some = np.isfinite(best)
+        spread = np.where(some[:, None], candidates - np.where(some, best, 0.0)[:, None], -np.inf)
+        scaled = spread.astype(np.float32)[None, :, :] * inverse.astype(np.float32)[:, :, None]  # (G, m, s)
+        with np.errstate(divide="ignore"):  # log 0 = -inf: an event with no other candidate
+            others = np.log(np.exp(scaled, out=scaled).sum(axis=2, dtype=np.float64))
+        t = target[None, :] * inverse  # (G, m)
+        log_z = np.logaddexp(t, np.where(some, best, 0.0)[None, :] * inverse + log_scale[None, :] + others)
+        self.loglik = _CALIBRATION_DECAY * self.loglik + (t - log_z).sum(axis=1)
         self.evidence = _CALIBRATION_DECAY * self.evidence + len(target)
 
     @property
@@ -176,11 +197,19 @@ class ColdStart:
         if row is not None:
             self._item_of_row[row] = None
 
-    def remember_pairs(self, left_ids: Sequence[str], right_ids: Sequence[str]) -> None:
-        """Offer co-occurring pairs to the reservoir; pairs with an item without metadata are dropped."""
+    def remember_pairs(self, left_keys: np.ndarray, right_keys: np.ndarray, names: Sequence[str]) -> None:
+        """Offer a trained batch of co-occurring pairs (learner keys, named by ``names[key]``) to the
+        reservoir. Only the pairs it takes are named; those with an item without metadata are dropped
+        (they still count as stream positions, so the sample stays uniform over the pairs it keeps)."""
+        offsets, slots = self.reservoir.take(len(left_keys))
+        if not len(offsets):
+            return
         meta = self.metadata
-        kept = [(a, b) for a, b in zip(left_ids, right_ids, strict=True) if a in meta and b in meta]
-        self.reservoir.add([a for a, _ in kept], [b for _, b in kept])
+        chosen = zip(slots.tolist(), left_keys[offsets].tolist(), right_keys[offsets].tolist(), strict=True)
+        kept = [(slot, names[a], names[b]) for slot, a, b in chosen if names[a] in meta and names[b] in meta]
+        self.reservoir.put(
+            np.array([k[0] for k in kept], np.int64), [k[1] for k in kept], [k[2] for k in kept]
+        )
 
     def train(self, events: int, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> int:
         """Tower steps earned by ``events`` learner events, on reservoir pairs whose items both have
@@ -270,17 +299,23 @@ class ColdStart:
         rows = np.fromiter((self._row.get(i, -1) for i in all_ids), dtype=np.int64, count=len(all_ids))
         content = self._content[rows]
         content[rows < 0] = 0.0
-        scaled = content * np.float32(self.tower.vector_norm)
-        low = np.flatnonzero((counts < self._blend_below) & (rows[: len(ids)] >= 0))
-        inputs, outputs = inputs.copy(), outputs.copy()
+        norm = np.float32(self.tower.vector_norm)
+        n, dim = len(ids), self.dim
+        # One copy of each table, learned rows first, content-only rows (scaled content) after.
+        served_inputs = np.empty((len(all_ids), dim), dtype=inputs.dtype)
+        served_outputs = np.empty((len(all_ids), dim), dtype=outputs.dtype)
+        served_inputs[:n], served_outputs[:n] = inputs, outputs
+        np.multiply(content[n:, :dim], norm, out=served_inputs[n:])
+        np.multiply(content[n:, dim:], norm, out=served_outputs[n:])
+        low = np.flatnonzero((counts < self._blend_below) & (rows[:n] >= 0))
         if len(low):
             w = learned_weight(counts[low].astype(np.float32), self.config.blend_half_life)[:, None]
-            inputs[low] = w * inputs[low] + (1 - w) * scaled[low, : self.dim]
-            outputs[low] = w * outputs[low] + (1 - w) * scaled[low, self.dim :]
+            served_inputs[low] = w * inputs[low] + (1 - w) * norm * content[low, :dim]
+            served_outputs[low] = w * outputs[low] + (1 - w) * norm * content[low, dim:]
         return ServedRows(
             all_ids,
-            np.vstack([inputs, scaled[len(ids) :, : self.dim]]),
-            np.vstack([outputs, scaled[len(ids) :, self.dim :]]),
+            served_inputs,
+            served_outputs,
             np.concatenate([counts, np.zeros(len(fresh), dtype=counts.dtype)]),
             np.concatenate([counts == 0, np.ones(len(fresh), dtype=bool)]),
             content,

@@ -22,6 +22,7 @@ from recsim_stream.eval_report import format_table, to_json, write_plot
 from recsim_stream.evaluate import StreamModel, evaluate
 from recsim_stream.progress import Progress
 from recsim_stream.sgns_model import make_model
+from recsim_stream.threads import pin_blas_threads
 
 # The main model: a factory (config, number of events) -> StreamModel, scored as the top-level result.
 MAIN_MODEL_FACTORY: Callable[[Config, int], StreamModel] | None = make_model
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-content",
         action="store_true",
         help="switch the cold-start content tower off (sets content.enabled=false), to measure what it adds",
+    )
+    parser.add_argument(
+        "--content-cost",
+        action="store_true",
+        help="also run the learner without the content tower on the same stream, interleaved event by "
+        "event (so both see the same machine load), and report the tower's share of the learning time",
     )
     # --k, --refresh-every, --session-gap-s; and the learner's settings (--learn-dim, --pairs-window, ...)
     add_config_arguments(parser, ["eval", "learn", "pairs", "content"], primary="eval")
@@ -63,8 +70,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"recsim-stream eval: {exc}", file=sys.stderr)
         return 2
+    pin_blas_threads(config.learn.blas_threads)
     if args.limit < 0:
         print(f"recsim-stream eval: --limit must be >= 0, got {args.limit}", file=sys.stderr)
+        return 2
+    if args.content_cost and (args.no_content or not args.items or MAIN_MODEL_FACTORY is None):
+        print(
+            "recsim-stream eval: --content-cost needs --items and the tower on (no --no-content)",
+            file=sys.stderr,
+        )
         return 2
     if MAIN_MODEL_FACTORY is None and not args.baselines:
         print(
@@ -86,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     if MAIN_MODEL_FACTORY is not None:
         models.append(MAIN_MODEL_FACTORY(config, len(events)))
         main = models[0].name
+    without_content = None
+    if args.content_cost:
+        assert MAIN_MODEL_FACTORY is not None
+        off = dataclasses.replace(config, content=dataclasses.replace(config.content, enabled=False))
+        models.append(MAIN_MODEL_FACTORY(off, len(events)))
+        without_content = models[-1].name
     baselines = make_baselines(len(events)) if args.baselines else []
     models.extend(baselines)
     result = evaluate(events, models, config.eval, items, on_progress=_progress_callback(len(events)))
@@ -94,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {write_plot(result, args.plot)}")
     if args.json:
-        report = to_json(result, main, [b.name for b in baselines], total_wall_s)
+        report = to_json(result, main, [b.name for b in baselines], total_wall_s, without_content)
         print(json.dumps(report, sort_keys=True))
     return 0

@@ -9,12 +9,25 @@ import numpy as np
 from recsim_stream.evaluate import EvalResult
 
 
-def to_json(result: EvalResult, main: str | None, baselines: list[str], total_wall_s: float) -> dict:
-    """Top level: the main model's summary (values None when there is none); baselines by name."""
+def to_json(
+    result: EvalResult,
+    main: str | None,
+    baselines: list[str],
+    total_wall_s: float,
+    without_content: str | None = None,
+) -> dict:
+    """Top level: the main model's summary (values None when there is none); baselines by name; with
+    ``without_content`` (the learner run beside it without the content tower), that run's summary as
+    ``no_content`` and ``content_cost``: the fraction of the learner's learn events/s the tower takes,
+    from CPU time (wall time on a shared machine moves with the other processes' load)."""
     by_name = {m.name: m for m in result.models}
     top = result.summary(by_name[main] if main is not None else None)
     top["model"] = main
     top["total_wall_s"] = total_wall_s
+    if without_content is not None:
+        off = result.summary(by_name[without_content])
+        top["no_content"] = off
+        top["content_cost"] = 1.0 - off["learn_cpu_us_per_event"] / top["learn_cpu_us_per_event"]
     if baselines:
         top["baselines"] = {name: result.summary(by_name[name]) for name in baselines}
     return top

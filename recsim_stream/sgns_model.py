@@ -33,9 +33,8 @@ def _eval_sessions(config: Config) -> SessionConfig:
 
 
 class SgnsStreamModel:
-    name = "RECSIM-SGNS"
-
     def __init__(self, config: Config) -> None:
+        self.name = "RECSIM-SGNS" if config.content.enabled else "RECSIM-SGNS-NO-CONTENT"
         config = dataclasses.replace(config, sessions=_eval_sessions(config))
         self.config = config
         self.shards = [ParameterShard(config.learn, i) for i in range(config.learn.shards)]
@@ -69,10 +68,7 @@ class SgnsStreamModel:
         self.learner.train()
         batch = self.learner.last_batch
         if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
-            names = self.learner.items.names
-            self.cold_start.remember_pairs(
-                [names[k] for k in batch.centers.tolist()], [names[k] for k in batch.contexts.tolist()]
-            )
+            self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
 
     def publish(self) -> None:
         self._train()

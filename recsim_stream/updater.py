@@ -569,10 +569,7 @@ class Updater:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         batch = self.learner.last_batch
         if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
-            names = self.learner.items.names
-            self.cold_start.remember_pairs(
-                [names[k] for k in batch.centers.tolist()], [names[k] for k in batch.contexts.tolist()]
-            )
+            self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
         self.metrics.pairs_trained.inc(result.pairs)
         totals = self.totals
         totals.pairs += result.pairs

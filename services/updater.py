@@ -48,6 +48,7 @@ from recsim_stream.metrics import (
 from recsim_stream.ray_actors import RayShards, SharedNames, init_ray
 from recsim_stream.snapshot import SnapshotError, SnapshotStore
 from recsim_stream.snapshotter import Snapshotter
+from recsim_stream.threads import pin_blas_threads
 from recsim_stream.updater import Totals, Updater
 
 SECTIONS = [
@@ -209,6 +210,7 @@ class _Reporter:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
+    pin_blas_threads(config.learn.blas_threads)
     registry = new_registry()
     metrics = _Metrics.on(registry)
     if config.metrics.port:

@@ -57,6 +57,22 @@ def test_reservoir_restored_from_state_continues_identically():
     assert second.state() == first.state()
 
 
+def test_reservoir_names_only_the_pairs_it_takes():
+    reservoir = PairReservoir(3, seed=4)
+    reservoir.add([str(i) for i in range(3)], [str(i) for i in range(3)])
+    offsets, slots = reservoir.take(1000)
+    assert (len(offsets) < 50, reservoir.seen, sorted(set(slots.tolist())) <= [0, 1, 2]) == (True, 1003, True)
+
+
+def test_reservoir_take_and_put_equal_add():
+    added, taken = PairReservoir(4, seed=5), PairReservoir(4, seed=5)
+    ids = [str(i) for i in range(40)]
+    added.add(ids, ids)
+    offsets, slots = taken.take(40)
+    taken.put(slots, [ids[i] for i in offsets], [ids[i] for i in offsets])
+    assert taken.state() == added.state()
+
+
 def test_reservoir_refuses_unequal_sides():
     with pytest.raises(ValueError, match="as many right items"):
         PairReservoir(4, seed=1).add(["a"], [])
@@ -175,7 +191,7 @@ def test_items_with_the_same_metadata_have_the_closest_content_before_any_traini
 def test_train_takes_the_steps_its_event_budget_pays_for():
     cold_start = ColdStart(ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0), dim=2)
     cold_start.observe_items(_items())
-    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    cold_start.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
     vectors = np.ones((3, 2), np.float32)
     assert cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors) == 2
 
@@ -183,7 +199,7 @@ def test_train_takes_the_steps_its_event_budget_pays_for():
 def test_train_skips_pairs_without_learned_rows():
     cold_start = ColdStart(ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0), dim=2)
     cold_start.observe_items(_items())
-    cold_start.remember_pairs(["a", "a"], ["b", "c"])
+    cold_start.remember_pairs(np.array([0, 0]), np.array([1, 2]), ["a", "b", "c"])
     vectors = np.ones((1, 2), np.float32)
     assert cold_start.train(4, {"a": 0}, vectors, vectors) == 0
 
@@ -191,7 +207,7 @@ def test_train_skips_pairs_without_learned_rows():
 def test_pairs_with_an_item_without_metadata_are_not_remembered():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
-    cold_start.remember_pairs(["a", "a"], ["b", "zz"])
+    cold_start.remember_pairs(np.array([0, 0]), np.array([1, 2]), ["a", "b", "zz"])
     assert cold_start.reservoir.left == ["a"]
 
 
@@ -220,7 +236,7 @@ def test_a_cold_start_restored_from_its_checkpoint_state_continues_like_the_orig
     vectors = rng.normal(size=(3, 2)).astype(np.float32)
     original = ColdStart(config, dim=2)
     original.observe_items(_items())
-    original.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    original.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
     original.train(5, position, vectors, vectors)
     original.record_new_item(["a"], "c")
     store = CheckpointStore(CheckpointConfig(dir=str(tmp_path)))
@@ -230,7 +246,7 @@ def test_a_cold_start_restored_from_its_checkpoint_state_continues_like_the_orig
     restored.observe_items(_items())  # the metadata comes from the items topic, not the checkpoint
     restored.restore(store.newest().state["cold_start"])
     for cold_start in (original, restored):
-        cold_start.remember_pairs(["b"], ["a"])
+        cold_start.remember_pairs(np.array([1]), np.array([0]), ["a", "b", "c"])
         cold_start.train(7, position, vectors, vectors)
     empty = np.zeros((0, 2), np.float32)
     rows = [c.complete([], empty, empty, np.zeros(0, np.int64)) for c in (original, restored)]
@@ -270,7 +286,7 @@ def test_re_encoding_after_the_tower_moved_takes_at_most_a_chunk_per_refresh():
     cold_start = ColdStart(config, dim=2)
     cold_start.observe_items(_items())
     _complete_changed(cold_start)
-    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    cold_start.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
     vectors = np.ones((3, 2), np.float32)
     cold_start.train(2, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
     assert [len(_complete_changed(cold_start)) for _ in range(3)] == [2, 1, 0]
@@ -291,7 +307,7 @@ def test_a_re_encoded_vector_that_barely_moved_is_not_republished():
     cold_start = ColdStart(config, dim=2)
     cold_start.observe_items(_items())
     _complete_changed(cold_start)
-    cold_start.remember_pairs(["a", "a", "b"], ["b", "c", "c"])
+    cold_start.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
     vectors = np.ones((3, 2), np.float32)
     cold_start.train(2, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
     assert _complete_changed(cold_start) == []

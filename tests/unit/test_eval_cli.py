@@ -59,3 +59,19 @@ def test_eval_refuses_a_file_that_is_not_canonical_csv(capsys, tmp_path):
     bad.write_text("time,who,what\n1,u,i\n")
     assert main(["eval", str(bad)]) == 2
     assert "expected header" in capsys.readouterr().err
+
+
+def test_eval_content_cost_runs_the_learner_without_the_tower_beside_it(capsys):
+    args = ["eval", str(DATA / "events.csv"), "--items", str(DATA / "items.csv"), "--limit", "2000"]
+    code = main([*args, "--json", "--content-cost"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    off = report["no_content"]
+    assert code == 0
+    assert (report["model"], off["cold_coverage"], KEYS <= set(off)) == ("RECSIM-SGNS", 0.0, True)
+    expected = 1.0 - off["learn_cpu_us_per_event"] / report["learn_cpu_us_per_event"]
+    assert report["content_cost"] == pytest.approx(expected)
+
+
+def test_eval_content_cost_needs_the_tower_and_items(capsys):
+    assert main(["eval", str(DATA / "events.csv"), "--content-cost"]) == 2
+    assert "--content-cost needs --items" in capsys.readouterr().err

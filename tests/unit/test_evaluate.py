@@ -169,3 +169,35 @@ def test_every_model_sees_the_same_predictions() -> None:
     first, second = Scripted(["b"]), Scripted(["c"])
     result = evaluate([ev(1, "u", "a"), ev(2, "u", "b")], [first, second], EvalConfig())
     assert [list(m.ranks) for m in result.models] == [[1], [0]]
+
+
+class Ordered(Scripted):
+    """Writes its name into a shared log at every learn and publish call."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def learn(self, step: Step) -> None:
+        self.log.append(f"{self.name} learn")
+        super().learn(step)
+
+    def publish(self) -> None:
+        self.log.append(f"{self.name} publish")
+        super().publish()
+
+
+def test_models_take_turns_at_learning_first_so_no_one_always_finds_warm_caches() -> None:
+    log: list[str] = []
+    events = [ev(t, "u", f"i{t}") for t in range(4)]
+    evaluate(events, [Ordered("A", log), Ordered("B", log)], EvalConfig(refresh_every=1000))
+    firsts = [entry for entry in log[2:] if entry.endswith("learn")][::2]  # after the initial publishes
+    assert firsts == ["A learn", "B learn", "A learn", "B learn"]
+
+
+def test_models_take_turns_at_publishing_first() -> None:
+    log: list[str] = []
+    events = [ev(t, "u", f"i{t}") for t in range(8)]
+    evaluate(events, [Ordered("A", log), Ordered("B", log)], EvalConfig(refresh_every=2))
+    firsts = [entry for entry in log[2:] if entry.endswith("publish")][::2]
+    assert firsts == ["A publish", "B publish", "A publish", "B publish"]
