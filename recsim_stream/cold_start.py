@@ -20,6 +20,7 @@ Three things make the cold component hit rather than merely cover:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence, Set
 from dataclasses import dataclass
@@ -171,6 +172,9 @@ class ColdStart:
         self._blend_below = int(np.ceil(config.blend_half_life * _BLEND_UNTIL / (1 - _BLEND_UNTIL)))
         self._budget = 0.0  # tower pairs earned by learner events and not trained yet
         self._new_item_events: deque[tuple[tuple[str, ...], str]] = deque(maxlen=config.calibration_events)
+        # CPU seconds of this thread spent training the tower (keeping its pairs, pulling, stepping):
+        # what the cold-start issue's budget counts. Not checkpointed: a process-lifetime counter.
+        self.training_cpu_s = 0.0
         self._calibrations = 0
         # Unit content vectors, one row per item with metadata, each recomputed once the tower has
         # moved reencode_every_steps steps since it was encoded, at most reencode_chunk rows per
@@ -201,19 +205,20 @@ class ColdStart:
         """Offer a trained batch of co-occurring pairs (learner keys, named by ``names[key]``) to the
         reservoir. Only the pairs it takes are named; those with an item without metadata are dropped
         (they still count as stream positions, so the sample stays uniform over the pairs it keeps)."""
+        started = time.thread_time()
         offsets, slots = self.reservoir.take(len(left_keys))
-        if not len(offsets):
-            return
         meta = self.metadata
         chosen = zip(slots.tolist(), left_keys[offsets].tolist(), right_keys[offsets].tolist(), strict=True)
         kept = [(slot, names[a], names[b]) for slot, a, b in chosen if names[a] in meta and names[b] in meta]
         self.reservoir.put(
             np.array([k[0] for k in kept], np.int64), [k[1] for k in kept], [k[2] for k in kept]
         )
+        self.training_cpu_s += time.thread_time() - started
 
     def train(self, events: int, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> int:
         """Tower steps earned by ``events`` learner events, on reservoir pairs whose items both have
         learned rows (at ``position`` in ``inputs``/``outputs``). Returns the steps taken."""
+        started = time.thread_time()
         self._budget += events * self.config.train_pairs_per_event
         taken = 0
         while self._budget >= self.config.train_batch:
@@ -222,6 +227,7 @@ class ColdStart:
                 break
             self._budget -= self.config.train_batch
             taken += 1
+        self.training_cpu_s += time.thread_time() - started
         return taken
 
     def train_pulling(self, events: int, rows: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]) -> int:
@@ -238,12 +244,14 @@ class ColdStart:
                 events, {}, np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
             )
         # Only the items of the pairs these steps will draw: a few thousand rows, not the reservoir's.
+        started = time.thread_time()
         reservoir, ids = self.reservoir, set()
         for step in range(self.tower.steps, self.tower.steps + steps):
             for i in self._draw(step).tolist():
                 ids.update((reservoir.left[i], reservoir.right[i]))
         ids = sorted(ids)
         inputs, outputs = rows(ids)
+        self.training_cpu_s += time.thread_time() - started
         return self.train(events, {item: r for r, item in enumerate(ids)}, inputs, outputs)
 
     def _draw(self, step: int) -> np.ndarray:

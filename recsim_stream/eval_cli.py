@@ -115,5 +115,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot: {write_plot(result, args.plot)}")
     if args.json:
         report = to_json(result, main, [b.name for b in baselines], total_wall_s, without_content)
+        if without_content is not None:
+            # The part of the tower's cost the cold-start issue budgets: training it (the rest is
+            # encoding the catalogue, blending and calibrating, which serving cold items needs).
+            training = getattr(models[0], "content_training_cpu_s", 0.0)
+            report["content_training_share"] = training / result.models[0].learn_cpu_s
         print(json.dumps(report, sort_keys=True))
     return 0

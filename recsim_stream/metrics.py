@@ -115,6 +115,11 @@ class UpdaterMetrics:
         self.sampler_items = Gauge(
             "recsim_sampler_items", "Distinct items in the negative sampler.", registry=registry
         )
+        self.content_training_cpu = Counter(
+            "recsim_content_training_cpu_seconds_total",
+            "CPU seconds the updater's loop spent training the content tower (keeping pairs, pulling, steps).",
+            registry=registry,
+        )
         self.items_cold_started = Counter(
             "recsim_items_cold_started_total",
             "Items given a content-based initial vector.",

@@ -104,6 +104,11 @@ class SgnsStreamModel:
             cold_temperature=cold_temperature,
         )
 
+    @property
+    def content_training_cpu_s(self) -> float:
+        """CPU seconds spent training the content tower (0 without it)."""
+        return 0.0 if self.cold_start is None else self.cold_start.training_cpu_s
+
     def recommend(self, prefix: Sequence[str], k: int) -> list[str]:
         return self.served.recommend(prefix, k)
 

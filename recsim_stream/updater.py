@@ -175,6 +175,7 @@ class Updater:
         self.metrics = metrics
         self.items = items
         self.cold_start = cold_start
+        self._tower_cpu_reported = 0.0  # cold_start.training_cpu_s already counted in the metrics
         self.checkpointer = checkpointer
         self.restored: Checkpoint | None = None
         # Kafka timestamp (s) of the newest record applied: wall-clock freshness for the query API.
@@ -516,6 +517,8 @@ class Updater:
         self.dead_letters.flush()  # a dead letter must be durable before its offset is committed
         if self.cold_start is not None:
             self.cold_start.train_pulling(len(records) - bad, self._pull_rows)
+            self.metrics.content_training_cpu.inc(self.cold_start.training_cpu_s - self._tower_cpu_reported)
+            self._tower_cpu_reported = self.cold_start.training_cpu_s
         self.processed.update(next_offsets)
         newest_record = max(record.timestamp for record in records) / 1000.0
         if self.newest_record_ts is None or newest_record > self.newest_record_ts:

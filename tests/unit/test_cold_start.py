@@ -324,3 +324,12 @@ def test_calibration_on_content_survives_draws_that_miss_every_rare_cold_row():
         cold_start.record_new_item(["i0"], "i398")
         cold_start.calibrate_on_content(learned)
     assert cold_start.temperature.value in TEMPERATURE_GRID
+
+
+def test_training_the_tower_is_counted_in_cpu_seconds():
+    cold_start = ColdStart(ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
+    vectors = np.ones((3, 2), np.float32)
+    cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
+    assert cold_start.training_cpu_s > 0

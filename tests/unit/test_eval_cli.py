@@ -70,6 +70,7 @@ def test_eval_content_cost_runs_the_learner_without_the_tower_beside_it(capsys):
     assert (report["model"], off["cold_coverage"], KEYS <= set(off)) == ("RECSIM-SGNS", 0.0, True)
     expected = 1.0 - off["learn_cpu_us_per_event"] / report["learn_cpu_us_per_event"]
     assert report["content_cost"] == pytest.approx(expected)
+    assert 0 < report["content_training_share"] < 1
 
 
 def test_eval_content_cost_needs_the_tower_and_items(capsys):
