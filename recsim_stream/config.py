@@ -315,9 +315,31 @@ class IndexConfig:
     # Niceness of the snapshotter's index-build thread (Linux nices threads one by one): a full build
     # takes a core for tens of seconds, and at 10 it yields that core to training when both want it.
     build_niceness: int = 10
+    # The query API's new-item component: cold rows of a full snapshot (``exact_below`` or more of
+    # them) get an IVF index over their content vectors, built once per base on a background thread;
+    # a query scores its top hits exactly and estimates the rest of the softmax from a uniform sample.
+    cold_nlist: int = 0  # IVF cells; 0 = about sqrt(cold rows)
+    cold_nprobe: int = 32
+    cold_head: int = 256  # top cold hits scored exactly per query (the normaliser's head)
+    cold_tail_sample: int = 2048  # cold rows sampled once per base for the normaliser's tail
+    # Niceness of the query API's own index builds (cold rows; sealed delta rows: IVF, seconds at 1M
+    # rows). Until one is ready those rows are scanned exactly per query; at 10, the IVF over 900k
+    # cold rows (6 s at 0) was still not ready after 60 s of swaps and queries at load ~5.
+    api_build_niceness: int = 0
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")
+        _require(self.cold_nlist >= 0, "index.cold_nlist", "must be >= 0 (0 = about sqrt(cold rows))")
+        _require(self.cold_nprobe >= 1, "index.cold_nprobe", f"must be >= 1, got {self.cold_nprobe}")
+        _require(
+            0 <= self.api_build_niceness <= 19,
+            "index.api_build_niceness",
+            f"must be 0-19, got {self.api_build_niceness}",
+        )
+        _require(self.cold_head >= 1, "index.cold_head", f"must be >= 1, got {self.cold_head}")
+        _require(
+            self.cold_tail_sample >= 1, "index.cold_tail_sample", f"must be >= 1, got {self.cold_tail_sample}"
+        )
         _require(self.build_threads >= 1, "index.build_threads", f"must be >= 1, got {self.build_threads}")
         _require(
             0 <= self.build_niceness <= 19, "index.build_niceness", f"must be 0-19, got {self.build_niceness}"

@@ -9,17 +9,17 @@ A full snapshot normally ships its approximate indexes, built and gated by the s
 watcher only deserialises them; it builds (and gates) them itself only for a snapshot that ships none
 (older snapshots, and catalogues under ``index.exact_below``, whose flat indexes are cheap).
 
+A state's rows are the full snapshot's (``delta_log.MainBuild``) followed by the rows published
+since, as the base's delta log holds them (``delta_log.DeltaView``).
+
 Next-item answers mix two of scoring.py's components, as ``recsim-stream eval`` does. *Discovery*
 (known items): the approximate index over output vectors with the popularity prior. *New item*
-(cold rows, served from the content tower, when the snapshot carries content vectors and a
-``new_item_share``): every cold row is scored exactly, by the cosine of its content vector with the
-session's content query at the published temperature; that softmax, times the share, is set against
-the discovery softmax, times one minus it. Cold rows are therefore left out of the discovery search
-(they have no popularity to speak of), and the discovery normaliser, which an approximate index
-cannot give, is estimated from the top hits plus a uniform sample of known rows for the tail.
-
-Rows of a state are a *main* part (the full snapshot the approximate indexes were built over, shared
-between states of the same base) followed by a *delta* part (rows changed since, indexed exactly).
+(cold rows, when the snapshot carries content vectors and a ``new_item_share``): a softmax over
+the cold rows' content cosines with the session (``new_items.NewItems``); that softmax, times the
+share, is set against the discovery softmax, times one minus it. Cold rows are therefore left out
+of the discovery search (they have no popularity to speak of), and the discovery normaliser, which
+an approximate index cannot give, is estimated as the new-item one is: from the top hits plus a
+uniform sample of known rows.
 """
 
 from __future__ import annotations
@@ -27,25 +27,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import ChainMap
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from recsim_stream.config import ApiConfig, IndexConfig
+from recsim_stream.delta_log import DeltaLog, DeltaView, IdLookup, MainBuild, StatePositions
 from recsim_stream.index import (
     IndexLoadError,
     MergedIndex,
     RecallGateError,
-    VectorIndex,
+    build_cold_index,
     build_main_indexes,
-    inner_products,
     l2_normalise,
-    merge_with_delta,
+    merge_parts,
     unship,
 )
 from recsim_stream.metrics import ApiMetrics
+from recsim_stream.new_items import BackgroundBuild, MainCold, NewItems, serves_new_items
 from recsim_stream.scoring import query_with_prior, session_query, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
@@ -55,7 +55,6 @@ from recsim_stream.snapshot import (
     SnapshotError,
     SnapshotManifest,
     SnapshotStore,
-    apply_delta,
 )
 
 log = logging.getLogger(__name__)
@@ -73,117 +72,7 @@ class UnknownItem(KeyError):
         self.item_id = item_id
 
 
-@dataclass(frozen=True)
-class MainBuild:
-    """A full snapshot with its two approximate indexes; reused by every state on the same base."""
-
-    version: int
-    arrays: SnapshotArrays
-    positions: IdLookup
-    similar: VectorIndex  # normalised input vectors
-    recommend: VectorIndex  # output vectors with the popularity prior (scoring.with_prior)
-    recall: Mapping[str, float]
-    popularity_power: float  # of the prior in ``recommend``; delta rows get the same
-    shipped: bool  # the indexes came with the snapshot (else this process built them)
-    # Its cold rows for the new-item component, gathered once per base rather than at every swap
-    # (a copy of ~90k x 192 floats per swap at 100k items): positions, content and output vectors.
-    cold_positions: np.ndarray
-    cold_content: np.ndarray | None
-    cold_outputs: np.ndarray
-
-
 TAIL_SAMPLE = 1024  # known rows sampled to estimate the discovery softmax's normaliser beyond the top hits
-
-
-class IdLookup(Mapping[str, int]):
-    """Item id -> position, through a sorted copy of the ids. Built by numpy in one sort, not a
-    Python loop per id: a swap building a dict of 100k ids held the GIL for tens of milliseconds,
-    and every query that arrived meanwhile waited."""
-
-    def __init__(self, ids: np.ndarray, offset: int = 0) -> None:
-        order = np.argsort(ids, kind="stable")
-        self._sorted = ids[order]
-        self._positions = order + offset
-
-    def positions_of(self, ids: np.ndarray) -> np.ndarray:
-        """Position of each of ``ids``, -1 where absent."""
-        if not len(self._sorted):
-            return np.full(len(ids), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-        return np.where(self._sorted[at] == ids, self._positions[at], -1)
-
-    def __getitem__(self, item_id: str) -> int:
-        at = int(np.searchsorted(self._sorted, item_id))
-        if at < len(self._sorted) and self._sorted[at] == item_id:
-            return int(self._positions[at])
-        raise KeyError(item_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._sorted.tolist())
-
-    def __len__(self) -> int:
-        return len(self._sorted)
-
-
-@dataclass(frozen=True)
-class NewItems:
-    """The new-item component of a state: every cold row, scored exactly (a brute-force scan: cold
-    rows are the few items not clicked yet; 100k of them x 128 floats is ~13 Mflop a query). The
-    rows come in parts (the main's, shared by every state on it, then the delta's); ``dead`` rows of
-    the main part (overridden by the delta) score nothing."""
-
-    share: float  # probability that a session goes on to a new item
-    temperature: float  # of the softmax over content cosines
-    positions: np.ndarray  # (m,) state positions of the cold rows, parts concatenated
-    content: tuple[np.ndarray, ...]  # per part (m_i, width): their unit content vectors
-    outputs: tuple[np.ndarray, ...]  # per part (m_i, dim): (content-derived) output vectors, for
-    # sessions without content
-    dead: np.ndarray  # indexes into ``positions`` of rows no longer served
-    known_rows: int  # rows in the discovery component
-    tail: np.ndarray  # (s, dim + 1) a uniform sample of known rows' ``with_prior`` vectors
-    tail_positions: np.ndarray  # (s,) their state positions
-
-    @property
-    def size(self) -> int:
-        """Cold rows served."""
-        return len(self.positions) - len(self.dead)
-
-    def log_normaliser(self, query: np.ndarray, head: np.ndarray, head_positions: np.ndarray) -> float:
-        """log sum exp of every known row's discovery score: the ``head`` scores exactly, each of
-        the other rows as the mean of the sampled rows outside the head (a uniform sample of them)."""
-        if not self.known_rows:
-            return 0.0
-        parts = [head.astype(np.float64)]
-        rest = self.known_rows - len(head)
-        outside = ~np.isin(self.tail_positions, head_positions)
-        if rest > 0 and outside.any():
-            sampled = (self.tail[outside] @ query).astype(np.float64)
-            top = sampled.max()
-            parts.append(np.array([np.log(rest) + top + np.log(np.mean(np.exp(sampled - top)))]))
-        scores = np.concatenate(parts)
-        top = scores.max()
-        return float(top + np.log(np.exp(scores - top).sum()))
-
-    def best(
-        self, content_query: np.ndarray | None, learned_query: np.ndarray, k: int, banned: set[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(log P(cold row | next item is new), state positions) of the ``k`` most likely cold rows
-        not in ``banned``, best first; by the learned dot product when the session has no content
-        vector (as scoring.Embeddings falls back). One pass over the cold rows, single-threaded."""
-        if content_query is None:
-            logits = np.concatenate([inner_products(part, learned_query) for part in self.outputs])
-        else:
-            logits = np.concatenate([inner_products(part, content_query) for part in self.content])
-            logits /= np.float32(self.temperature)
-        logits[self.dead] = -np.inf
-        top = float(logits.max())
-        log_z = top + float(np.log(np.exp(logits - top).sum(dtype=np.float64)))
-        fetch = min(len(logits), k + len(banned) + len(self.dead))
-        head = np.argpartition(-logits, fetch - 1)[:fetch] if fetch < len(logits) else np.arange(len(logits))
-        head = head[np.argsort(-logits[head], kind="stable")]
-        served = [i for i in head.tolist() if logits[i] > -np.inf and int(self.positions[i]) not in banned]
-        head = np.array(served[:k], dtype=np.int64)
-        return logits[head].astype(np.float64) - log_z, self.positions[head]
 
 
 @dataclass(frozen=True)
@@ -191,14 +80,19 @@ class ServingState:
     version: int
     manifest: SnapshotManifest
     main: MainBuild
-    delta: SnapshotArrays  # rows changed since main (unique ids; newest version of each)
+    view: DeltaView  # rows changed since main, as this state sees them
     positions: Mapping[str, int]  # id -> position; delta positions are offset by the main size
-    item_count: int  # distinct ids served (len(positions) would walk both maps)
+    item_count: int  # distinct ids served
     similar: MergedIndex
     recommend: MergedIndex  # discovery: known rows only when ``new_items`` is set
     built_at: float  # wall time the state was ready
     build_seconds: float
     new_items: NewItems | None = None
+
+    @property
+    def delta(self) -> SnapshotArrays:
+        """Every delta row this state holds (an id may have several; ``positions`` names the served one)."""
+        return self.view.arrays
 
     def row(self, position: int) -> tuple[SnapshotArrays, int]:
         """(arrays, row) that hold ``position``."""
@@ -228,14 +122,17 @@ class ServingState:
         return query / norm if norm > 0 else None
 
 
-def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | None = None) -> MainBuild:
+def build_main(
+    snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | None = None, background: bool = True
+) -> MainBuild:
     """The main indexes of a full snapshot: the ``shipped`` ones (checked against its rows), or, for a
-    snapshot that ships none, built and gated here (slow: run off the request path)."""
+    snapshot that ships none, built and gated here (slow: run off the request path). The cold rows'
+    IVF index is built on a thread of its own (``background``; else here, before returning)."""
     arrays = snapshot.arrays
+    with_new_items = serves_new_items(snapshot.manifest.scoring, arrays.content_vectors is not None)
     if shipped is not None:
         indexes = unship(shipped, arrays.count, arrays.dim)
     else:
-        with_new_items = serves_new_items(snapshot.manifest.scoring, arrays.content_vectors is not None)
         indexes = build_main_indexes(
             arrays.input_vectors,
             arrays.output_vectors,
@@ -243,7 +140,9 @@ def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | 
             config,
             discovery=~arrays.cold if with_new_items else None,
         )
-    cold = np.flatnonzero(arrays.cold)
+    rng = np.random.default_rng([config.seed, snapshot.manifest.version])
+    known = np.flatnonzero(~arrays.cold)
+    known_sample = rng.permutation(known)[: 4 * TAIL_SAMPLE]
     return MainBuild(
         snapshot.manifest.version,
         arrays,
@@ -253,9 +152,37 @@ def build_main(snapshot: Snapshot, config: IndexConfig, shipped: ShippedIndex | 
         indexes.recall,
         indexes.popularity_power,
         shipped is not None,
-        cold,
-        None if arrays.content_vectors is None else np.ascontiguousarray(arrays.content_vectors[cold]),
-        np.ascontiguousarray(arrays.output_vectors[cold]),
+        _main_cold(arrays, config, rng, with_new_items, background),
+        known_sample,
+    )
+
+
+def _main_cold(
+    arrays: SnapshotArrays, config: IndexConfig, rng: np.random.Generator, indexed: bool, background: bool
+) -> MainCold:
+    positions = np.flatnonzero(arrays.cold)
+    content = None
+    if arrays.content_vectors is not None:
+        content = np.ascontiguousarray(arrays.content_vectors[positions])
+    sample = np.sort(
+        rng.choice(len(positions), size=min(len(positions), config.cold_tail_sample), replace=False)
+    )
+    index = None
+    if indexed and content is not None and len(positions) >= max(config.exact_below, 1):
+        index = BackgroundBuild(
+            lambda: build_cold_index(content, config),
+            config.api_build_niceness,
+            name="cold-index-build",
+        )
+        if not background:
+            index.wait()
+    return MainCold(
+        positions,
+        content,
+        np.ascontiguousarray(arrays.output_vectors[positions]),
+        sample,
+        None if content is None else np.ascontiguousarray(content[sample]),
+        index,
     )
 
 
@@ -266,91 +193,88 @@ def build_state(
     config: IndexConfig,
     clock: Callable[[], float] = time.time,
 ) -> ServingState:
-    """Combine a main build with the rows changed since it into a servable state (fast: exact delta)."""
+    """A servable state of ``main`` and the rows changed since it, from scratch."""
+    return serve_view(DeltaLog(main, config).append([delta]), manifest, config, None, clock)
+
+
+def serve_view(
+    view: DeltaView,
+    manifest: SnapshotManifest,
+    config: IndexConfig,
+    previous: ServingState | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ServingState:
+    """The state that serves ``view`` (fast: what it does is linear in the main rows' count, in
+    bytes, and in the view's new rows). ``previous``: the state before, on the same base, whose
+    per-base parts are reused."""
     started = time.perf_counter()
-    n_main = main.arrays.count
-    overridden = main.positions.positions_of(delta.ids)
-    overridden = overridden[overridden >= 0]
-    live = np.ones(n_main, dtype=bool)
-    live[overridden] = False
-    new_items = _new_items(main, delta, live, manifest, config.seed)
-    # Cold rows answer through the new-item component only, when there is one.
-    discovery = (live, None) if new_items is None else (live & ~main.arrays.cold, ~delta.cold)
-    recommend = merge_with_delta(
-        main.recommend,
-        discovery[0],
-        with_prior(delta.output_vectors, delta.counts, main.popularity_power),
-        discovery[1],
-    )
+    main = view.log.main
+    new_items = _new_items(view, manifest, config)
+    same = previous is not None and previous.main is main
+    if new_items is None:
+        discovery_live, discovery_delta = view.main_live, (view.known, view.cold)
+    else:
+        discovery_live, discovery_delta = view.main_live & ~main.arrays.cold, (view.known,)
+    same_discovery = same and (previous.new_items is None) == (new_items is None)
     return ServingState(
         version=manifest.version,
         manifest=manifest,
         main=main,
-        delta=delta,
-        positions=ChainMap(IdLookup(delta.ids, offset=n_main), main.positions),
-        item_count=n_main - len(overridden) + delta.count,
-        similar=merge_with_delta(main.similar, live, l2_normalise(delta.input_vectors)),
-        recommend=recommend,
+        view=view,
+        positions=StatePositions(view),
+        item_count=view.main_live_rows + view.live_rows,
+        similar=merge_parts(main.similar, view.main_live, view.similar, previous.similar if same else None),
+        recommend=merge_parts(
+            main.recommend, discovery_live, discovery_delta, previous.recommend if same_discovery else None
+        ),
         built_at=clock(),
         build_seconds=time.perf_counter() - started,
         new_items=new_items,
     )
 
 
-def serves_new_items(scoring: Mapping[str, float] | None, has_content: bool) -> bool:
-    """Whether a snapshot with these scoring constants answers for cold rows through the new-item
-    component, and so leaves them out of discovery (next-item search over learned rows)."""
-    return has_content and float((scoring or {}).get("new_item_share", 0.0)) > 0
-
-
-def _new_items(
-    main_build: MainBuild, delta: SnapshotArrays, live: np.ndarray, manifest: SnapshotManifest, seed: int
-) -> NewItems | None:
+def _new_items(view: DeltaView, manifest: SnapshotManifest, config: IndexConfig) -> NewItems | None:
     """The new-item component, when the snapshot publishes one (content vectors and a share)."""
-    main, popularity_power = main_build.arrays, main_build.popularity_power
+    main = view.log.main
     scoring = manifest.scoring or {}
     share = float(scoring.get("new_item_share", 0.0))
     temperature = float(scoring.get("cold_temperature", 0.1))
-    widths = [a.content_vectors.shape[1] for a in (main, delta) if a.content_vectors is not None]
-    if not serves_new_items(scoring, bool(widths)):
+    if not serves_new_items(scoring, view.cold_content is not None):
         return None
     if not temperature >= 1e-6:  # fitted ones start at 1e-3 (cold_start.py); tinier ones overflow the logits
         raise SnapshotError(
             f"snapshot {manifest.version}: expected cold_temperature >= 1e-6, got {temperature}"
         )
-
-    cold_main, cold_delta = main_build.cold_positions, np.flatnonzero(delta.cold)
-    main_content = main_build.cold_content
-    if main_content is None:
-        main_content = np.zeros((len(cold_main), widths[0]), np.float32)
-    delta_content = (
-        np.zeros((len(cold_delta), widths[0]), np.float32)
-        if delta.content_vectors is None
-        else np.ascontiguousarray(delta.content_vectors[cold_delta])
-    )
-    known_main, known_delta = np.flatnonzero(~main.cold & live), np.flatnonzero(~delta.cold)
-    known = len(known_main) + len(known_delta)
-    rng = np.random.default_rng([seed, manifest.version])
-    sample = np.sort(rng.choice(known, size=min(known, TAIL_SAMPLE), replace=False))
-    from_main, from_delta = (
-        sample[sample < len(known_main)],
-        sample[sample >= len(known_main)] - len(known_main),
-    )
-    tail_positions = np.concatenate([known_main[from_main], main.count + known_delta[from_delta]])
+    known_main = view.main_live_rows - view.main_cold_live
+    known = known_main + view.known_live
+    size = min(known, TAIL_SAMPLE)
+    from_main = round(size * known_main / known) if known else 0
+    main_rows = main.known_sample[view.main_live[main.known_sample]][:from_main]
+    rng = np.random.default_rng([config.seed, manifest.version])
+    delta_rows = np.zeros(0, np.int64)
+    if view.known_live and size > from_main:  # uniform over the live known delta rows, by rejection
+        drawn = np.unique(rng.integers(0, view.known.size, size=4 * (size - from_main) + 16))
+        delta_rows = rng.permutation(drawn[~view.known.dead[drawn]])[: size - from_main]
     tail = np.vstack([
-        with_prior(main.output_vectors[known_main[from_main]], main.counts[known_main[from_main]], popularity_power),
-        with_prior(delta.output_vectors[known_delta[from_delta]], delta.counts[known_delta[from_delta]], popularity_power),
+        with_prior(main.arrays.output_vectors[main_rows], main.arrays.counts[main_rows], main.popularity_power),
+        view.known.vectors[delta_rows],
     ])  # fmt: skip
+    cold_index = main.cold.index
     return NewItems(
         share=min(share, 1.0 - 1e-6),
         temperature=temperature,
-        positions=np.concatenate([cold_main, main.count + cold_delta]),
-        content=(main_content, delta_content),
-        outputs=(main_build.cold_outputs, np.ascontiguousarray(delta.output_vectors[cold_delta])),
-        dead=np.flatnonzero(~live[cold_main]),
+        main=main.cold,
+        main_index=None if cold_index is None else cold_index.ready,
+        main_dead=view.main_cold_dead,
+        main_live=view.main_cold_live,
+        delta_runs=view.cold_runs,
+        delta_content=view.cold_content,
+        delta_outputs=view.cold,
+        delta_live=view.cold_live,
+        head=config.cold_head,
         known_rows=known,
         tail=tail,
-        tail_positions=tail_positions,
+        tail_positions=np.concatenate([main_rows, view.known.position_of(delta_rows)]),
     )
 
 
@@ -479,7 +403,8 @@ class IndexHolder:
             "index_shipped": state.main.shipped,
             "index_build_seconds": state.main.similar.build_seconds + state.main.recommend.build_seconds,
             "recall": dict(state.main.recall),
-            "delta_rows": state.delta.count,
+            "delta_rows": state.view.live_rows,
+            "delta_log_rows": state.delta.count,
             "newest_event_ts": m.newest_event_ts,
             "newest_record_ts": m.newest_record_ts,
             "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in m.offsets.items()},
@@ -530,6 +455,7 @@ class SnapshotWatcher:
         self._thread: threading.Thread | None = None
         self._failed: int | None = None
         self._main: MainBuild | None = None
+        self._log: DeltaLog | None = None  # the rows appended since ``_main``; its ``last`` is served
 
     def poll_once(self) -> bool:
         """Load and swap in the newest version if it is new; returns whether a swap happened."""
@@ -549,18 +475,24 @@ class SnapshotWatcher:
         return self.holder.swap(state)
 
     def _load(self, version: int, current: ServingState | None) -> ServingState:
-        same_base = current is not None and self._main is not None and current.main is self._main
-        chain = self.store.read_chain(version, after=current.version if same_base else None)
+        """The state serving ``version``: a swap on the served base appends only the snapshots since
+        the served one to the base's delta log (they were re-merged with every delta since the full
+        before); a new base starts a log, and its main build, anew."""
+        extends = current is not None and self._log is not None and self._log.last is current.view
+        chain = self.store.read_chain(version, after=current.version if extends else None)
+        manifest = chain[-1].manifest
         if chain[0].manifest.kind == KIND_FULL:
             base = chain[0].manifest.version
             if self._main is None or self._main.version != base:
                 self._main = build_main(chain[0], self.config, self.store.read_index(base))
-            delta, rest = empty_like(chain[0].arrays), chain[1:]
+            self._log, chain, previous = DeltaLog(self._main, self.config), chain[1:], current
         else:  # extends the chain already served
-            delta, rest = current.delta, chain
-        for snapshot in rest:
-            delta = apply_delta(delta, snapshot.arrays)
-        return build_state(self._main, delta, chain[-1].manifest, self.config)
+            previous = current
+        log = self._log
+        self._log = None  # until the append completes: a failure midway leaves no half-appended log
+        view = log.append([snapshot.arrays for snapshot in chain])
+        self._log = log
+        return serve_view(view, manifest, self.config, previous)
 
     def _refuse(self, version: int | None, reason: str, exc: Exception) -> bool:
         log.warning("snapshot %s refused (%s): %s", version, reason, exc)

@@ -44,7 +44,7 @@ import numpy as np
 from recsim_stream.config import IndexConfig, SnapshotConfig
 from recsim_stream.index import RecallGateError, build_main_indexes, exact_main_indexes, ship
 from recsim_stream.metrics import SnapshotMetrics
-from recsim_stream.query import serves_new_items
+from recsim_stream.new_items import serves_new_items
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import PreparedFiles, SnapshotArrays, SnapshotStore, apply_delta
 

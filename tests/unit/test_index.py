@@ -3,14 +3,17 @@ import pytest
 
 from recsim_stream.config import IndexConfig
 from recsim_stream.index import (
+    ExactRows,
     IndexLoadError,
     RecallGateError,
+    approximate_rows,
     build_index,
+    build_ivf,
     build_main_indexes,
     gate_recall,
     l2_normalise,
     measure_recall,
-    merge_with_delta,
+    merge_parts,
     ship,
     unship,
 )
@@ -74,6 +77,13 @@ def test_recall_gate_refuses_a_starved_ivf_on_unclustered_vectors():
 def test_exact_index_has_recall_one():
     vectors = _clustered(n=500)
     assert measure_recall(build_index(vectors, CONFIG), vectors, vectors[:50]) == 1.0
+
+
+def merge_with_delta(main, main_live, delta_vectors, delta_live=None):
+    """``main`` and exact delta rows at positions ``main.size`` on."""
+    dead = None if delta_live is None else ~delta_live
+    delta = ExactRows(np.ascontiguousarray(delta_vectors, dtype=np.float32), None, dead, offset=main.size)
+    return merge_parts(main, main_live, (delta,))
 
 
 def _merged(main_vectors, delta_vectors, overridden, kind="flat"):
@@ -239,3 +249,32 @@ def test_recall_gate_passes_rows_so_few_that_the_api_searches_them_exactly():
     vectors = _clustered()
     broken = build_index(vectors[np.random.default_rng(1).permutation(3000)], CONFIG, kind="hnsw")
     assert gate_recall(broken, vectors, vectors, CONFIG, np.arange(3000) % 10 == 0) == 1.0
+
+
+def test_exact_rows_skip_dead_rows_and_excluded_positions():
+    rows = ExactRows(
+        np.eye(4, dtype=np.float32), np.array([10, 11, 12, 13]), dead=np.array([False, True, False, False])
+    )
+    scores, positions = rows.search(np.array([1, 1, 1, 0], np.float32), 4, exclude=np.array([12]))
+    assert (positions.tolist(), scores.tolist()) == ([10, 13], [1.0, 0.0])
+
+
+def test_approximate_rows_skip_dead_rows():
+    vectors = _clustered()
+    dead = np.arange(3000) % 2 == 0
+    rows = approximate_rows(build_ivf(vectors, CONFIG, nprobe=30), None, dead, offset=100)
+    _, positions = rows.search(vectors[0], 20, exclude=np.zeros(0, np.int64))
+    assert (len(positions), all(p % 2 == 1 for p in positions.tolist())) == (20, True)
+
+
+def test_sparse_live_main_rows_kept_from_an_earlier_state_mask_the_rows_dead_since():
+    vectors = _clustered()
+    main = build_index(vectors, CONFIG, kind="hnsw")
+    live = np.arange(3000) % 20 == 0
+    earlier = merge_parts(main, live, ())
+    live = live.copy()
+    live[0] = False
+    later = merge_parts(main, live, (), previous=earlier)
+    _, positions = later.search(vectors[0], 20)
+    assert later.main_exact.vectors is earlier.main_exact.vectors
+    assert (0 in positions.tolist(), len(positions)) == (False, 20)

@@ -5,12 +5,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
-from recsim_stream.index import build_main_indexes, ship
+from recsim_stream.delta_log import IdLookup
+from recsim_stream.index import ExactRows, build_main_indexes, ship
 from recsim_stream.metrics import ApiMetrics
+from recsim_stream.new_items import MainCold, NewItems
 from recsim_stream.query import (
-    IdLookup,
     IndexHolder,
-    NewItems,
     NotReady,
     SnapshotWatcher,
     UnknownItem,
@@ -282,14 +282,29 @@ def test_id_lookup_maps_many_ids_at_once():
 
 
 def _new_items(dead=()):
+    """Cold rows at positions 10 and 11 (main, searched exactly) and 12 (delta)."""
     content = np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32)
+    main_dead = np.isin(np.arange(2), dead)
+    main = MainCold(
+        positions=np.array([10, 11]),
+        content=content[:2],
+        outputs=np.zeros((2, 2), np.float32),
+        sample=np.arange(2),
+        sample_content=content[:2],
+        index=None,
+    )
     return NewItems(
         share=0.1,
         temperature=0.5,
-        positions=np.array([10, 11, 12]),
-        content=(content[:2], content[2:]),
-        outputs=(np.zeros((2, 2), np.float32), np.zeros((1, 2), np.float32)),
-        dead=np.array(dead, np.int64),
+        main=main,
+        main_index=None,
+        main_dead=main_dead,
+        main_live=int((~main_dead).sum()),
+        delta_runs=(),
+        delta_content=ExactRows(content[2:], np.array([12])),
+        delta_outputs=ExactRows(np.zeros((1, 3), np.float32), np.array([12])),
+        delta_live=1,
+        head=256,
         known_rows=0,
         tail=np.zeros((0, 3), np.float32),
         tail_positions=np.zeros(0, np.int64),

@@ -1,0 +1,448 @@
+"""The rows published since a full snapshot, appended to one log shared by the serving states of its base.
+
+Rows of a state are a *main* part (the full snapshot the approximate indexes were built over, shared
+between states of the same base: ``MainBuild``) followed by a *delta* part: the rows published since,
+appended to a log shared by the states of that base (``DeltaLog``), so a swap costs what the new
+delta brings rather than a re-merge of the whole delta since the full. Delta rows are searched
+exactly until ``index.exact_below`` of them are left unindexed; then a background build seals them
+into an IVF run (``Segments``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsim_stream.config import IndexConfig
+from recsim_stream.index import (
+    ApproximateRows,
+    ExactRows,
+    VectorIndex,
+    approximate_rows,
+    build_cold_index,
+    build_gated_ivf,
+    l2_normalise,
+)
+from recsim_stream.new_items import BackgroundBuild, ColdRun, MainCold
+from recsim_stream.scoring import with_prior
+from recsim_stream.snapshot import SnapshotArrays, SnapshotError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows ``start..end`` of a delta table with an approximate index over them and a seeded uniform
+    sample of them (for the cold softmax's tail)."""
+
+    start: int
+    end: int
+    index: VectorIndex
+    sample: np.ndarray  # rows, from ``start``
+    sample_vectors: np.ndarray
+
+
+class Segments:
+    """Sealed runs of an append-only delta table, indexed on a background thread once
+    ``index.exact_below`` rows are left unindexed, so the rows searched exactly stay few while the
+    delta since the full grows (to 500k+ rows at 1M items). Runs merge like a binary counter: a new
+    build takes in the runs before it no larger than half of it, so n rows make O(log n) runs and
+    each row is indexed O(log n) times. Owned by the writer (the watcher's thread)."""
+
+    def __init__(
+        self, build: Callable[[np.ndarray], VectorIndex | None], config: IndexConfig, name: str
+    ) -> None:
+        self.ready: tuple[Segment, ...] = ()
+        self._build = build
+        self._config = config
+        self._name = name
+        self._pending: BackgroundBuild[Segment] | None = None
+        # A build refused (its recall gate): the rows after the ready runs stay exact for this base,
+        # rather than leave a gap that neither a run nor the exact rows would cover.
+        self._refused = False
+
+    def refresh(self, table: np.ndarray) -> tuple[Segment, ...]:
+        """Take in a finished build and start the next one if due; returns the runs ready now."""
+        if self._pending is not None and self._pending.wait(0):
+            built, self._pending = self._pending.ready, None
+            if built is None:
+                self._refused = True
+            else:
+                self.ready = (*(run for run in self.ready if run.end <= built.start), built)
+        indexed = self.ready[-1].end if self.ready else 0
+        due = len(table) - indexed >= max(self._config.exact_below, 1)
+        if self._pending is None and due and not self._refused:
+            start, end = indexed, len(table)
+            for run in reversed(self.ready):
+                if run.end - run.start > (end - run.start) / 2:
+                    break
+                start = run.start
+            rows = table[start:end]  # rows never rewritten: the build reads them while more are appended
+            self._pending = BackgroundBuild(
+                lambda: self._segment(rows, start), self._config.api_build_niceness, self._name
+            )
+        return self.ready
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the build in flight (if any) finished within ``timeout`` seconds."""
+        return self._pending is None or self._pending.wait(timeout)
+
+    def _segment(self, rows: np.ndarray, start: int) -> Segment | None:
+        index = self._build(rows)
+        if index is None:
+            return None
+        rng = np.random.default_rng([self._config.seed, start, len(rows)])
+        sample = np.sort(
+            rng.choice(len(rows), size=min(len(rows), self._config.cold_tail_sample), replace=False)
+        )
+        return Segment(start, start + len(rows), index, sample, np.ascontiguousarray(rows[sample]))
+
+
+@dataclass(frozen=True)
+class MainBuild:
+    """A full snapshot with its two approximate indexes; reused by every state on the same base."""
+
+    version: int
+    arrays: SnapshotArrays
+    positions: IdLookup
+    similar: VectorIndex  # normalised input vectors
+    recommend: VectorIndex  # output vectors with the popularity prior (scoring.with_prior)
+    recall: Mapping[str, float]
+    popularity_power: float  # of the prior in ``recommend``; delta rows get the same
+    shipped: bool  # the indexes came with the snapshot (else this process built them)
+    cold: MainCold
+    known_sample: np.ndarray  # (s,) positions of known rows in a seeded random order (discovery tail)
+
+
+class IdLookup(Mapping[str, int]):
+    """Item id -> position, through a sorted copy of the ids. Built by numpy in one sort, not a
+    Python loop per id: a swap building a dict of 100k ids held the GIL for tens of milliseconds,
+    and every query that arrived meanwhile waited."""
+
+    def __init__(self, ids: np.ndarray, offset: int = 0) -> None:
+        order = np.argsort(ids, kind="stable")
+        self._sorted = ids[order]
+        self._positions = order + offset
+
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Position of each of ``ids``, -1 where absent."""
+        if not len(self._sorted) or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._positions[at], -1)
+
+    def __getitem__(self, item_id: str) -> int:
+        at = int(np.searchsorted(self._sorted, item_id))
+        if at < len(self._sorted) and self._sorted[at] == item_id:
+            return int(self._positions[at])
+        raise KeyError(item_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sorted.tolist())
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+
+class Appendable:
+    """A growing array whose filled rows are never rewritten: a view of rows ``[0, n)`` stays valid
+    and unchanged while rows are appended after it (into the same buffer, or into a larger copy), so
+    a state in flight keeps exactly the rows it was built with. Capacity doubles: O(1) a row.
+
+    ``reserve`` rows are allocated up front: address space only (the kernel backs a page when it is
+    first written), because copying a grown buffer was the slow part of a swap: a 128-float column
+    of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms."""
+
+    def __init__(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = (), reserve: int = 0) -> None:
+        self._buffer = np.empty((reserve, *row_shape), dtype)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buffer[: self._n]
+
+    def extend(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        need = self._n + len(rows)
+        dtype = self._buffer.dtype
+        if dtype.kind == "U" and rows.dtype.itemsize > dtype.itemsize:
+            dtype = rows.dtype  # an id longer than any before: wider strings from here on
+        if need > len(self._buffer) or dtype != self._buffer.dtype:
+            grown = np.empty((max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype)
+            grown[: self._n] = self._buffer[: self._n]
+            self._buffer = grown
+        self._buffer[self._n : need] = rows
+        self._n = need
+
+
+@dataclass(frozen=True)
+class DeltaView:
+    """The rows changed since a main build as one state sees them: prefixes of the base's
+    ``DeltaLog`` (shared, never rewritten) and masks of what later rows superseded (copied per
+    state: a byte a row, where the rows themselves were copied per swap before)."""
+
+    log: DeltaLog
+    arrays: SnapshotArrays  # every row appended so far; an id may have several rows, the last is served
+    superseded: np.ndarray  # (n,) bool: a later row has the same id
+    main_live: np.ndarray  # (main rows,) bool: no delta row overrides it
+    main_cold_dead: np.ndarray  # (main cold rows,) bool: overridden main cold rows
+    similar: tuple[ApproximateRows | ExactRows, ...]  # unit input vectors of every row: sealed runs, the rest
+    known: ExactRows  # prior output vectors of the non-cold rows
+    cold: ExactRows  # prior output vectors of the cold rows
+    cold_runs: tuple[ColdRun, ...]  # sealed runs of the cold rows, searched by content
+    cold_content: ExactRows | None  # content vectors of the cold rows after the runs
+    live_rows: int  # rows not superseded (distinct ids)
+    main_live_rows: int
+    main_cold_live: int
+    known_live: int
+    cold_live: int
+
+
+class DeltaLog:
+    """Every row published since one main build, appended in snapshot order and never rewritten,
+    with the tables the API searches; shared by the states on that base, written by one thread (the
+    watcher). A swap appends what the new delta brings: before, it re-merged the whole delta since
+    the full (``np.isin`` over ids, flat indexes and id lookup rebuilt; ~0.3 s at 63k rows, holding
+    the GIL against queries).
+
+    Ids: ``latest`` maps an id to its newest row, ``earlier`` a row to the previous row of its id.
+    A state holding ``n`` rows follows ``earlier`` back past rows appended after it. Both dicts are
+    updated in place under the GIL, a row linked into ``earlier`` before ``latest`` names it.
+    """
+
+    def __init__(self, main: MainBuild, config: IndexConfig) -> None:
+        self.main = main
+        arrays, dim = main.arrays, main.arrays.dim
+        self.latest: dict[str, int] = {}
+        self.earlier: dict[int, int] = {}
+        self.last: DeltaView | None = None  # the newest view: the next append extends it
+        # Room for as many rows as the main has: the snapshotter publishes a full once half of them
+        # changed (snapshot.full_after_changed); rows of ids changed again come on top.
+        self._reserve = reserve = max(4096, arrays.count)
+        self._ids = Appendable(arrays.ids.dtype, reserve=reserve)
+        self._inputs = Appendable(np.float32, (dim,), reserve)
+        self._outputs = Appendable(np.float32, (dim,), reserve)
+        self._counts, self._cold = (
+            Appendable(np.int64, reserve=reserve),
+            Appendable(np.bool_, reserve=reserve),
+        )
+        self._unit_inputs = Appendable(np.float32, (dim,), reserve)
+        self._known, self._known_at = (
+            Appendable(np.float32, (dim + 1,), reserve),
+            Appendable(np.int64, reserve=reserve),
+        )
+        self._cold_prior = Appendable(np.float32, (dim + 1,), reserve)
+        self._cold_at = Appendable(np.int64, reserve=reserve)
+        self._table_row = Appendable(
+            np.int64, reserve=reserve
+        )  # each row's row in the known or the cold table
+        self._content: Appendable | None = None
+        self._cold_content: Appendable | None = None
+        self._similar_runs = Segments(
+            lambda rows: build_gated_ivf(rows, config), config, "delta-similar-build"
+        )
+        self._cold_runs = Segments(lambda rows: build_cold_index(rows, config), config, "delta-cold-build")
+        if arrays.content_vectors is not None:
+            self._add_content(arrays.content_vectors.shape[1])
+
+    def _add_content(self, width: int) -> None:
+        """Content columns, zero for the rows appended before any came (as ``apply_delta`` fills)."""
+        self._content = Appendable(np.float32, (width,), self._reserve)
+        self._cold_content = Appendable(np.float32, (width,), self._reserve)
+        self._content.extend(np.zeros((len(self._ids), width), np.float32))
+        self._cold_content.extend(np.zeros((len(self._cold_at), width), np.float32))
+
+    def append(self, deltas: Sequence[SnapshotArrays]) -> DeltaView:
+        """Append each delta's rows (oldest first) and return the view of a state that serves them."""
+        self._check(deltas)
+        superseded, overridden = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for delta in deltas:
+            before, in_main = self._append(delta)
+            superseded.append(before)
+            overridden.append(in_main)
+        self.last = self._view(np.concatenate(superseded), np.concatenate(overridden))
+        return self.last
+
+    def _check(self, deltas: Sequence[SnapshotArrays]) -> None:
+        """Refuse deltas that cannot extend this log, before any row is appended."""
+        for delta in deltas:
+            if delta.dim != self.main.arrays.dim:  # even without rows: the arrays could not be stacked
+                raise SnapshotError(
+                    f"delta: expected dim {self.main.arrays.dim} like its base, got {delta.dim}"
+                )
+        contents = [d.content_vectors for d in deltas] + [
+            None if self._content is None else self._content.view
+        ]
+        widths = sorted({c.shape[1] for c in contents if c is not None})
+        if len(widths) > 1:
+            raise SnapshotError(f"delta: expected content vectors of one width, got widths {widths}")
+
+    def _append(self, delta: SnapshotArrays) -> tuple[np.ndarray, np.ndarray]:
+        """Append one delta; returns (rows it supersedes, main positions it overrides)."""
+        start, m = len(self._ids), delta.count
+        ids = delta.ids.tolist()
+        before = np.fromiter((self.latest.get(i, -1) for i in ids), dtype=np.int64, count=m)
+        first = before < 0
+        in_main = self.main.positions.positions_of(delta.ids[first])
+        if delta.content_vectors is not None and self._content is None:
+            self._add_content(delta.content_vectors.shape[1])
+        cold = delta.cold
+        known_rows, cold_rows = np.flatnonzero(~cold), np.flatnonzero(cold)
+        table_row = np.empty(m, np.int64)
+        table_row[known_rows] = len(self._known_at) + np.arange(len(known_rows))
+        table_row[cold_rows] = len(self._cold_at) + np.arange(len(cold_rows))
+        prior = with_prior(delta.output_vectors, delta.counts, self.main.popularity_power)
+        n_main = self.main.arrays.count
+        self._ids.extend(delta.ids)
+        self._inputs.extend(delta.input_vectors)
+        self._outputs.extend(delta.output_vectors)
+        self._counts.extend(delta.counts)
+        self._cold.extend(cold)
+        self._unit_inputs.extend(l2_normalise(delta.input_vectors))
+        self._known.extend(prior[known_rows])
+        self._known_at.extend(n_main + start + known_rows)
+        self._cold_prior.extend(prior[cold_rows])
+        self._cold_at.extend(n_main + start + cold_rows)
+        self._table_row.extend(table_row)
+        if self._content is not None:
+            content = delta.content_vectors
+            if content is None:
+                content = np.zeros((m, self._content.view.shape[1]), np.float32)
+            self._content.extend(content)
+            self._cold_content.extend(content[cold_rows])
+        again = np.flatnonzero(~first)
+        self.earlier.update(zip((start + again).tolist(), before[again].tolist(), strict=True))
+        self.latest.update(zip(ids, range(start, start + m), strict=True))
+        return before[~first], in_main[in_main >= 0]
+
+    def _view(self, superseded_rows: np.ndarray, overridden: np.ndarray) -> DeltaView:
+        previous, main = self.last, self.main
+        n_main = main.arrays.count
+        cold, table_row = self._cold.view, self._table_row.view
+        superseded = _grown(None if previous is None else previous.superseded, len(self._ids))
+        superseded[superseded_rows] = True
+        main_live = np.ones(n_main, bool) if previous is None else previous.main_live.copy()
+        newly_dead = overridden[main_live[overridden]]
+        main_live[newly_dead] = False
+        main_cold_dead = (
+            np.zeros(main.cold.size, bool) if previous is None else previous.main_cold_dead.copy()
+        )
+        at = np.searchsorted(main.cold.positions, newly_dead)
+        was_cold = at < main.cold.size
+        was_cold[was_cold] = main.cold.positions[at[was_cold]] == newly_dead[was_cold]
+        main_cold_dead[at[was_cold]] = True
+        known_dead = _grown(None if previous is None else previous.known.dead, len(self._known_at))
+        cold_dead = _grown(None if previous is None else previous.cold.dead, len(self._cold_at))
+        dead_cold = cold[superseded_rows]
+        known_dead[table_row[superseded_rows[~dead_cold]]] = True
+        cold_dead[table_row[superseded_rows[dead_cold]]] = True
+        content = None if self._content is None else self._content.view
+        arrays = SnapshotArrays(
+            self._ids.view, self._inputs.view, self._outputs.view, self._counts.view, cold, content
+        )
+        cold_at = self._cold_at.view
+        n, old = len(self._ids), (0, 0, 0, 0, 0, 0) if previous is None else _counts_of(previous)
+        similar, sealed = self._similar_parts(superseded, n_main)
+        cold_runs, cold_sealed = self._cold_parts(cold_dead, cold_at)
+        n_known, n_cold = len(self._known_at), len(cold_at)
+        return DeltaView(
+            log=self,
+            arrays=arrays,
+            superseded=superseded,
+            main_live=main_live,
+            main_cold_dead=main_cold_dead,
+            similar=similar,
+            known=ExactRows(self._known.view, self._known_at.view, known_dead),
+            cold=ExactRows(self._cold_prior.view, cold_at, cold_dead),
+            cold_runs=cold_runs,
+            cold_content=None
+            if content is None
+            else ExactRows(
+                self._cold_content.view[cold_sealed:], cold_at[cold_sealed:], cold_dead[cold_sealed:]
+            ),
+            live_rows=old[0] + (n - old[1]) - len(superseded_rows),
+            main_live_rows=(n_main if previous is None else previous.main_live_rows) - len(newly_dead),
+            main_cold_live=(main.cold.size if previous is None else previous.main_cold_live)
+            - int(was_cold.sum()),
+            known_live=old[2] + (n_known - old[3]) - int((~dead_cold).sum()),
+            cold_live=old[4] + (n_cold - old[5]) - int(dead_cold.sum()),
+        )
+
+    def _similar_parts(
+        self, superseded: np.ndarray, n_main: int
+    ) -> tuple[tuple[ApproximateRows | ExactRows, ...], int]:
+        """The similar table as (sealed runs, the rows after them searched exactly), and where those start."""
+        runs = self._similar_runs.refresh(self._unit_inputs.view)
+        sealed = runs[-1].end if runs else 0
+        parts = [
+            approximate_rows(r.index, None, superseded[r.start : r.end], offset=n_main + r.start)
+            for r in runs
+        ]
+        tail = ExactRows(self._unit_inputs.view[sealed:], None, superseded[sealed:], offset=n_main + sealed)
+        return (*parts, tail), sealed
+
+    def _cold_parts(self, dead: np.ndarray, positions: np.ndarray) -> tuple[tuple[ColdRun, ...], int]:
+        """The cold table's sealed runs (searched by content), and where the rows after them start."""
+        if self._cold_content is None:
+            return (), 0
+        runs = self._cold_runs.refresh(self._cold_content.view)
+        parts = tuple(
+            ColdRun(
+                r.index,
+                positions[r.start : r.end],
+                dead[r.start : r.end],
+                int((~dead[r.start : r.end]).sum()),
+                r.sample,
+                r.sample_vectors,
+            )
+            for r in runs
+        )
+        return parts, runs[-1].end if runs else 0
+
+    def wait_for_builds(self, timeout: float | None = None) -> bool:
+        """Whether the runs' builds in flight finished (the next view serves them): for tests."""
+        return self._similar_runs.wait(timeout) and self._cold_runs.wait(timeout)
+
+
+def _counts_of(view: DeltaView) -> tuple[int, int, int, int, int, int]:
+    """(live rows, rows, live known rows, known rows, live cold rows, cold rows) of ``view``."""
+    return (
+        view.live_rows, view.arrays.count, view.known_live, view.known.size, view.cold_live, view.cold.size,
+    )  # fmt: skip
+
+
+def _grown(mask: np.ndarray | None, n: int) -> np.ndarray:
+    """``mask`` extended with False to ``n`` entries (a copy: the old one belongs to a served state)."""
+    grown = np.zeros(n, bool)
+    if mask is not None:
+        grown[: len(mask)] = mask
+    return grown
+
+
+class StatePositions(Mapping[str, int]):
+    """Item id -> position in one state: the newest delta row the state holds, else the main row."""
+
+    def __init__(self, view: DeltaView) -> None:
+        self._view = view
+        self._log = view.log
+        self._rows = view.arrays.count
+        self._n_main = view.log.main.arrays.count
+
+    def __getitem__(self, item_id: str) -> int:
+        row = self._log.latest.get(item_id, -1)
+        while row >= self._rows:  # appended after this state: its earlier row, if any
+            row = self._log.earlier.get(row, -1)
+        if row >= 0:
+            return self._n_main + row
+        return self._log.main.positions[item_id]
+
+    def __iter__(self) -> Iterator[str]:
+        main = self._log.main.arrays.ids[self._view.main_live]
+        delta = self._view.arrays.ids[~self._view.superseded]
+        return iter(np.concatenate([main, delta]).tolist())
+
+    def __len__(self) -> int:
+        return self._view.main_live_rows + self._view.live_rows

@@ -1,0 +1,234 @@
+"""The new-item component of a serving state: the cold rows a session may go on to, and how likely each is.
+
+Cold rows are served from the content tower when the snapshot carries content vectors and a
+``new_item_share``: a softmax over every cold row's content cosine with the session's content
+query at the published temperature, whose top rows come from IVF indexes over cold content (the
+main snapshot's, the delta's sealed runs) and whose normaliser is estimated from the top hits plus
+a uniform sample (``NewItems``). It is a search of its own (its own indexes, built on background
+threads, its own normaliser), kept apart so that query.py only mixes its answer with discovery's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from recsim_stream.index import ExactRows, VectorIndex, inner_products, search_single_threaded, top_rows
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BackgroundBuild(Generic[T]):
+    """An index built on a thread of its own, niced, off the swap path (FAISS releases the GIL while
+    it builds): states made before it is ready search exactly. ``ready`` is the result once built;
+    None until then, and for good if the build failed (logged; exact search goes on)."""
+
+    def __init__(self, build: Callable[[], T | None], niceness: int, name: str) -> None:
+        self.ready: T | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(build, niceness), name=name, daemon=True).start()
+
+    def _run(self, build: Callable[[], T | None], niceness: int) -> None:
+        try:
+            if niceness:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)  # this thread only
+            self.ready = build()
+        except Exception:
+            log.exception("background index build failed: cold rows stay searched exactly")
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the build finished (successfully or not) within ``timeout`` seconds."""
+        return self._done.wait(timeout)
+
+
+@dataclass(frozen=True)
+class MainCold:
+    """A full snapshot's cold rows for the new-item component, gathered once per base: their
+    positions, content and output vectors, a seeded uniform sample of them (the softmax normaliser's
+    tail) and, from ``index.exact_below`` cold rows on, an IVF index over their content vectors."""
+
+    positions: np.ndarray  # (m,) main positions, ascending
+    content: np.ndarray | None  # (m, width) unit content vectors; None: the snapshot has none
+    outputs: np.ndarray  # (m, dim)
+    sample: np.ndarray  # (s,) rows of the above, ascending
+    sample_content: np.ndarray | None  # (s, width) their content vectors
+    index: BackgroundBuild[VectorIndex] | None
+
+    @property
+    def size(self) -> int:
+        return len(self.positions)
+
+
+@dataclass(frozen=True)
+class ColdRun:
+    """Cold rows searched through an IVF index over their content vectors, as one state serves them:
+    the main snapshot's, or a sealed run of the delta's."""
+
+    index: VectorIndex
+    positions: np.ndarray  # (m,) state positions
+    dead: np.ndarray  # (m,) bool: no longer served
+    live: int
+    sample: np.ndarray  # rows, a uniform sample for the normaliser's tail
+    sample_content: np.ndarray
+
+    def best(
+        self, query: np.ndarray, fetch: int, head: int, temperature: float
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """(estimated log normaliser, logits, positions of the top live rows): the top ``head`` (at
+        least ``fetch``) hits scored exactly, each other live row as the mean over the sampled rows
+        outside the head (a uniform sample of them)."""
+        if not self.live:
+            return -np.inf, np.zeros(0, np.float32), np.zeros(0, np.int64)
+        size, scale = self.index.size, np.float32(temperature)
+        want = min(max(fetch, head), size)
+        while True:  # widen when dead rows left the head short
+            scores, rows = self.index.search(query, want)
+            found = rows[0] >= 0
+            scores, rows = scores[0][found], rows[0][found]
+            alive = ~self.dead[rows]
+            if int(alive.sum()) >= min(fetch, self.live) or want >= size:
+                break
+            want = min(2 * want, size)
+        logits, rows = scores[alive] / scale, rows[alive]
+        parts = [logits.astype(np.float64)]
+        rest = self.live - len(rows)
+        outside = ~self.dead[self.sample] & ~np.isin(self.sample, rows)
+        if rest > 0 and outside.any():
+            sampled = inner_products(self.sample_content, query)[outside] / scale
+            parts.append(np.array([np.log(rest) + _log_mean_exp(sampled.astype(np.float64))]))
+        return _log_sum_exp(np.concatenate(parts)), logits, self.positions[rows]
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """The new-item component of a state: a softmax over every cold row's content cosine with the
+    session's content query (at ``temperature``), or its learned score for sessions without content.
+
+    Cold rows with an IVF index over their content (the main snapshot's from ``index.exact_below``
+    of them, once built; the delta's sealed runs) are searched approximately: the top hits are
+    scored exactly and the rest of the normaliser estimated from a uniform sample (``ColdRun``), as
+    the discovery side does. The others are scored exactly, as are all of them for sessions without
+    content (every main cold row: ~5 ms at 100k rows, ~55 ms at 1M)."""
+
+    share: float  # probability that a session goes on to a new item
+    temperature: float  # of the softmax over content cosines
+    main: MainCold
+    main_index: VectorIndex | None  # IVF over ``main.content``, when built
+    main_dead: np.ndarray  # (main.size,) bool: main cold rows no longer served
+    main_live: int
+    delta_runs: tuple[ColdRun, ...]  # the delta's sealed cold rows, indexed
+    delta_content: ExactRows | None  # the delta's other cold rows (their content vectors)
+    delta_outputs: ExactRows  # every delta cold row's prior output vectors (scored with a zero prior)
+    delta_live: int  # live delta cold rows, runs included
+    head: int  # top hits of an indexed run scored exactly per query
+    known_rows: int  # rows in the discovery component
+    tail: np.ndarray  # (s, dim + 1) a uniform sample of known rows' ``with_prior`` vectors
+    tail_positions: np.ndarray  # (s,) their state positions
+
+    @property
+    def size(self) -> int:
+        """Cold rows served."""
+        return self.main_live + self.delta_live
+
+    def log_normaliser(self, query: np.ndarray, head: np.ndarray, head_positions: np.ndarray) -> float:
+        """log sum exp of every known row's discovery score: the ``head`` scores exactly, each of
+        the other rows as the mean of the sampled rows outside the head (a uniform sample of them)."""
+        if not self.known_rows:
+            return 0.0
+        parts = [head.astype(np.float64)]
+        rest = self.known_rows - len(head)
+        outside = ~np.isin(self.tail_positions, head_positions)
+        if rest > 0 and outside.any():
+            sampled = (self.tail[outside] @ query).astype(np.float64)
+            parts.append(np.array([np.log(rest) + _log_mean_exp(sampled)]))
+        return _log_sum_exp(np.concatenate(parts))
+
+    def best(
+        self, content_query: np.ndarray | None, learned_query: np.ndarray, k: int, banned: set[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(log P(cold row | next item is new), state positions) of the ``k`` most likely cold rows
+        not in ``banned``, best first; by the learned dot product when the session has no content
+        vector (as scoring.Embeddings falls back). Single-threaded."""
+        search_single_threaded()
+        fetch = k + len(banned)
+        parts = [self._best_main(content_query, learned_query, fetch)]
+        if content_query is None or self.delta_content is None:
+            query = np.append(learned_query, np.float32(0.0)).astype(np.float32)
+            logits = self.delta_outputs.scores(query)
+            if content_query is not None:  # a content query, but no delta row has content: cosine 0
+                logits = np.where(logits > -np.inf, np.float32(0.0), logits)
+            parts.append(_top_of(logits, self.delta_outputs, fetch))
+        else:
+            for run in self.delta_runs:
+                parts.append(run.best(content_query, fetch, self.head, self.temperature))
+            logits = self.delta_content.scores(content_query) / np.float32(self.temperature)
+            parts.append(_top_of(logits, self.delta_content, fetch))
+        log_z = _log_sum_exp(np.array([z for z, _, _ in parts]))
+        logits = np.concatenate([part[1] for part in parts])
+        positions = np.concatenate([part[2] for part in parts])
+        order = np.argsort(-logits, kind="stable")
+        served = [i for i in order.tolist() if int(positions[i]) not in banned][:k]
+        head = np.array(served, dtype=np.int64)
+        return logits[head] - log_z, positions[head]
+
+    def _best_main(
+        self, content_query: np.ndarray | None, learned_query: np.ndarray, fetch: int
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """(log normaliser, logits, positions of the top live rows) over the main cold rows."""
+        cold = self.main
+        if not self.main_live:
+            return -np.inf, np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if content_query is not None and self.main_index is not None:
+            run = ColdRun(
+                self.main_index,
+                cold.positions,
+                self.main_dead,
+                self.main_live,
+                cold.sample,
+                cold.sample_content,
+            )
+            return run.best(content_query, fetch, self.head, self.temperature)
+        if content_query is None:
+            logits = inner_products(cold.outputs, learned_query)
+        elif cold.content is None:
+            logits = np.zeros(cold.size, np.float32)
+        else:
+            logits = inner_products(cold.content, content_query) / np.float32(self.temperature)
+        logits[self.main_dead] = -np.inf
+        rows = top_rows(logits, fetch)
+        rows = rows[logits[rows] > -np.inf]
+        return _log_sum_exp(logits), logits[rows], cold.positions[rows]
+
+
+def _top_of(logits: np.ndarray, rows: ExactRows, fetch: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """(log sum exp, logits, positions) of the top ``fetch`` finite ``logits`` of ``rows``."""
+    top = top_rows(logits, fetch)
+    top = top[logits[top] > -np.inf]
+    return _log_sum_exp(logits), logits[top], rows.position_of(top)
+
+
+def _log_sum_exp(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max()) if len(values) else -np.inf
+    if top == -np.inf:
+        return -np.inf
+    return top + float(np.log(np.exp(values - top).sum()))
+
+
+def _log_mean_exp(values: np.ndarray) -> float:
+    return _log_sum_exp(values) - float(np.log(len(values)))
+
+
+def serves_new_items(scoring: Mapping[str, float] | None, has_content: bool) -> bool:
+    """Whether a snapshot with these scoring constants answers for cold rows through the new-item
+    component, and so leaves them out of discovery (next-item search over learned rows)."""
+    return has_content and float((scoring or {}).get("new_item_share", 0.0)) > 0

@@ -1,0 +1,256 @@
+"""The append-only delta log: a swap appends the new delta's rows, old states stay as they were."""
+
+import numpy as np
+import pytest
+
+from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
+from recsim_stream.delta_log import Appendable, DeltaLog
+from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main, serve_view
+from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotError, SnapshotManifest, SnapshotStore
+
+INDEX = IndexConfig()
+SCORING = {"new_item_share": 0.2, "cold_temperature": 0.5}
+
+
+def _rows(rng, ids, cold_share=0.3, dim=8, width=4):
+    n = len(ids)
+    content = rng.normal(size=(n, width)).astype(np.float32)
+    cold = rng.random(n) < cold_share
+    return SnapshotArrays(
+        ids=np.array(ids, dtype="U"),
+        input_vectors=rng.normal(size=(n, dim)).astype(np.float32),
+        output_vectors=rng.normal(size=(n, dim)).astype(np.float32),
+        counts=np.where(cold, 0, rng.integers(1, 50, n)).astype(np.int64),
+        cold=cold,
+        content_vectors=content / np.linalg.norm(content, axis=1, keepdims=True),
+    )
+
+
+def _manifest(version, kind="delta"):
+    return SnapshotManifest(
+        version, kind, 1, None if kind == "full" else version - 1, 8, 0, {}, None, 0.0, scoring=SCORING
+    )
+
+
+def _chain(seed=0, base=300, deltas=8):
+    """A full snapshot and deltas that update old ids (several times), add new ones (some with ids
+    longer than any before) and turn cold rows known."""
+    rng = np.random.default_rng(seed)
+    full = _rows(rng, [f"i{j}" for j in range(base)])
+    chain, fresh = [], base
+    for d in range(deltas):
+        old = rng.choice(fresh, size=120, replace=False)
+        new = [f"i{j}" + "x" * (d % 3) * 5 for j in range(fresh, fresh + 200)]
+        fresh += 200
+        chain.append(_rows(rng, [f"i{j}" for j in old] + new))
+    return full, chain
+
+
+def _main(full):
+    return build_main(Snapshot(_manifest(1, "full"), full), INDEX)
+
+
+def _answers(state, queries):
+    holder = IndexHolder(ApiConfig(session_items=2))
+    holder.swap(state)
+    out = {"count": state.item_count}
+    for item in queries:
+        arrays, row = state.row(state.positions[item])
+        out[item] = (arrays.input_vectors[row].tolist(), int(arrays.counts[row]), bool(arrays.cold[row]))
+        out[f"similar {item}"] = holder.similar(item, 10)[1]
+        out[f"recommend {item}"] = holder.recommend([item, queries[0]], 10)[1]
+    return out
+
+
+def _queries(chain, full, updated_later=()):
+    """Ids to ask about: of the full, of the first and last deltas, and ``updated_later`` (ids of the
+    full that later deltas move)."""
+    later = [str(i) for d in updated_later for i in d.ids[:120] if str(i) in set(full.ids.tolist())][:3]
+    return [str(full.ids[0]), str(chain[0].ids[0]), str(chain[-1].ids[-1]), str(chain[-1].ids[150]), *later]
+
+
+def test_a_state_after_swaps_equals_the_state_built_from_the_same_snapshots_at_once():
+    full, chain = _chain()
+    main = _main(full)
+    log, state = DeltaLog(main, INDEX), None
+    for version, delta in enumerate(chain, start=2):
+        state = serve_view(log.append([delta]), _manifest(version), INDEX, state)
+    at_once = serve_view(DeltaLog(main, INDEX).append(chain), _manifest(len(chain) + 1), INDEX)
+    queries = _queries(chain, full)
+    assert _answers(state, queries) == _answers(at_once, queries)
+
+
+def test_an_old_state_answers_as_before_after_later_swaps():
+    full, chain = _chain()
+    main = _main(full)
+    log = DeltaLog(main, INDEX)
+    old = serve_view(log.append(chain[:2]), _manifest(3), INDEX)
+    queries = _queries(chain[:2], full, updated_later=chain[2:])
+    assert len(queries) == 7
+    before = _answers(old, queries)
+    state = old
+    for version, delta in enumerate(chain[2:], start=4):
+        state = serve_view(log.append([delta]), _manifest(version), INDEX, state)
+    assert log.last.arrays.count == 8 * 320
+    assert _answers(old, queries) == before
+
+
+def test_a_state_serves_the_newest_row_of_an_id_updated_twice():
+    full, _ = _chain()
+    rng = np.random.default_rng(3)
+    first, second = _rows(rng, ["i7"], cold_share=0), _rows(rng, ["i7"], cold_share=0)
+    log = DeltaLog(_main(full), INDEX)
+    one = serve_view(log.append([first]), _manifest(2), INDEX)
+    two = serve_view(log.append([second]), _manifest(3), INDEX, one)
+    assert one.input_vector(one.positions["i7"]).tolist() == first.input_vectors[0].tolist()
+    assert two.input_vector(two.positions["i7"]).tolist() == second.input_vectors[0].tolist()
+    assert (one.item_count, two.item_count, two.view.live_rows, two.delta.count) == (300, 300, 1, 2)
+
+
+def test_a_superseded_row_is_never_returned():
+    full, _ = _chain()
+    rng = np.random.default_rng(4)
+    log = DeltaLog(_main(full), INDEX)
+    state = serve_view(log.append([_rows(rng, ["i7"], cold_share=0)]), _manifest(2), INDEX)
+    moved = _rows(rng, ["i7"], cold_share=0)
+    state = serve_view(log.append([moved]), _manifest(3), INDEX, state)
+    holder = IndexHolder(ApiConfig())
+    holder.swap(state)
+    _, results = holder.similar("i8", 300)
+    assert [i for i, _ in results].count("i7") == 1
+
+
+def test_a_delta_of_another_content_width_is_refused_and_appends_nothing():
+    full, chain = _chain()
+    log = DeltaLog(_main(full), INDEX)
+    log.append(chain[:1])
+    wide = _rows(np.random.default_rng(5), ["n1"], width=6)
+    with pytest.raises(SnapshotError, match="one width"):
+        log.append([chain[1], wide])
+    assert (log.last.arrays.count, "n1" in log.latest, str(chain[1].ids[-1]) in log.latest) == (
+        320,
+        False,
+        False,
+    )
+
+
+def test_the_watcher_appends_each_delta_to_the_log_of_its_base(tmp_path):
+    full, chain = _chain(deltas=3)
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=10))
+    store.write(1, full, offsets={}, newest_event_ts=None, scoring=SCORING)
+    holder = IndexHolder(ApiConfig())
+    watcher = SnapshotWatcher(store, holder, INDEX, poll_s=0.01)
+    watcher.poll_once()
+    first = holder.state
+    for version, delta in enumerate(chain, start=2):
+        store.write(
+            version, delta, offsets={}, newest_event_ts=None, parent_version=version - 1, scoring=SCORING
+        )
+        watcher.poll_once()
+    assert (holder.state.main is first.main, holder.state.view.log is first.view.log) == (True, True)
+    assert (holder.state.delta.count, holder.state.version) == (3 * 320, 4)
+
+
+SEGMENTED = IndexConfig(exact_below=400, recall_sample=50)
+
+
+def _clustered_rows(rng, ids, centres):
+    """Rows whose input and content vectors cluster (as the content tower's do), a third of them cold."""
+    rows = _rows(rng, ids)
+    picked = centres[rng.integers(0, len(centres), len(ids))]
+    inputs = (picked + 0.1 * rng.normal(size=picked.shape)).astype(np.float32)
+    content = inputs[:, :4] / np.linalg.norm(inputs[:, :4], axis=1, keepdims=True)
+    return SnapshotArrays(rows.ids, inputs, rows.output_vectors, rows.counts, rows.cold, content)
+
+
+def _segmented_log(chunks=8, size=200):
+    """A log over a small base, fed ``chunks`` deltas of new ids, waiting for each background build."""
+    rng = np.random.default_rng(9)
+    centres = rng.normal(size=(20, 8))
+    full = _clustered_rows(rng, [f"i{j}" for j in range(300)], centres)
+    log = DeltaLog(build_main(Snapshot(_manifest(1, "full"), full), SEGMENTED), SEGMENTED)
+    state = None
+    for c in range(chunks):
+        delta = _clustered_rows(rng, [f"n{c}-{j}" for j in range(size)], centres)
+        state = serve_view(log.append([delta]), _manifest(c + 2), SEGMENTED, state)
+        assert log.wait_for_builds(timeout=30)
+    return log, state
+
+
+def test_sealed_delta_rows_are_searched_through_runs_merged_like_a_binary_counter():
+    log, _ = _segmented_log()
+    view = log.append([])
+    similar_runs = [part.size for part in view.similar[:-1]]
+    cold_runs = [run.index.size for run in view.cold_runs]
+    # 1,600 rows, a build for every 400 unindexed: runs [400], [800], [800, 400], then [1,600].
+    assert (similar_runs, view.similar[-1].size) == ([1600], 0)
+    assert sum(cold_runs) + view.cold_content.size == view.cold.size
+    assert cold_runs == sorted(cold_runs, reverse=True)
+
+
+def test_a_superseded_row_in_a_sealed_run_is_never_returned():
+    log, state = _segmented_log(chunks=2)
+    state = serve_view(log.append([]), _manifest(4), SEGMENTED, state)
+    assert len(state.view.similar) == 2  # one run, and the (empty) rows after it
+    sealed = state.view.arrays
+    # Both rows move onto n0-5's vector: their new copies come first, their sealed copies never.
+    moved = SnapshotArrays(
+        np.array(["n0-0", "n0-1"]),
+        np.repeat(sealed.input_vectors[5:6], 2, axis=0),
+        sealed.output_vectors[:2],
+        np.array([3, 3]),
+        np.array([False, False]),
+        sealed.content_vectors[:2],
+    )
+    state = serve_view(log.append([moved]), _manifest(5), SEGMENTED, state)
+    ids = [i for i, _ in _answer(state, "n0-5", k=300)]
+    assert (sorted(ids[:2]), ids.count("n0-0"), ids.count("n0-1"), len(ids)) == (["n0-0", "n0-1"], 1, 1, 300)
+
+
+def test_similar_through_sealed_runs_finds_what_exact_search_finds():
+    log, state = _segmented_log(chunks=4)
+    approximate = serve_view(log.append([]), _manifest(6), SEGMENTED, state)
+    exact = serve_view(DeltaLog(log.main, INDEX).append([log.last.arrays]), _manifest(6), INDEX)
+    assert len(approximate.view.similar) > 1
+    found = []
+    for item in [f"n{c}-{j}" for c in range(4) for j in range(0, 200, 40)]:
+        got = {i for i, _ in _answer(approximate, item)}
+        truth = {i for i, _ in _answer(exact, item)}
+        found.append(len(got & truth) / 10)
+    assert np.mean(found) >= 0.9
+
+
+def _answer(state, item, k=10):
+    holder = IndexHolder(ApiConfig())
+    holder.swap(state)
+    return holder.similar(item, k)[1]
+
+
+def test_a_view_of_an_appendable_is_unchanged_when_it_grows_or_takes_wider_strings():
+    ids = Appendable(np.dtype("U2"), reserve=2)
+    ids.extend(np.array(["a", "bb"]))
+    before = ids.view
+    ids.extend(np.array(["ccc", "d", "e"]))  # past the reserve, and wider
+    assert (before.tolist(), ids.view.tolist(), ids.view.dtype.itemsize) == (
+        ["a", "bb"],
+        ["a", "bb", "ccc", "d", "e"],
+        12,
+    )
+
+
+def test_rows_whose_run_the_recall_gate_refused_stay_searched_exactly():
+    refusing = IndexConfig(exact_below=400, ivf_nprobe=1, recall_gate=1.0, recall_sample=50)
+    rng = np.random.default_rng(11)
+    full = _rows(rng, [f"i{j}" for j in range(300)], cold_share=0)
+    log = DeltaLog(build_main(Snapshot(_manifest(1, "full"), full), refusing), refusing)
+    state = serve_view(
+        log.append([_rows(rng, [f"n{j}" for j in range(500)], cold_share=0)]), _manifest(2), refusing
+    )
+    assert log.wait_for_builds(timeout=30)
+    state = serve_view(
+        log.append([_rows(rng, [f"m{j}" for j in range(500)], cold_share=0)]), _manifest(3), refusing, state
+    )
+    assert log.wait_for_builds(timeout=30)
+    state = serve_view(log.append([]), _manifest(4), refusing, state)
+    assert [part.size for part in state.view.similar] == [1000]
+    assert len(_answer(state, "n0", k=1299)) == 1299
