@@ -388,6 +388,10 @@ class ContentConfig:
     # Chance, per item and field (title, category, attributes, price), that training blanks it, so the
     # tower also places new items whose metadata is partial (and cannot lean on one field alone).
     field_dropout: float = 0.2
+    # Weight of the fixed feature sketch (content_features.FeatureSketch) in the tower's output, which
+    # the learned layers correct: new items are placed by shared metadata before the tower has
+    # trained. 0: the learned layers alone (their last layer then starts random, not at zero).
+    sketch_weight: float = 1.0
     blend_half_life: float = 10.0  # interactions at which a vector is half content, half learned
     text_cache_size: int = 100_000  # distinct titles whose text features are kept (LRU)
     encode_batch: int = 128  # texts per sentence-encoder forward pass
@@ -418,6 +422,7 @@ class ContentConfig:
         _require(self.learning_rate > 0, "content.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(self.temperature > 0, "content.temperature", f"must be > 0, got {self.temperature}")
         _require(self.alignment_weight >= 0, "content.alignment_weight", "must be >= 0")
+        _require(self.sketch_weight >= 0, "content.sketch_weight", f"must be >= 0, got {self.sketch_weight}")
         _require(
             0 <= self.field_dropout < 1,
             "content.field_dropout",

@@ -86,11 +86,14 @@ def _sparse_bag(buckets: int, hidden: int) -> nn.EmbeddingBag:
 
 
 class _TowerNet(nn.Module):
-    """Sum of one projection per field -> LayerNorm -> 2-layer MLP -> ``dim``."""
+    """``sketch_weight`` * the fixed feature sketch + a learned residual: sum of one projection per
+    field -> LayerNorm -> 2-layer MLP -> ``dim``. The residual's last layer starts at zero, so an
+    untrained tower is the sketch (metadata overlap) rather than a random projection of it."""
 
     def __init__(self, config: ContentConfig, text_dim: int, dense_text: bool, dim: int) -> None:
         super().__init__()
         hidden = config.hidden
+        self.sketch_weight = config.sketch_weight
         self.text: nn.Module = nn.Linear(text_dim, hidden) if dense_text else _sparse_bag(text_dim, hidden)
         self.categories = _sparse_bag(config.category_buckets, hidden)
         self.attributes = _sparse_bag(config.attribute_buckets, hidden)
@@ -100,6 +103,9 @@ class _TowerNet(nn.Module):
                 nn.init.normal_(bag.weight, std=hidden**-0.5)
         self.norm = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        if self.sketch_weight > 0:
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         if isinstance(features.text, Bags):
@@ -115,7 +121,10 @@ class _TowerNet(nn.Module):
             + self.attributes(a.ids, a.offsets, per_sample_weights=a.weights)
             + self.price(torch.from_numpy(features.price))
         )
-        return self.mlp(self.norm(summed))
+        residual = self.mlp(self.norm(summed))
+        if self.sketch_weight > 0:
+            return residual + self.sketch_weight * torch.from_numpy(features.sketch)
+        return residual
 
 
 def _is_sparse(net: nn.Module, param_name: str) -> bool:
@@ -152,7 +161,9 @@ class ContentTower:
             text_encoder = MiniLMEncoder(config, torch_threads)
         self.config = config
         self.dim = dim
-        self.features = FeatureExtractor(config, text_encoder)
+        self.features = FeatureExtractor(
+            config, text_encoder, sketch_dim=dim if config.sketch_weight > 0 else 0
+        )
         with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights, global RNG untouched
             torch.manual_seed(config.seed)
             self._net = _TowerNet(config, self.features.text_dim, config.encoder == "minilm", dim)

@@ -5,6 +5,11 @@ bucket ids must be the same in every process and after a restart, or a restored 
 wrong embedding rows. Variable-length fields (text n-grams, category prefixes, attributes) become
 ``Bags`` of bucket ids with weights, the flat layout ``torch.nn.EmbeddingBag`` takes, so a
 thousand-word title costs a thousand lookups rather than a dense ``hashed_dim`` vector.
+
+``FeatureSketch`` is the tower's fixed part: every field's tokens, signed-hashed into the output
+width, so items that share metadata are close before the tower has learned anything. Numbers get
+tokens at several resolutions (``year/1=1995``, ``year/10=199``; log-price steps likewise), so
+nearby values share some tokens and the sketch's cosine falls off with distance.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import functools
 import hashlib
 import math
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +31,9 @@ from recsim_stream.events import ItemMeta
 FIELDS = ("title", "category", "attributes", "price")  # the columns of FeatureExtractor.extract's mask
 MISSING = "\x00missing"  # the token of an empty field, so "no category" gets an embedding of its own
 _WORD = re.compile(r"\w+")
+_TITLE_YEAR = re.compile(r"\((1[89]\d\d|20\d\d)\)\s*$")  # "Toy Story (1995)": films, books, albums
+YEAR_STEPS = (1, 2, 5, 10, 20)  # resolutions of the year tokens, in years
+PRICE_STEPS = (0.25, 0.5, 1.0, 2.0)  # resolutions of the price tokens, in log1p(price) units
 
 
 def stable_hash(field: str, token: str) -> int:
@@ -73,6 +81,13 @@ def text_tokens(text: str) -> list[str]:
     return tokens
 
 
+def title_words(text: str) -> list[str]:
+    """The word tokens of ``text_tokens`` alone: what ``FeatureSketch`` hashes. Its 3-grams would be
+    most of a title's tokens, and in a sketch as narrow as the tower's output their collisions
+    drowned the few category, year and price tokens (scratch measurement, cold-start issue)."""
+    return ["w:" + word for word in _WORD.findall(text.lower())]
+
+
 def category_tokens(category: str) -> list[str]:
     """Every prefix of a dotted path, for each ``|``-separated part (MovieLens genres).
 
@@ -89,9 +104,32 @@ def category_tokens(category: str) -> list[str]:
     return tokens or [MISSING]
 
 
+def item_attributes(item: ItemMeta) -> dict[str, str]:
+    """The item's attributes, plus a ``year`` read from a title ending in "(YYYY)" when none is given:
+    catalogues of films, books or albums often carry the year only in the title."""
+    attributes = dict(item.attributes)
+    if "year" not in attributes:
+        found = _TITLE_YEAR.search(item.title)
+        if found:
+            attributes["year"] = found.group(1)
+    return attributes
+
+
+def steps_tokens(name: str, value: float, steps: Sequence[float]) -> list[str]:
+    """``name/step=floor(value / step)`` per step: values a step apart share the coarser tokens."""
+    return [f"{name}/{step:g}={math.floor(value / step)}" for step in steps]
+
+
 def attribute_tokens(attributes: Mapping[str, str]) -> list[str]:
-    """``key=value`` per attribute (brand, year, ...), lower-cased, in key order."""
-    tokens = [f"{k.strip().lower()}={v.strip().lower()}" for k, v in sorted(attributes.items())]
+    """``key=value`` per attribute (brand, ...), lower-cased, in key order; a numeric ``year`` gives
+    ``steps_tokens`` instead, so that 1994 and 1995 share most of their tokens."""
+    tokens = []
+    for key, value in sorted(attributes.items()):
+        key, value = key.strip().lower(), value.strip().lower()
+        if key == "year" and value.isdigit():
+            tokens.extend(steps_tokens("year", int(value), YEAR_STEPS))
+        else:
+            tokens.append(f"{key}={value}")
     return tokens or [MISSING]
 
 
@@ -108,6 +146,89 @@ def _category_bag(category: str, buckets: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1 << 16)
 def _attribute_bag(attributes: tuple[tuple[str, str], ...], buckets: int) -> tuple[np.ndarray, np.ndarray]:
     return _mean_bag("attr", attribute_tokens(dict(attributes)), buckets)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _signed_slot(field: str, token: str, dim: int) -> tuple[int, int]:
+    """The sketch slot of ``token`` and its sign; cached because tokens repeat across items."""
+    h = stable_hash("sketch:" + field, token)
+    return h % dim, 1 - 2 * (h >> 63)
+
+
+def _signed_unit(field: str, tokens: Sequence[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slots and signed weights of ``tokens`` (counted, L2-normalised) hashed into ``dim`` slots.
+
+    The sign (one more bit of the same hash) makes colliding tokens cancel in expectation, so the
+    sketch's inner product is the token overlap plus zero-mean noise (feature hashing).
+    """
+    counts = Counter(tokens)
+    signed = [_signed_slot(field, token, dim) for token in counts]
+    slots = np.fromiter((slot for slot, _ in signed), dtype=np.int64, count=len(signed))
+    signs = np.fromiter((sign for _, sign in signed), dtype=np.float32, count=len(signed))
+    weights = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+    norm = math.sqrt(float(np.dot(weights, weights))) or 1.0  # no tokens: empty arrays
+    return slots, signs * weights / np.float32(norm)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sketch_title(title: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return _signed_unit("title", title_words(title), dim)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sketch_category(category: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return _signed_unit("category", category_tokens(category) if category.strip() else [], dim)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sketch_attributes(attributes: tuple[tuple[str, str], ...], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return _signed_unit("attributes", attribute_tokens(dict(attributes)) if attributes else [], dim)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sketch_price(price: float | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    log_price, missing = price_features(price)
+    return _signed_unit("price", [] if missing else steps_tokens("price", log_price, PRICE_STEPS), dim)
+
+
+class FeatureSketch:
+    """Items -> fixed unit vectors of ``dim``: each field's tokens signed-hashed, one unit part per
+    field, summed and normalised (an empty field adds nothing; an item with none gets a zero row).
+
+    No weights: the cosine of two sketches is (up to hashing noise) the share of metadata the items
+    have in common, field by field. The tower's output at its initial weights is a random projection
+    of its inputs, and that is where it still is when most new items arrive: ranking each new target
+    among the never-seen items by cosine with the session (scratch measurement over every cold
+    prediction of ``recsim-stream eval``), the target was in the top 20 for 0.139 of them on
+    MovieLens-100k and 0.577 on REES46 with this sketch, 0.097 and 0.549 with the untrained tower.
+    """
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"sketch dim must be >= 1, got {dim}")
+        self.dim = dim
+
+    def encode(self, items: Sequence[ItemMeta], hidden: np.ndarray) -> np.ndarray:
+        """(len(items), dim) float32; ``hidden`` (n, 4) blanks fields as in ``FeatureExtractor.extract``."""
+        dim = self.dim
+        parts = []
+        for item, hide in zip(items, hidden.tolist(), strict=True):
+            parts.append(_sketch_title("" if hide[0] else item.title, dim))
+            parts.append(_sketch_category("" if hide[1] else item.category, dim))
+            parts.append(
+                _sketch_attributes(() if hide[2] else tuple(sorted(item_attributes(item).items())), dim)
+            )
+            parts.append(_sketch_price(None if hide[3] else item.price, dim))
+        # One bincount over (row, slot) for the whole batch: a numpy call per item cost more than the rest.
+        sizes = np.fromiter((len(slots) for slots, _ in parts), dtype=np.int64, count=len(parts))
+        rows = np.repeat(np.arange(len(parts), dtype=np.int64) // len(FIELDS), sizes)
+        flat = rows * dim + np.concatenate([slots for slots, _ in parts]) if parts else rows
+        weights = np.concatenate([w for _, w in parts]) if parts else np.zeros(0, np.float32)
+        out = np.bincount(flat, weights=weights, minlength=len(items) * dim).astype(np.float32)
+        out = out.reshape(len(items), dim)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
 
 
 class HashedTextEncoder:
@@ -169,6 +290,7 @@ class ItemFeatures:
     categories: Bags
     attributes: Bags
     price: np.ndarray  # (n, 2) float32: log1p(price) (0 if missing), 1.0 if the price is missing
+    sketch: np.ndarray  # (n, sketch_dim) float32 unit rows from FeatureSketch; (n, 0) without one
 
     def __len__(self) -> int:
         return len(self.price)
@@ -184,7 +306,10 @@ def price_features(price: float | None) -> tuple[float, float]:
 class FeatureExtractor:
     """ItemMeta -> ItemFeatures, encoding each distinct title once (bounded LRU cache)."""
 
-    def __init__(self, config: ContentConfig, dense_encoder: DenseTextEncoder | None = None) -> None:
+    def __init__(
+        self, config: ContentConfig, dense_encoder: DenseTextEncoder | None = None, sketch_dim: int = 0
+    ) -> None:
+        """``sketch_dim``: width of ``ItemFeatures.sketch`` (0: no sketch)."""
         if config.encoder == "minilm" and dense_encoder is None:
             raise ValueError(
                 "content.encoder is minilm but no sentence encoder was given to FeatureExtractor"
@@ -193,6 +318,7 @@ class FeatureExtractor:
         self.dense_encoder = dense_encoder if config.encoder == "minilm" else None
         self.hashed = HashedTextEncoder(config.hashed_dim)
         self.text_cache = LruCache(config.text_cache_size)
+        self.sketch = FeatureSketch(sketch_dim) if sketch_dim else None
 
     @property
     def text_dim(self) -> int:
@@ -220,7 +346,8 @@ class FeatureExtractor:
         attributes = Bags.concat(
             [
                 _attribute_bag(
-                    () if hide else tuple(sorted(item.attributes.items())), self.config.attribute_buckets
+                    () if hide else tuple(sorted(item_attributes(item).items())),
+                    self.config.attribute_buckets,
                 )
                 for item, hide in zip(items, hidden[:, 2], strict=True)
             ]
@@ -232,7 +359,12 @@ class FeatureExtractor:
             ],
             dtype=np.float32,
         ).reshape(len(items), 2)
-        return ItemFeatures(text, categories, attributes, price)
+        sketch = (
+            self.sketch.encode(items, hidden)
+            if self.sketch is not None
+            else np.zeros((len(items), 0), dtype=np.float32)
+        )
+        return ItemFeatures(text, categories, attributes, price, sketch)
 
     def _hashed_text(self, titles: list[str]) -> Bags:
         bags = []

@@ -13,7 +13,9 @@ stream itself (``Share``), so each stream gets the mixture it shows:
   sample a large share of next items are re-visits, on MovieLens none are;
 - new item (share ``c``): an item never interacted with (cold start), ranked over cold items only (they
   have no popularity to speak of) by the cosine of its content vector with the content vectors of the
-  session's last items, at a temperature calibrated online (``cold_start.TemperatureFit``); about
+  session's last items, at a temperature calibrated online (``cold_start.TemperatureFit``); the
+  session's own items are not new to it, so they are left out (as the query API leaves them out),
+  which on MovieLens-100k took cold_hr@20 from 0.0081 to 0.0118 and on REES46 from 0.2108 to 0.2154; about
   half of REES46's next items are new, under 2% of MovieLens's. Content against content, because that
   is what the tower's siamese loss trains and it needs no learned vector of the session's items: on
   the REES46 sample it ranked a new target in the top 20 of the cold items 57% of the time with an
@@ -153,13 +155,17 @@ class Embeddings:
         cold = self.cold
         probs = _softmax_within(dots + self.prior, ~cold) * (1.0 - self.new_item_share)
         if self.new_item_share:
+            # The session's own items are not new to it (a return to one is the re-visit component's).
+            candidates = cold.copy()
+            candidates[positions] = False
             cold_scores = self.cold_scores(positions)
             if cold_scores is None:
-                probs += _softmax_within(dots, cold) * self.new_item_share
+                probs += _softmax_within(dots, candidates) * self.new_item_share
             else:
-                logits = cold_scores / self.cold_temperature
-                e = np.exp(logits - logits.max())
-                probs[self.cold_rows] += e * (self.new_item_share / e.sum())
+                probs[self.cold_rows] += (
+                    _softmax_within(cold_scores / self.cold_temperature, candidates[self.cold_rows])
+                    * self.new_item_share
+                )
         # The last item is never the next one (that would be a repeat, not a new event).
         earlier = [self.position[i] for i in session_items[:-1] if i in self.position]
         if earlier and self.revisit_share > 0:

@@ -14,6 +14,7 @@ import pytest
 
 from recsim_stream.config import ContentConfig, SimConfig
 from recsim_stream.content import ContentTower, MiniLMEncoder
+from recsim_stream.content_features import FeatureSketch
 from recsim_stream.events import ItemMeta
 from recsim_stream.sim import Catalogue
 
@@ -215,3 +216,22 @@ def test_train_step_refuses_vectors_of_another_dimension(planted: PlantedCatalog
 
 def test_encode_of_no_items_is_an_empty_matrix():
     assert ContentTower(ContentConfig(), DIM).encode([]).shape == (0, DIM)
+
+
+def test_an_untrained_tower_encodes_the_feature_sketch(planted: PlantedCatalogue):
+    items = planted.items[:20]
+    sketch = FeatureSketch(DIM).encode(items, np.zeros((len(items), 4), dtype=bool))
+    assert np.allclose(ContentTower(ContentConfig(), DIM).encode_unit(items), sketch, atol=1e-6)
+
+
+def test_an_untrained_tower_without_the_sketch_is_not_the_sketch(planted: PlantedCatalogue):
+    items = planted.items[:20]
+    sketch = FeatureSketch(DIM).encode(items, np.zeros((len(items), 4), dtype=bool))
+    unsketched = ContentTower(ContentConfig(sketch_weight=0.0), DIM).encode_unit(items)
+    assert not np.allclose(unsketched, sketch, atol=0.1)
+
+
+def test_training_moves_the_tower_off_the_sketch(planted: PlantedCatalogue, trained_tower: ContentTower):
+    items = planted.items[:20]
+    sketch = FeatureSketch(DIM).encode(items, np.zeros((len(items), 4), dtype=bool))
+    assert not np.allclose(trained_tower.encode_unit(items), sketch, atol=0.1)

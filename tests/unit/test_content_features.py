@@ -15,16 +15,20 @@ from recsim_stream.content_features import (
     MISSING,
     Bags,
     FeatureExtractor,
+    FeatureSketch,
     HashedTextEncoder,
     LruCache,
     attribute_tokens,
     blend,
     category_tokens,
     has_vector,
+    item_attributes,
     learned_weight,
     price_features,
     stable_hash,
+    steps_tokens,
     text_tokens,
+    title_words,
 )
 from recsim_stream.events import ItemMeta
 
@@ -86,7 +90,93 @@ def test_category_tokens_of_no_category_is_the_missing_token():
 
 
 def test_attribute_tokens_are_key_value_pairs_in_key_order():
-    assert attribute_tokens({"year": "1995", "Brand": " Apple"}) == ["brand=apple", "year=1995"]
+    assert attribute_tokens({"size": "XL", "Brand": " Apple"}) == ["brand=apple", "size=xl"]
+
+
+def test_a_numeric_year_attribute_gives_tokens_at_several_resolutions():
+    assert attribute_tokens({"year": "1995"}) == [
+        "year/1=1995",
+        "year/2=997",
+        "year/5=399",
+        "year/10=199",
+        "year/20=99",
+    ]
+
+
+def test_a_year_that_is_not_a_number_stays_a_key_value_token():
+    assert attribute_tokens({"year": "n/a"}) == ["year=n/a"]
+
+
+def test_steps_tokens_floor_the_value_at_each_step():
+    assert steps_tokens("price", 4.6, (0.5, 2.0)) == ["price/0.5=9", "price/2=2"]
+
+
+def test_item_attributes_read_the_year_at_the_end_of_a_title():
+    assert item_attributes(ItemMeta("1", "Toy Story (1995)", "Animation")) == {"year": "1995"}
+
+
+def test_item_attributes_keep_a_given_year_over_the_title():
+    item = ItemMeta("1", "Toy Story (1995)", attributes={"year": "1996", "brand": "pixar"})
+    assert item_attributes(item) == {"year": "1996", "brand": "pixar"}
+
+
+def test_item_attributes_find_no_year_in_a_title_without_one():
+    assert item_attributes(ItemMeta("1", "Apple iPhone 2019 edition")) == {}
+
+
+def test_title_words_are_the_word_tokens_only():
+    assert title_words("Red TV") == ["w:red", "w:tv"]
+
+
+def _sketch(*items: ItemMeta) -> np.ndarray:
+    return FeatureSketch(64).encode(list(items), np.zeros((len(items), 4), dtype=bool))
+
+
+def test_a_sketch_row_is_a_unit_vector():
+    row = _sketch(ItemMeta("a", "Heat (1995)", "Action|Crime"))[0]
+    assert float(np.linalg.norm(row)) == pytest.approx(1.0)
+
+
+def test_an_item_without_metadata_has_a_zero_sketch():
+    assert _sketch(ItemMeta("a")).tolist() == [[0.0] * 64]
+
+
+def test_items_with_the_same_metadata_have_the_same_sketch():
+    first, second = _sketch(ItemMeta("a", "Heat (1995)", "Action"), ItemMeta("b", "Heat (1995)", "Action"))
+    assert first.tolist() == second.tolist()
+
+
+def test_the_sketch_puts_a_nearby_year_closer_than_a_distant_one():
+    base, near, far = _sketch(
+        ItemMeta("a", "x (1995)", "Drama"),
+        ItemMeta("b", "y (1994)", "Drama"),
+        ItemMeta("c", "z (1935)", "Drama"),
+    )
+    assert float(base @ near) > float(base @ far)
+
+
+def test_the_sketch_puts_a_close_price_closer_than_a_distant_one():
+    base, near, far = _sketch(
+        ItemMeta("a", "", "phone", 100.0),
+        ItemMeta("b", "", "phone", 110.0),
+        ItemMeta("c", "", "phone", 900.0),
+    )
+    assert float(base @ near) > float(base @ far)
+
+
+def test_a_hidden_field_is_left_out_of_the_sketch():
+    item = ItemMeta("a", "red phone", "electronics.smartphone", 99.0)
+    hidden = FeatureSketch(64).encode([item], np.array([[True, False, False, False]]))
+    assert hidden.tolist() == _sketch(ItemMeta("a", "", "electronics.smartphone", 99.0)).tolist()
+
+
+def test_extract_gives_a_sketch_of_the_asked_width():
+    features = FeatureExtractor(ContentConfig(), sketch_dim=16).extract([ItemMeta("a", "red phone")])
+    assert features.sketch.shape == (1, 16)
+
+
+def test_extract_without_a_sketch_gives_an_empty_one():
+    assert FeatureExtractor(ContentConfig()).extract([ItemMeta("a", "red phone")]).sketch.shape == (1, 0)
 
 
 def test_price_features_are_log1p_and_a_missing_flag():
@@ -193,3 +283,8 @@ def test_an_item_with_neither_metadata_nor_interactions_has_no_vector():
     assert has_vector(has_metadata=False, interactions=0) is False
     assert has_vector(has_metadata=True, interactions=0) is True
     assert has_vector(has_metadata=False, interactions=1) is True
+
+
+def test_a_negative_sketch_weight_is_refused():
+    with pytest.raises(ConfigError, match="content.sketch_weight"):
+        ContentConfig(sketch_weight=-1.0)
