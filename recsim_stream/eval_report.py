@@ -33,6 +33,9 @@ def to_json(
     return top
 
 
+_CELL = 20  # the widest column name (learn_events_per_s) and two spaces
+
+
 def format_table(result: EvalResult) -> str:
     """One row per model, aligned, for people reading a terminal."""
     k = result.k
@@ -45,7 +48,8 @@ def format_table(result: EvalResult) -> str:
         "events_per_s",
         "learn_events_per_s",
     )
-    header = f"{'model':<16}" + "".join(f"{c:>18}" for c in columns)
+    name_width = max(16, *(len(m.name) + 2 for m in result.models))
+    header = f"{'model':<{name_width}}" + "".join(f"{c:>{_CELL}}" for c in columns)
     lines = [
         f"{result.events} events, {len(result.positions)} predictions "
         f"({sum(result.cold)} with a cold target), top-{k}",
@@ -57,14 +61,14 @@ def format_table(result: EvalResult) -> str:
         for column in columns:
             value = summary[column]
             if value is None:
-                cells.append(f"{'-':>18}")
+                cells.append(f"{'-':>{_CELL}}")
             elif column in ("events_per_s", "learn_events_per_s"):
-                cells.append(f"{value:>18,.0f}")
+                cells.append(f"{value:>{_CELL},.0f}")
             elif column == "wall_s":
-                cells.append(f"{value:>18.2f}")
+                cells.append(f"{value:>{_CELL}.2f}")
             else:
-                cells.append(f"{value:>18.4f}")
-        lines.append(f"{model.name:<16}" + "".join(cells))
+                cells.append(f"{value:>{_CELL}.4f}")
+        lines.append(f"{model.name:<{name_width}}" + "".join(cells))
     return "\n".join(lines)
 
 
