@@ -10,7 +10,10 @@ Blend (``content_features.blend``): ``w = n / (n + half_life)`` on the learned v
 the content vector, with ``n`` the item's interaction count (positive pairs it took part in); an
 item with no interaction is served from content alone and flagged cold.
 
-Three things make the cold component hit rather than merely cover:
+What makes the cold component hit rather than merely cover:
+- the tower's output is a fixed per-field feature sketch (``content_features.FeatureSketch``) plus a
+  learned residual that starts at zero, so items sharing metadata are near each other before the tower
+  has trained (most new items of a stream arrive early, when it has not);
 - the tower trains on a uniform reservoir of co-occurring pairs from the whole stream
   (``PairReservoir``), within a budget of pairs per learner event;
 - cold items are ranked by the cosine of *content* vectors (``scoring.Embeddings.cold_scores``);
