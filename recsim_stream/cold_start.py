@@ -23,6 +23,7 @@ What makes the cold component hit rather than merely cover:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence, Set
@@ -187,19 +188,21 @@ class ColdStart:
         self._item_of_row: list[str | None] = []  # None: a forgotten item's row, until compaction
         self._content = np.zeros((0, 2 * dim), dtype=np.float32)
         self._encoded_step = np.zeros(0, dtype=np.int64)  # tower steps when each row was encoded
-        self._unencoded: set[str] = set()  # items with metadata whose content row is missing or outdated
+        # Items with metadata whose content row is missing or outdated, oldest listing first.
+        self._unencoded: dict[str, None] = {}
         self._changed: set[str] = set()  # items whose content vector changed since the last complete()
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
         for item in items:
             self.metadata[item.item_id] = item
-            self._unencoded.add(item.item_id)  # (re-)encode with this metadata
+            self._unencoded.pop(item.item_id, None)  # (re-)encode with this metadata, after the older ones
+            self._unencoded[item.item_id] = None
             self._changed.add(item.item_id)
 
     def forget(self, item_id: str) -> None:
         """The item was deleted from the catalogue (a tombstone on the items topic)."""
         self.metadata.pop(item_id, None)
-        self._unencoded.discard(item_id)
+        self._unencoded.pop(item_id, None)
         row = self._row.pop(item_id, None)
         if row is not None:
             self._item_of_row[row] = None
@@ -292,6 +295,7 @@ class ColdStart:
         counts: np.ndarray,
         learned_elsewhere: Collection[str] = (),
         changed_only: bool = False,
+        encode_limit: int | None = None,
     ) -> ServedRows:
         """The served table: learned rows blended with content for items with few interactions, plus
         a content-only row for every item with metadata and no learned row, and every row's unit
@@ -299,12 +303,14 @@ class ColdStart:
         snapshot holds only the rows changed since the last one); they get no content-only row.
         ``changed_only``: content-only rows only for items whose content vector changed since the
         last call (new or updated metadata, a re-encoding), as a delta needs: the cost then follows
-        what changed, not the catalogue."""
-        self._refresh_content()
-        known = set(ids)
-        candidates = self._changed if changed_only else self.metadata
-        meta = self.metadata
-        fresh = [i for i in candidates if i in meta and i not in known and i not in learned_elsewhere]
+        what changed, not the catalogue. ``encode_limit``: encode at most this many newly listed items
+        now (oldest first); the others get their content-only rows in later calls, once encoded."""
+        self._refresh_content(encode_limit=encode_limit)
+        known, meta, row = set(ids), self.metadata, self._row
+        candidates = self._changed if changed_only else meta
+        fresh = [
+            i for i in candidates if i in meta and i in row and i not in known and i not in learned_elsewhere
+        ]
         self._changed = set()
         all_ids = ids + fresh
         rows = np.fromiter((self._row.get(i, -1) for i in all_ids), dtype=np.int64, count=len(all_ids))
@@ -332,8 +338,9 @@ class ColdStart:
             content,
         )
 
-    def _refresh_content(self, reencode: bool = True) -> None:
-        """Encode items with new metadata (changed content), then, with ``reencode``, re-encode up to
+    def _refresh_content(self, reencode: bool = True, encode_limit: int | None = None) -> None:
+        """Encode items with new metadata (changed content; up to ``encode_limit`` of them, oldest
+        listing first, all without it), then, with ``reencode``, re-encode up to
         ``reencode_chunk`` rows the tower has moved ``reencode_every_steps`` steps past, oldest first;
         those whose vector moved by more than ``reencode_tolerance`` (cosine distance) changed too."""
         steps = self.tower.steps
@@ -351,13 +358,13 @@ class ColdStart:
             return
         if len(self._content) > 1024 and len(self._row) < len(self._content) // 2:
             self._compact()
-        new = [i for i in self._unencoded if i not in self._row]
+        fresh = list(itertools.islice(self._unencoded, encode_limit))
+        new = [i for i in fresh if i not in self._row]
         start = len(self._content)
         self._row.update((item, start + r) for r, item in enumerate(new))
         self._item_of_row.extend(new)
         self._content = np.vstack([self._content, np.zeros((len(new), self._content.shape[1]), np.float32)])
         self._encoded_step = np.concatenate([self._encoded_step, np.zeros(len(new), np.int64)])
-        fresh = list(self._unencoded)
         todo = fresh + stale_ids
         at = np.fromiter((self._row[i] for i in todo), dtype=np.int64, count=len(todo))
         before = self._content[at[len(fresh) :]]
@@ -367,7 +374,8 @@ class ColdStart:
         moved = 1.0 - np.einsum("ij,ij->i", before, encoded[len(fresh) :]) > self.config.reencode_tolerance
         self._changed.update(fresh)
         self._changed.update(item for item, m in zip(stale_ids, moved.tolist(), strict=True) if m)
-        self._unencoded = set()
+        for item in fresh:
+            del self._unencoded[item]
 
     def _compact(self) -> None:
         """Drop the rows of forgotten items."""
@@ -405,7 +413,7 @@ class ColdStart:
         # Content vectors are re-encoded with the restored tower.
         self._row, self._item_of_row = {}, []
         self._content, self._encoded_step = self._content[:0], self._encoded_step[:0]
-        self._unencoded, self._changed = set(self.metadata), set(self.metadata)
+        self._unencoded, self._changed = dict.fromkeys(self.metadata), set(self.metadata)
 
     def record_new_item(self, prefix: Sequence[str], target: str) -> None:
         """A session went on to an item the learner had never seen: evidence for the temperature."""
@@ -421,7 +429,8 @@ class ColdStart:
         self._new_item_events.clear()
         if not events:
             return
-        self._refresh_content(reencode=False)  # complete() re-encodes: one chunk per snapshot
+        # New items only (complete() re-encodes: one chunk per snapshot), a bounded number of them.
+        self._refresh_content(reencode=False, encode_limit=self.config.encode_chunk)
         row = self._row
         queries, targets = [], []
         for prefix, target in events:

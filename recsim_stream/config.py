@@ -405,6 +405,12 @@ class ContentConfig:
     reencode_every_steps: int = 16  # tower steps after which a cached content vector is recomputed
     # ...at most this many per snapshot, oldest first: the cost and the delta stay bounded at 1M items.
     reencode_chunk: int = 2000
+    # Newly listed items the updater encodes per snapshot at most, oldest first: a bulk listing (a whole
+    # catalogue at start: ~28 us per item, 100k items ~3 s on the loop) is spread over several
+    # snapshots so that clicked items keep being published meanwhile. Eval encodes every item at once.
+    # bench e2e at 100k (BENCHMARKS.md): freshness p95 4.2-4.5 s unbounded, 2.7-3.9 s at 10,000, 2.2-2.4 s
+    # at 3,000 (the listed catalogue is then served as cold rows over the first ~30 s).
+    encode_chunk: int = 3_000
     # ...and republished only when it moved more than this (cosine distance): a delta carries the
     # content vectors that changed, not every one the tower touched.
     reencode_tolerance: float = 0.02
@@ -434,7 +440,13 @@ class ContentConfig:
             "content.train_batch",
             f"must be >= 2 (in-batch negatives), got {self.train_batch}",
         )
-        for name in ("reservoir_pairs", "reencode_every_steps", "reencode_chunk", "calibration_candidates"):
+        for name in (
+            "reservoir_pairs",
+            "reencode_every_steps",
+            "reencode_chunk",
+            "encode_chunk",
+            "calibration_candidates",
+        ):
             value = getattr(self, name)
             _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")
         _require(self.reencode_tolerance >= 0, "content.reencode_tolerance", "must be >= 0")

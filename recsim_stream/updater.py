@@ -635,6 +635,7 @@ class Updater:
             arrays.counts,
             learned_elsewhere=self._learned,
             changed_only=not full,
+            encode_limit=self.config.content.encode_chunk,
         )
         started = [i for i in rows.ids[arrays.count :] if i not in self._cold_started]
         self._cold_started.update(started)

@@ -333,3 +333,20 @@ def test_training_the_tower_is_counted_in_cpu_seconds():
     vectors = np.ones((3, 2), np.float32)
     cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
     assert cold_start.training_cpu_s > 0
+
+
+def test_a_bulk_listing_is_encoded_a_chunk_per_call_oldest_first():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    empty, no_counts = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    first = cold_start.complete([], empty, empty, no_counts, encode_limit=2)
+    second = cold_start.complete([], empty, empty, no_counts, changed_only=True, encode_limit=2)
+    assert (first.ids, second.ids) == (["a", "b"], ["c"])
+
+
+def test_an_item_not_encoded_yet_gets_no_row_rather_than_a_zero_vector():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    empty, no_counts = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    rows = cold_start.complete([], empty, empty, no_counts, encode_limit=1)
+    assert (rows.ids, bool(np.all(np.linalg.norm(rows.content, axis=1) > 0))) == (["a"], True)
