@@ -424,13 +424,13 @@ class ColdStart:
         """``calibrate`` without a served table at hand (the updater publishes deltas): the items
         that were cold when the new-item events arrived are those with metadata and no learned row
         at the last publish, ``learned`` being the items that had one. Costs the events and the
-        candidate sample, not the catalogue: at 1M items a table of every cold row took seconds."""
+        candidate sample, not the catalogue: at 1M items a table of every cold row took seconds.
+        Nothing is encoded here: a target without a content row was not served when the event came,
+        so it was no candidate and is no evidence (and encoding stays one chunk per snapshot)."""
         events = list(self._new_item_events)
         self._new_item_events.clear()
         if not events:
             return
-        # New items only (complete() re-encodes: one chunk per snapshot), a bounded number of them.
-        self._refresh_content(reencode=False, encode_limit=self.config.encode_chunk)
         row = self._row
         queries, targets = [], []
         for prefix, target in events:

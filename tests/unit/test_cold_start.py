@@ -295,9 +295,18 @@ def test_re_encoding_after_the_tower_moved_takes_at_most_a_chunk_per_refresh():
 def test_calibration_on_content_sharpens_the_temperature_on_a_target_like_its_session():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
+    _complete_changed(cold_start)  # published: every item has its content row
     cold_start.record_new_item(["a"], "b")
     cold_start.calibrate_on_content({"a"})
     assert cold_start.temperature.value == TEMPERATURE_GRID[0]
+
+
+def test_calibration_on_content_takes_no_evidence_from_a_target_never_served():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())  # listed, not yet encoded or published
+    cold_start.record_new_item(["a"], "b")
+    cold_start.calibrate_on_content({"a"})
+    assert cold_start.temperature.evidence == 0.0
 
 
 def test_a_re_encoded_vector_that_barely_moved_is_not_republished():
