@@ -193,7 +193,7 @@ def evaluate(
         result.learn_s += spent
         result.learn_cpu_s += cpu() - started_cpu
     # Models take turns at going first: the one that runs right after the others' code finds the
-    # interpreter's and the CPU's caches warm (measured: up to 30% of the learner's CPU time).
+    # interpreter's and the CPU's caches warm (timed both ways: up to 30% of a learner's CPU time).
     pairs = list(zip(models, results, strict=True))
     turns = (pairs, pairs[::-1])
     positions, cold = array("l"), array("b")
