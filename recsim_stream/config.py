@@ -408,7 +408,7 @@ class ContentConfig:
     # Newly listed items the updater encodes per snapshot at most, oldest first: a bulk listing (a whole
     # catalogue at start: ~28 us per item, 100k items ~3 s on the loop) is spread over several
     # snapshots so that clicked items keep being published meanwhile. Eval encodes every item at once.
-    # bench e2e at 100k (BENCHMARKS.md): freshness p95 4.2-4.5 s unbounded, 2.7-3.9 s at 10,000, 2.2-2.4 s
+    # bench e2e at 100k (BENCHMARKS.md): freshness p95 4.2-4.5 s unbounded, 2.7-3.9 s at 10,000, 1.9-2.1 s
     # at 3,000 (the listed catalogue is then served as cold rows over the first ~30 s).
     encode_chunk: int = 3_000
     # ...and republished only when it moved more than this (cosine distance): a delta carries the
