@@ -119,7 +119,8 @@ class NewItems:
     the discovery side does. The others are scored exactly, as are all of them for sessions without
     content (every main cold row: ~5 ms at 100k rows, ~55 ms at 1M)."""
 
-    share: float  # probability that a session goes on to a new item
+    share: float  # probability that a session goes on to a new item, after a learned item
+    share_after_cold: float  # the same after a cold item, or one the state does not hold
     temperature: float  # of the softmax over content cosines
     main: MainCold
     main_index: VectorIndex | None  # IVF over ``main.content``, when built

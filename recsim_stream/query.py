@@ -16,8 +16,9 @@ Next-item answers mix two of scoring.py's components, as ``recsim-stream eval`` 
 (known items): the approximate index over output vectors with the popularity prior. *New item*
 (cold rows, when the snapshot carries content vectors and a ``new_item_share``): a softmax over
 the cold rows' content cosines with the session (``new_items.NewItems``); that softmax, times the
-share, is set against the discovery softmax, times one minus it. Cold rows are therefore left out
-of the discovery search (they have no popularity to speak of), and the discovery normaliser, which
+share (``new_item_share_after_cold`` when the session's last item is cold or not served), is set
+against the discovery softmax, times one minus it. Cold rows are therefore left out of the discovery
+search (they have no popularity to speak of), and the discovery normaliser, which
 an approximate index cannot give, is estimated as the new-item one is: from the top hits plus a
 uniform sample of known rows.
 """
@@ -102,6 +103,11 @@ class ServingState:
     def input_vector(self, position: int) -> np.ndarray:
         arrays, row = self.row(position)
         return arrays.input_vectors[row]
+
+    def learned(self, position: int) -> bool:
+        """Whether the row has interactions (is not cold-started)."""
+        arrays, row = self.row(position)
+        return not arrays.cold[row]
 
     def item_id(self, position: int) -> str:
         arrays, row = self.row(position)
@@ -238,12 +244,17 @@ def _new_items(view: DeltaView, manifest: SnapshotManifest, config: IndexConfig)
     main = view.log.main
     scoring = manifest.scoring or {}
     share = float(scoring.get("new_item_share", 0.0))
+    share_after_cold = float(scoring.get("new_item_share_after_cold", share))  # older snapshots: one share
     temperature = float(scoring.get("cold_temperature", 0.1))
     if not serves_new_items(scoring, view.cold_content is not None):
         return None
     if not temperature >= 1e-6:  # fitted ones start at 1e-3 (cold_start.py); tinier ones overflow the logits
         raise SnapshotError(
             f"snapshot {manifest.version}: expected cold_temperature >= 1e-6, got {temperature}"
+        )
+    if not 0.0 <= share_after_cold <= 1.0:
+        raise SnapshotError(
+            f"snapshot {manifest.version}: expected new_item_share_after_cold in [0, 1], got {share_after_cold}"
         )
     known_main = view.main_live_rows - view.main_cold_live
     known = known_main + view.known_live
@@ -262,6 +273,7 @@ def _new_items(view: DeltaView, manifest: SnapshotManifest, config: IndexConfig)
     cold_index = main.cold.index
     return NewItems(
         share=min(share, 1.0 - 1e-6),
+        share_after_cold=min(max(share_after_cold, 1e-9), 1.0 - 1e-6),
         temperature=temperature,
         main=main.cold,
         main_index=None if cold_index is None else cold_index.ready,
@@ -368,8 +380,11 @@ class IndexHolder:
         banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
         if state.new_items is not None and state.new_items.size:
+            last = state.positions.get(items[-1])
+            new = state.new_items
+            share = new.share if last is not None and state.learned(last) else new.share_after_cold
             scores, positions = _with_new_items(
-                state, state.new_items, recent, query, scores, positions, banned, k
+                state, state.new_items, share, recent, query, scores, positions, banned, k
             )
         return (
             state.version,
@@ -419,6 +434,7 @@ class IndexHolder:
 def _with_new_items(
     state: ServingState,
     new: NewItems,
+    share: float,
     recent: list[int],
     query: np.ndarray,
     scores: np.ndarray,
@@ -430,7 +446,7 @@ def _with_new_items(
     ``(1 - c) exp(s) / Z`` for a known row, ``c p_new`` for a cold one, both expressed on the
     discovery scale (``log Z + log(c / (1 - c)) + log p_new``)."""
     log_p, cold_positions = new.best(state.content_query(recent), query[:-1], k, banned)
-    cold_scores = new.log_normaliser(query, scores, positions) + np.log(new.share / (1.0 - new.share)) + log_p
+    cold_scores = new.log_normaliser(query, scores, positions) + np.log(share / (1.0 - share)) + log_p
     merged_scores = np.concatenate([scores, cold_scores.astype(np.float32)])
     merged_positions = np.concatenate([positions, cold_positions])
     order = np.argsort(-merged_scores, kind="stable")[:k]

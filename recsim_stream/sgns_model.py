@@ -102,7 +102,9 @@ class SgnsStreamModel:
             new_item_share=self.learner.new_items.value,
             content=content,
             cold_temperature=cold_temperature,
+            new_item_share_after_cold=self.learner.new_items_after_cold.value,
         )
+        self.learner.mark_published()
 
     @property
     def content_training_cpu_s(self) -> float:

@@ -218,7 +218,9 @@ class Updater:
             self._observe_lag()
             if self.checkpointer is not None and self.checkpointer.due(self.totals.records):
                 self.checkpoint()
-            if self.snapshotter is not None and self.snapshotter.due() and not self._holding_snapshots():
+            if self.snapshotter is None:
+                self.learner.mark_published()  # nothing waits for a publish of this updater's own
+            elif self.snapshotter.due() and not self._holding_snapshots():
                 self.learn_names()
                 self.snapshot()
         except BaseException as exc:
@@ -610,9 +612,11 @@ class Updater:
             if cold_start is None
             else {
                 "new_item_share": self.learner.new_items.value,
+                "new_item_share_after_cold": self.learner.new_items_after_cold.value,
                 "cold_temperature": cold_start.temperature.value,
             },
         )
+        self.learner.mark_published()
 
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no

@@ -157,6 +157,8 @@ def test_a_new_item_never_clicked_is_recommended_to_a_session_of_its_cluster(
     assert similar.status_code == 200
     assert updater.totals.items_dead_lettered == 0
     assert sorted(snapshot.ids[snapshot.cold].tolist()) == sorted(i.item_id for i in new_items)
+    scoring = store.load(store.latest_version()).manifest.scoring
+    assert set(scoring) == {"new_item_share", "new_item_share_after_cold", "cold_temperature"}
     # The catalogue's items were served from content too, until their first clicks (how many were
     # clicked before the first snapshot depends on how the first polls fell).
     assert registry.get_sample_value("recsim_items_cold_started_total") >= len(new_items)

@@ -33,3 +33,38 @@ def test_train_trains_every_pending_pair():
     result = learner.train()
     assert (result.pairs, len(learner.pairs), learner.pairs_trained) == (10, 0, 10)
     assert np.isfinite(result.loss)
+
+
+def test_a_new_item_after_an_item_first_seen_since_the_last_publish_counts_as_after_cold():
+    learner = _learner(1)
+    _add_session(learner, ["a", "b"])  # b follows a, first seen since the (never) publish
+    learner.mark_published()
+    for i, item in enumerate(["c", "a", "d"]):  # c after nothing; a after c (fresh); d after a (published)
+        learner.add(Event("v", item, EventKind.CLICK, 10.0 + i, "t"))
+    after_cold, after_learned = learner.new_items_after_cold, learner.new_items
+    assert (after_cold.hits, after_cold.chances, after_learned.hits, after_learned.chances) == (1, 2, 1, 1)
+
+
+def test_the_split_new_item_shares_survive_a_checkpoint():
+    learner = _learner(1)
+    _add_session(learner, ["a", "b", "c"])
+    learner.train()
+    restored = _learner(1)
+    restored.restore(learner.state())
+    for target in (learner, restored):
+        target.add(Event("u", "d", EventKind.CLICK, 3.0, "s"))  # after c, fresh in both
+    assert (restored.new_items_after_cold, restored.new_items) == (
+        learner.new_items_after_cold,
+        learner.new_items,
+    )
+
+
+def test_a_checkpoint_from_before_the_split_restores_with_no_after_cold_evidence():
+    learner = _learner(1)
+    _add_session(learner, ["a", "b"])
+    learner.train()
+    state = learner.state()
+    del state["new_items_after_cold"], state["fresh"]
+    restored = _learner(1)
+    restored.restore(state)
+    assert (restored.new_items_after_cold.chances, restored.new_items.chances) == (0, 0)

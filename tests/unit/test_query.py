@@ -295,6 +295,7 @@ def _new_items(dead=()):
     )
     return NewItems(
         share=0.1,
+        share_after_cold=0.1,
         temperature=0.5,
         main=main,
         main_index=None,

@@ -30,3 +30,25 @@ def test_the_new_item_component_never_recommends_an_item_of_the_session():
 
 def test_without_content_the_new_item_component_still_leaves_out_the_session():
     assert set(_all_cold_table(None).recommend(["i0", "i1"], 2)) == {"i2", "i3"}
+
+
+def test_after_a_cold_item_the_new_item_component_takes_the_after_cold_share():
+    # k0, k1: learned (k1 the likelier next item); c0, c1: cold, c0's content next to both k0's and c1's.
+    table = Embeddings(
+        ["k0", "k1", "c0", "c1"],
+        np.ones((4, 2), dtype=np.float32),
+        np.array([[0, 0], [1, 0], [0, 0], [0, 0]], dtype=np.float32),
+        np.array([5, 5, 0, 0]),
+        cold=np.array([False, False, True, True]),
+        new_item_share=0.01,
+        content=np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=np.float32),
+        cold_temperature=0.1,
+        new_item_share_after_cold=0.99,
+    )
+    assert (table.share_after("k0"), table.share_after("c1"), table.share_after("unknown")) == (
+        0.01,
+        0.99,
+        0.99,
+    )
+    assert table.recommend(["k0"], 1) == ["k1"]
+    assert table.recommend(["c1"], 1) == ["c0"]
