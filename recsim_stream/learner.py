@@ -77,10 +77,11 @@ class Learner:
         self.pairs_trained = 0
         self.events_added = 0
         self.revisits = Share()  # next item is an earlier item of its session
-        # Next item never seen before, split by whether the session's last item was itself first seen
-        # since the last publish (cold in the served state): new items come in runs, a user working
-        # through the long tail (MovieLens: 15% after such an item, 0.5% after another, late in the
-        # stream), so the served mixture gives new items the share the session's own state shows.
+        # Next item not learned by the served state (never seen, or first seen since the last publish:
+        # what the served mixture's new-item component ranks), split by whether the session's last
+        # item was such an item itself: new items come in runs, a user working through the long tail
+        # (MovieLens, late in the stream: 15% after a new item, 0.5% after another), so the served
+        # mixture gives new items the share the session's own state shows.
         self.new_items = Share()  # after an item the served state had learned
         self.new_items_after_cold = Share()  # after an item it had not
         self._fresh: set[int] = set()  # keys first seen since ``mark_published``
@@ -92,14 +93,16 @@ class Learner:
         arrival = self.windows.add(event, partition, self.items.key(event.item_id))
         if isinstance(arrival, BadEvent):
             return arrival
+        fresh = self._fresh
+        cold = new or arrival.item in fresh  # not learned by the served state
         if new:
-            self._fresh.add(arrival.item)
+            fresh.add(arrival.item)
         if not arrival.repeat:
             self._tokens.append(arrival.item)
             items = arrival.session.items
             length = len(items)
             if length >= 2:  # a prediction would have been asked for
-                (self.new_items_after_cold if items[-2] in self._fresh else self.new_items).observe(new)
+                (self.new_items_after_cold if items[-2] in fresh else self.new_items).observe(cold)
             if length >= 3:  # an item other than the last one to return to
                 self.revisits.observe(not arrival.first_seen)
         self.pairs.add(arrival)

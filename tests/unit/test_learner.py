@@ -45,6 +45,16 @@ def test_a_new_item_after_an_item_first_seen_since_the_last_publish_counts_as_af
     assert (after_cold.hits, after_cold.chances, after_learned.hits, after_learned.chances) == (1, 2, 1, 1)
 
 
+def test_an_item_first_seen_since_the_last_publish_is_still_new_to_the_served_state():
+    learner = _learner(1)
+    _add_session(learner, ["a", "b"])
+    learner.mark_published()
+    learner.add(Event("v", "c", EventKind.CLICK, 10.0, "t"))  # first seen, not published yet
+    learner.add(Event("w", "a", EventKind.CLICK, 10.0, "x"))
+    learner.add(Event("w", "c", EventKind.CLICK, 11.0, "x"))  # c after a: known, but not served as learned
+    assert (learner.new_items.hits, learner.new_items.chances) == (1, 1)
+
+
 def test_the_split_new_item_shares_survive_a_checkpoint():
     learner = _learner(1)
     _add_session(learner, ["a", "b", "c"])
