@@ -170,6 +170,45 @@ def test_a_hidden_field_is_left_out_of_the_sketch():
     assert hidden.tolist() == _sketch(ItemMeta("a", "", "electronics.smartphone", 99.0)).tolist()
 
 
+def test_a_sketch_row_is_pinned():
+    # The per-item implementation before the batch one gave these values (repeated word, title year,
+    # attribute, price): the batch encoding must not move an item that was already encoded.
+    item = ItemMeta("a", "Red phone red (2019)", "electronics.smartphone", 99.0, {"brand": "Acme"})
+    expected = [0.557945, 0.072397, 0.0, 0.0, -0.394527, 0.0, 0.0, 0.0, -0.394527, -0.32213, 0.0, 0.235815]
+    expected += [0.32213, 0.0, 0.32213, 0.072397]
+    row = FeatureSketch(16).encode([item], np.zeros((1, 4), dtype=bool))[0]
+    assert np.allclose(row, expected, atol=1e-6)
+
+
+def test_a_batch_sketch_equals_the_items_sketched_one_by_one():
+    items = [
+        ItemMeta("a", "red phone", "electronics.smartphone", 99.0, {"brand": "acme"}),
+        ItemMeta("b", "red phone", "electronics.smartphone", 12.5),
+        ItemMeta("c", "Heat (1995)", "Action|Crime"),
+        ItemMeta("d"),
+        ItemMeta("e", "red phone", "", 99.0, {"brand": "acme"}),
+    ]
+    hidden = np.array(
+        [[False] * 4, [False, True, False, False], [False] * 4, [False] * 4, [True, False, True, True]]
+    )
+    one_by_one = np.vstack(
+        [FeatureSketch(64).encode([item], hidden[i : i + 1]) for i, item in enumerate(items)]
+    )
+    assert np.allclose(FeatureSketch(64).encode(items, hidden), one_by_one, atol=1e-7)
+
+
+@pytest.mark.parametrize("price", [None, float("nan"), float("inf"), -1.0])
+def test_a_price_that_is_missing_or_invalid_adds_nothing_to_the_sketch(price):
+    assert (
+        _sketch(ItemMeta("a", "red phone", "", price)).tolist()
+        == _sketch(ItemMeta("a", "red phone")).tolist()
+    )
+
+
+def test_an_empty_batch_has_an_empty_sketch():
+    assert FeatureSketch(8).encode([], np.zeros((0, 4), dtype=bool)).shape == (0, 8)
+
+
 def test_extract_gives_a_sketch_of_the_asked_width():
     features = FeatureExtractor(ContentConfig(), sketch_dim=16).extract([ItemMeta("a", "red phone")])
     assert features.sketch.shape == (1, 16)
