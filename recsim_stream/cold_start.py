@@ -186,8 +186,13 @@ class ColdStart:
         # and republished every cold row in one delta.
         self._row: dict[str, int] = {}
         self._item_of_row: list[str | None] = []  # None: a forgotten item's row, until compaction
-        self._content = np.zeros((0, 2 * dim), dtype=np.float32)
-        self._encoded_step = np.zeros(0, dtype=np.int64)  # tower steps when each row was encoded
+        # ``_content`` and ``_encoded_step`` are views of the used rows of buffers that grow by
+        # doubling: appending a batch to a 1M-row table copied all of it (0.5 GB) per batch.
+        self._content_buffer = np.zeros((0, 2 * dim), dtype=np.float32)
+        self._step_buffer = np.zeros(0, dtype=np.int64)
+        self._content = self._content_buffer[:0]
+        self._encoded_step = self._step_buffer[:0]  # tower steps when each row was encoded
+        self._seconds_per_item = 0.0  # measured cost of encoding one newly listed item (0: unknown)
         # Items with metadata whose content row is missing or outdated, oldest listing first.
         self._unencoded: dict[str, None] = {}
         self._changed: set[str] = set()  # items whose content vector changed since the last complete()
@@ -304,7 +309,10 @@ class ColdStart:
         ``changed_only``: content-only rows only for items whose content vector changed since the
         last call (new or updated metadata, a re-encoding), as a delta needs: the cost then follows
         what changed, not the catalogue. ``encode_limit``: encode at most this many newly listed items
-        now (oldest first); the others get their content-only rows in later calls, once encoded."""
+        now (oldest first); the others get their content-only rows in later calls, once encoded
+        (``encode_listed``). Items among ``ids`` are encoded now whatever the limit: a clicked item's
+        row is blended with its content from its first publish."""
+        self._encode_new([i for i in ids if i in self._unencoded])
         self._refresh_content(encode_limit=encode_limit)
         known, meta, row = set(ids), self.metadata, self._row
         candidates = self._changed if changed_only else meta
@@ -338,6 +346,62 @@ class ColdStart:
             content,
         )
 
+    def encode_listed(self, budget_s: float, clock: Callable[[], float] = time.perf_counter) -> int:
+        """Encode newly listed items, oldest first, for about ``budget_s`` seconds (at least one batch,
+        each sized from the measured cost per item to end near the deadline); the next ``complete``
+        publishes them. Returns how many were encoded. The updater calls it in its loop's spare time,
+        so a bulk listing is served as fast as the loop can afford without holding a snapshot."""
+        deadline, encoded = clock() + budget_s, 0
+        while self._unencoded:
+            started = clock()
+            left = deadline - started
+            size = 256 if self._seconds_per_item == 0 else int(left / self._seconds_per_item)
+            batch = list(itertools.islice(self._unencoded, min(max(size, 16), 4096)))
+            self._encode_new(batch)
+            spent = (clock() - started) / len(batch)
+            # A moving average: the cost per item varies with how many titles are new to the caches.
+            self._seconds_per_item = (
+                spent if self._seconds_per_item == 0 else 0.7 * self._seconds_per_item + 0.3 * spent
+            )
+            encoded += len(batch)
+            if clock() >= deadline:
+                break
+        return encoded
+
+    @property
+    def listed_unencoded(self) -> int:
+        """Items with metadata waiting for their first content vector (or one for new metadata)."""
+        return len(self._unencoded)
+
+    def _encode_new(self, fresh: list[str]) -> None:
+        """Encode ``fresh`` (items waiting in ``_unencoded``): rows for the new ones, changed."""
+        if not fresh:
+            return
+        new = [i for i in fresh if i not in self._row]
+        start = len(self._content)
+        self._row.update((item, start + r) for r, item in enumerate(new))
+        self._item_of_row.extend(new)
+        self._grow(len(new))
+        at = np.fromiter((self._row[i] for i in fresh), dtype=np.int64, count=len(fresh))
+        self._content[at] = self.tower.encode_unit([self.metadata[i] for i in fresh])
+        self._encoded_step[at] = self.tower.steps
+        self._changed.update(fresh)
+        for item in fresh:
+            del self._unencoded[item]
+
+    def _grow(self, rows: int) -> None:
+        """Make ``rows`` more rows in use (the caller writes them), doubling the buffers when full."""
+        used = len(self._content) + rows
+        if used > len(self._content_buffer):
+            capacity = max(used, 2 * len(self._content_buffer), 1024)
+            content = np.zeros((capacity, self._content_buffer.shape[1]), np.float32)
+            steps = np.zeros(capacity, np.int64)
+            content[: len(self._content)] = self._content
+            steps[: len(self._content)] = self._encoded_step
+            self._content_buffer, self._step_buffer = content, steps
+        self._content = self._content_buffer[:used]
+        self._encoded_step = self._step_buffer[:used]
+
     def _refresh_content(self, reencode: bool = True, encode_limit: int | None = None) -> None:
         """Encode items with new metadata (changed content; up to ``encode_limit`` of them, oldest
         listing first, all without it), then, with ``reencode``, re-encode up to
@@ -358,29 +422,22 @@ class ColdStart:
             return
         if len(self._content) > 1024 and len(self._row) < len(self._content) // 2:
             self._compact()
-        fresh = list(itertools.islice(self._unencoded, encode_limit))
-        new = [i for i in fresh if i not in self._row]
-        start = len(self._content)
-        self._row.update((item, start + r) for r, item in enumerate(new))
-        self._item_of_row.extend(new)
-        self._content = np.vstack([self._content, np.zeros((len(new), self._content.shape[1]), np.float32)])
-        self._encoded_step = np.concatenate([self._encoded_step, np.zeros(len(new), np.int64)])
-        todo = fresh + stale_ids
-        at = np.fromiter((self._row[i] for i in todo), dtype=np.int64, count=len(todo))
-        before = self._content[at[len(fresh) :]]
-        encoded = self.tower.encode_unit([self.metadata[i] for i in todo])
+        self._encode_new(list(itertools.islice(self._unencoded, encode_limit)))
+        if not stale_ids:
+            return
+        at = np.fromiter((self._row[i] for i in stale_ids), dtype=np.int64, count=len(stale_ids))
+        before = self._content[at]
+        encoded = self.tower.encode_unit([self.metadata[i] for i in stale_ids])
         self._content[at] = encoded
         self._encoded_step[at] = steps
-        moved = 1.0 - np.einsum("ij,ij->i", before, encoded[len(fresh) :]) > self.config.reencode_tolerance
-        self._changed.update(fresh)
+        moved = 1.0 - np.einsum("ij,ij->i", before, encoded) > self.config.reencode_tolerance
         self._changed.update(item for item, m in zip(stale_ids, moved.tolist(), strict=True) if m)
-        for item in fresh:
-            del self._unencoded[item]
 
     def _compact(self) -> None:
         """Drop the rows of forgotten items."""
         kept = np.fromiter(self._row.values(), dtype=np.int64, count=len(self._row))
-        self._content, self._encoded_step = self._content[kept], self._encoded_step[kept]
+        self._content_buffer, self._step_buffer = self._content[kept], self._encoded_step[kept]
+        self._content, self._encoded_step = self._content_buffer, self._step_buffer
         self._item_of_row = list(self._row)
         self._row = {item: r for r, item in enumerate(self._item_of_row)}
 
@@ -412,7 +469,7 @@ class ColdStart:
         self._calibrations = int(state["calibrations"])
         # Content vectors are re-encoded with the restored tower.
         self._row, self._item_of_row = {}, []
-        self._content, self._encoded_step = self._content[:0], self._encoded_step[:0]
+        self._content, self._encoded_step = self._content_buffer[:0], self._step_buffer[:0]
         self._unencoded, self._changed = dict.fromkeys(self.metadata), set(self.metadata)
 
     def record_new_item(self, prefix: Sequence[str], target: str) -> None:

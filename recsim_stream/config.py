@@ -326,6 +326,10 @@ class IndexConfig:
     # rows). Until one is ready those rows are scanned exactly per query; at 10, the IVF over 900k
     # cold rows (6 s at 0) was still not ready after 60 s of swaps and queries at load ~5.
     api_build_niceness: int = 0
+    # Rows of deltas the query API makes room for per base up front: address space only until
+    # written (about 2.5 kB a row at dim 64 with content vectors), so no swap copies the rows
+    # appended so far to grow before this many have come.
+    delta_reserve_rows: int = 1 << 20
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")
@@ -337,6 +341,7 @@ class IndexConfig:
             f"must be 0-19, got {self.api_build_niceness}",
         )
         _require(self.cold_head >= 1, "index.cold_head", f"must be >= 1, got {self.cold_head}")
+        _require(self.delta_reserve_rows >= 0, "index.delta_reserve_rows", "must be >= 0")
         _require(
             self.cold_tail_sample >= 1, "index.cold_tail_sample", f"must be >= 1, got {self.cold_tail_sample}"
         )
@@ -405,12 +410,15 @@ class ContentConfig:
     reencode_every_steps: int = 16  # tower steps after which a cached content vector is recomputed
     # ...at most this many per snapshot, oldest first: the cost and the delta stay bounded at 1M items.
     reencode_chunk: int = 2000
-    # Newly listed items the updater encodes per snapshot at most, oldest first: a bulk listing (a whole
-    # catalogue at start: ~28 us per item, 100k items ~3 s on the loop) is spread over several
-    # snapshots so that clicked items keep being published meanwhile. Eval encodes every item at once.
-    # bench e2e at 100k (BENCHMARKS.md): freshness p95 4.2-4.5 s unbounded, 2.7-3.9 s at 10,000, 1.9-2.1 s
-    # at 3,000 (the listed catalogue is then served as cold rows over the first ~30 s).
-    encode_chunk: int = 3_000
+    # Newly listed items are encoded in the updater loop's spare time, oldest first, not at snapshots:
+    # a bulk listing (a whole catalogue: ~20 us per item, scripts/encode_cost.py) costs seconds, and
+    # encoding it at once held publishing (bench e2e at 1M: freshness p95 14.6 s). At most this share
+    # of the loop's wall time while events flow, in slices of ``encode_slice_s`` (about what an event
+    # arriving meanwhile waits); a pass that polled no event encodes for ``kafka.poll_timeout_ms``
+    # (updater.EncodePacer). A clicked item is encoded when it is published, whatever waits. Eval
+    # encodes every item at once.
+    encode_share: float = 0.5
+    encode_slice_s: float = 0.05
     # ...and republished only when it moved more than this (cosine distance): a delta carries the
     # content vectors that changed, not every one the tower touched.
     reencode_tolerance: float = 0.02
@@ -444,12 +452,15 @@ class ContentConfig:
             "reservoir_pairs",
             "reencode_every_steps",
             "reencode_chunk",
-            "encode_chunk",
             "calibration_candidates",
         ):
             value = getattr(self, name)
             _require(value >= 1, f"content.{name}", f"must be >= 1, got {value}")
         _require(self.reencode_tolerance >= 0, "content.reencode_tolerance", "must be >= 0")
+        _require(
+            0 < self.encode_share <= 1, "content.encode_share", f"must be in (0, 1], got {self.encode_share}"
+        )
+        _require(self.encode_slice_s > 0, "content.encode_slice_s", f"must be > 0, got {self.encode_slice_s}")
         for name in ("train_pairs_per_event", "calibration_events"):
             value = getattr(self, name)
             _require(value >= 0, f"content.{name}", f"must be >= 0, got {value}")

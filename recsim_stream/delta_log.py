@@ -219,9 +219,11 @@ class DeltaLog:
         self.latest: dict[str, int] = {}
         self.earlier: dict[int, int] = {}
         self.last: DeltaView | None = None  # the newest view: the next append extends it
-        # Room for as many rows as the main has: the snapshotter publishes a full once half of them
-        # changed (snapshot.full_after_changed); rows of ids changed again come on top.
-        self._reserve = reserve = max(4096, arrays.count)
+        # Room for as many rows as the main has (the snapshotter publishes a full once half of them
+        # changed: snapshot.full_after_changed; rows of ids changed again come on top), and at least
+        # index.delta_reserve_rows: a small early base under a bulk listing outgrew its room eight
+        # times on the way to 1M rows, each growth a copy of every column holding the GIL for up to 2 s.
+        self._reserve = reserve = max(4096, arrays.count, config.delta_reserve_rows)
         self._ids = Appendable(arrays.ids.dtype, reserve=reserve)
         self._inputs = Appendable(np.float32, (dim,), reserve)
         self._outputs = Appendable(np.float32, (dim,), reserve)

@@ -141,6 +141,36 @@ class Totals:
     items_dead_lettered: int = 0
 
 
+class EncodePacer:
+    """How long the updater loop may encode newly listed items in this pass: ``share`` of its wall
+    time while events flow, spent ``slice_s`` at a time (fewer, larger batches; an event arriving
+    meanwhile waits at most about a slice); ``idle_slice_s`` in a pass that polled no event (the
+    loop has just waited that long for one: the poll's timeout). Credit is not saved up while
+    nothing waits, so a later listing gets no burst."""
+
+    def __init__(self, share: float, slice_s: float, idle_slice_s: float, now: float) -> None:
+        self.share, self.slice_s, self.idle_slice_s = share, slice_s, idle_slice_s
+        self.credit = 0.0  # seconds of encoding earned and not spent (negative: a slice overran)
+        self._at = now
+
+    def allowance(self, now: float, polled: int, waiting: bool) -> float:
+        """Seconds to encode now (0: none); ``polled``: events of this pass, ``waiting``: whether
+        any listed item waits for its encoding."""
+        earned, self._at = self.share * (now - self._at), now
+        if not waiting:
+            self.credit = 0.0
+            return 0.0
+        if polled == 0:
+            self.credit = self.slice_s
+            return max(self.idle_slice_s, self.slice_s)
+        self.credit = min(self.slice_s, self.credit + earned)
+        return self.slice_s if self.credit >= self.slice_s else 0.0
+
+    def spent(self, seconds: float) -> None:
+        """A slice took ``seconds`` (its time earns its share at the next ``allowance``)."""
+        self.credit -= seconds
+
+
 class Updater:
     def __init__(
         self,
@@ -176,6 +206,12 @@ class Updater:
         self.items = items
         self.cold_start = cold_start
         self._tower_cpu_reported = 0.0  # cold_start.training_cpu_s already counted in the metrics
+        self._encode_pacer = EncodePacer(
+            config.content.encode_share,
+            config.content.encode_slice_s,
+            config.kafka.poll_timeout_ms / 1000.0,
+            time.monotonic(),
+        )
         self.checkpointer = checkpointer
         self.restored: Checkpoint | None = None
         # Kafka timestamp (s) of the newest record applied: wall-clock freshness for the query API.
@@ -218,6 +254,7 @@ class Updater:
             self._observe_lag()
             if self.checkpointer is not None and self.checkpointer.due(self.totals.records):
                 self.checkpoint()
+            self._encode_listed(len(records))
             if self.snapshotter is None:
                 self.learner.mark_published()  # nothing waits for a publish of this updater's own
             elif self.snapshotter.due() and not self._holding_snapshots():
@@ -536,6 +573,17 @@ class Updater:
         m.items_new.inc(len(learner.items) - items_before)
         m.sampler_items.set(learner.sampler.size)
 
+    def _encode_listed(self, polled: int) -> None:
+        """Encode newly listed items in the loop's spare time (``EncodePacer``), so that a bulk
+        listing is served within the run without holding a snapshot."""
+        if self.cold_start is None:
+            return
+        now = time.monotonic()
+        seconds = self._encode_pacer.allowance(now, polled, waiting=self.cold_start.listed_unencoded > 0)
+        if seconds > 0:
+            self.cold_start.encode_listed(seconds)
+            self._encode_pacer.spent(time.monotonic() - now)
+
     def _record_new_item(self, arrival: Arrival[int]) -> None:
         """A session went on to an item never seen before: evidence for the cold temperature."""
         assert self.cold_start is not None
@@ -639,7 +687,7 @@ class Updater:
             arrays.counts,
             learned_elsewhere=self._learned,
             changed_only=not full,
-            encode_limit=self.config.content.encode_chunk,
+            encode_limit=0,  # newly listed items are encoded in the loop's spare time (_encode_listed)
         )
         started = [i for i in rows.ids[arrays.count :] if i not in self._cold_started]
         self._cold_started.update(started)

@@ -359,3 +359,69 @@ def test_an_item_not_encoded_yet_gets_no_row_rather_than_a_zero_vector():
     empty, no_counts = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
     rows = cold_start.complete([], empty, empty, no_counts, encode_limit=1)
     assert (rows.ids, bool(np.all(np.linalg.norm(rows.content, axis=1) > 0))) == (["a"], True)
+
+
+class SteppingClock:
+    """A clock that moves ``step`` seconds at every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _catalogue(n: int) -> list[ItemMeta]:
+    return [ItemMeta(f"i{k}", f"item {k % 97}", f"cat.sub{k % 7}", 10.0 + k) for k in range(n)]
+
+
+def _published(cold_start: ColdStart) -> list[str]:
+    empty, no_counts = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    return cold_start.complete([], empty, empty, no_counts, changed_only=True, encode_limit=0).ids
+
+
+def test_encode_listed_encodes_one_batch_oldest_first_when_the_budget_is_spent_at_once():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_catalogue(300))
+    encoded = cold_start.encode_listed(0.5, clock=SteppingClock(1.0))  # past the deadline after a batch
+    assert (encoded, set(_published(cold_start))) == (256, {f"i{k}" for k in range(256)})
+
+
+def test_encode_listed_with_time_to_spare_encodes_every_listed_item():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_catalogue(300))
+    assert (cold_start.encode_listed(10.0, clock=SteppingClock(0.001)), cold_start.listed_unencoded) == (
+        300,
+        0,
+    )
+
+
+def test_a_listed_item_waits_for_encode_listed_under_a_zero_encode_limit():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    assert (_published(cold_start), cold_start.listed_unencoded) == ([], 3)
+
+
+def test_complete_encodes_a_clicked_item_at_once_under_a_zero_encode_limit():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    learned = np.ones((1, 2), np.float32)
+    rows = cold_start.complete(["b"], learned, learned, np.array([1]), encode_limit=0)
+    assert (rows.ids, float(np.linalg.norm(rows.content[0])) > 0, cold_start.listed_unencoded) == (
+        ["b"],
+        True,
+        2,
+    )
+
+
+def test_content_rows_encoded_in_many_batches_equal_one_encoding_of_the_whole_catalogue():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    catalogue = _catalogue(3000)  # past the first buffer's 1,024 rows, so the table grows twice
+    cold_start.observe_items(catalogue)
+    while cold_start.listed_unencoded:
+        cold_start.encode_listed(0.0)
+    empty, no_counts = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    rows = cold_start.complete([], empty, empty, no_counts, encode_limit=0)
+    expected = cold_start.tower.encode_unit([catalogue[int(i[1:])] for i in rows.ids])
+    assert (len(rows.ids), bool(np.allclose(rows.content, expected, atol=1e-6))) == (3000, True)
