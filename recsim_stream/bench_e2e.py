@@ -73,6 +73,13 @@ class E2EOptions:
     seed: int = 7
     plot: str = ""  # PNG path: freshness per new item and query latency over time
     keep_logs: bool = False  # keep the folder with the children's logs (always kept on failure)
+    # After the run (queries stopped), wait up to this long for the API to serve the whole listed
+    # catalogue, so that ``catalogue_served_s`` is measured even when it takes longer than the run.
+    catalogue_wait_s: float = 0.0
+    # Niceness of the training side: the updater (and its Ray workers, which inherit it) and the
+    # simulator producing in this process; the broker, the query API and the query process keep
+    # theirs. As a deployment isolates the query service from training on shared cores.
+    training_niceness: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -84,6 +91,8 @@ class E2EOptions:
             "snapshot_interval_s": self.snapshot_interval_s > 0,
             "drain_timeout_s": self.drain_timeout_s > 0,
             "fresh_grace_s": self.fresh_grace_s >= 0,
+            "catalogue_wait_s": self.catalogue_wait_s >= 0,
+            "training_niceness": 0 <= self.training_niceness <= 19,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -233,6 +242,7 @@ def query_worker(
     fresh: list[tuple[str, float, float]] = []  # (item, first click produced, first served learned)
     queries: list[tuple[float, str, int, float]] = []  # (wall time, endpoint, status, ms)
     snapshots: dict[int, tuple[float, float]] = {}  # version served -> (written, loaded by the API)
+    served_items: dict[int, tuple[float, int]] = {}  # version served -> (loaded by the API, items)
 
     def learn_served(ids: Sequence[str]) -> None:
         with lock:
@@ -266,6 +276,7 @@ def query_worker(
                 if response is not None and response.status_code == 200:
                     info = response.json()
                     snapshots.setdefault(info["version"], (info["created_at"], info["loaded_at"]))
+                    served_items.setdefault(info["version"], (info["loaded_at"], info["items"]))
                 shared[2], shared[3] = len(pending), len(fresh)
                 stop.wait(_PROBE_EVERY_S)
 
@@ -315,6 +326,7 @@ def query_worker(
             "fresh": fresh,
             "unresolved": pending,
             "snapshots": list(snapshots.values()),
+            "served_items": sorted(served_items.values()),
         }
     Path(out_path).write_text(json.dumps(record))
 
@@ -327,6 +339,8 @@ class _Produced:
     events: int = 0
     items: int = 0
     new_items_clicked: int = 0
+    listing_started: float = 0.0  # wall time the first item of the catalogue was produced
+    catalogue_listed: float = 0.0  # wall time the last item of the initial catalogue was produced
     started: float = 0.0  # wall time of the first event
     paced_end: float = 0.0  # wall time the paced phase ended
     at_paced_end: dict[str, float] | None = None  # the updater's metrics then, if a full-speed phase ran
@@ -356,8 +370,11 @@ class _Probe:
         return metric_totals(response.text) if response is not None and response.status_code == 200 else {}
 
     def api_metrics(self) -> dict[str, float]:
+        return metric_totals(self.api_metrics_text())
+
+    def api_metrics_text(self) -> str:
         response = _get(self.client, f"{self.api}/metrics")
-        return metric_totals(response.text) if response is not None and response.status_code == 200 else {}
+        return response.text if response is not None and response.status_code == 200 else ""
 
 
 def _progress_line(produced: _Produced, probe: _Probe, shared: mp.Array, phase: str) -> str:
@@ -395,6 +412,10 @@ def _produce(
         if isinstance(record, ItemMeta):
             producer.send_item(record)
             out.items += 1
+            if out.items == 1:
+                out.listing_started = time.time()
+            if out.items == catalogue:
+                out.catalogue_listed = time.time()
             if out.items > catalogue:
                 listed_new.add(record.item_id)
             continue
@@ -471,9 +492,10 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
             metrics_port, api_port = free_port(), free_port()
             snapshots = str(folder / "snapshots")
             cli = [sys.executable, "-m", "recsim_stream.cli"]
+            nice = ["nice", "-n", str(options.training_niceness)] if options.training_niceness else []
             updater = children.start(
                 "updater",
-                [*cli, "train", "--kafka-bootstrap", bootstrap, "--kafka-events-topic", kafka.events_topic,
+                [*nice, *cli, "train", "--kafka-bootstrap", bootstrap, "--kafka-events-topic", kafka.events_topic,
                  "--kafka-items-topic", kafka.items_topic, "--kafka-dlq-topic", kafka.dlq_topic,
                  "--kafka-group-id", kafka.group_id, "--snapshot-dir", snapshots,
                  "--snapshot-interval-s", str(options.snapshot_interval_s),
@@ -497,6 +519,8 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
             )
             worker.start()
             rss.watch("queries", worker.pid)
+            if options.training_niceness:
+                os.nice(options.training_niceness)  # this thread, and the producer's, created next
             producer = RecordProducer(kafka)
             try:
                 produced = _produce(
@@ -511,11 +535,13 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                 producer.close()
             drained_at = _drain(produced, probe, children, shared, options, log)
             _wait_fresh(shared, produced, children, options)
-            updater_totals, api_totals, served = probe.updater(), probe.api_metrics(), probe.served()
+            updater_totals, api_text, served = probe.updater(), probe.api_metrics_text(), probe.served()
+            api_totals = metric_totals(api_text)
             probe.loads.append(os.getloadavg()[0])
             stop.set()
             worker.join(timeout=30)
             queried = json.loads((folder / "queries.json").read_text())
+            queried["served_items"] += _wait_catalogue(probe, children, options)
             children.stop("updater")
             final_line = next(
                 (line for line in reversed(children.log("updater").splitlines()) if "train: done" in line), ""
@@ -528,8 +554,11 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                     worker.terminate()
             children.stop_all()
             rss.stop()
-    result = summarise(produced, drained_at, updater_totals, api_totals, queried, rss.mb_by_root())
+    result = summarise(
+        produced, drained_at, updater_totals, api_totals, queried, rss.mb_by_root(), options.items
+    )
     result["served_at_end"] = served
+    result.update(slow_query_shares(api_text, [ms for _t, _e, _s, ms in queried["queries"]]))
     result["load_average_1m"] = {
         "start": probe.loads[0],
         "median": round(percentile(probe.loads, 50), 2),
@@ -579,6 +608,21 @@ def _wait_fresh(shared: mp.Array, produced: _Produced, children: Children, optio
         time.sleep(0.1)
 
 
+def _wait_catalogue(probe: _Probe, children: Children, options: E2EOptions) -> list[tuple[float, int]]:
+    """(wall time, items served) polled until the API serves ``options.items`` items or
+    ``catalogue_wait_s`` passed: the time is when the poll saw it (at most a poll late)."""
+    seen: list[tuple[float, int]] = []
+    deadline = time.monotonic() + options.catalogue_wait_s
+    while time.monotonic() < deadline:
+        items = probe.served().get("items") or 0
+        seen.append((time.time(), items))
+        if items >= options.items:
+            break
+        children.check()
+        time.sleep(0.2)
+    return seen
+
+
 def summarise(
     produced: _Produced,
     drained_at: float,
@@ -586,6 +630,7 @@ def summarise(
     api: dict[str, float],
     queried: dict,
     peak_rss_mb: dict[str, float],
+    catalogue_size: int,
 ) -> dict:
     """The JSON summary: counts, rates over [first event produced, updater drained], percentiles."""
     window = max(drained_at - produced.started, 1e-9)
@@ -615,6 +660,7 @@ def summarise(
         "query_p50_ms": _round(percentile(latencies, 50), 2),
         "query_p99_ms": _round(percentile(latencies, 99), 2),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
+        **catalogue_served(produced, catalogue_size, queried["served_items"]),
         **written_to_served(queried["snapshots"]),
         "swaps": int(api.get("recsim_index_swaps_total", 0)),
         "snapshot_loads_refused": int(api.get("recsim_snapshot_loads_refused_total", 0)),
@@ -622,6 +668,50 @@ def summarise(
         "peak_rss_mb": round(sum(peak_rss_mb.values()), 1),
         "peak_rss_mb_by_process": peak_rss_mb,
     }
+
+
+def catalogue_served(produced: _Produced, size: int, served_items: list[tuple[float, int]]) -> dict:
+    """Seconds from the first item of the initial catalogue produced to its last one produced
+    (``catalogue_listed_s``) and to the first state the API served with at least ``size`` items
+    (``catalogue_served_s``, None if none did): how long a bulk listing takes to become
+    recommendable. ``served_items``: (loaded by the API, items) of each served version."""
+    in_order = sorted(served_items, key=lambda pair: pair[0])  # lists from JSON, tuples appended
+    served = next((loaded for loaded, items in in_order if items >= size), None)
+    return {
+        "catalogue_listed_s": _round(produced.catalogue_listed - produced.listing_started, 2),
+        "catalogue_served_s": None if served is None else _round(served - produced.listing_started, 2),
+    }
+
+
+QUERY_ENDPOINTS = ("/recommend", "/items/{item_id:path}/similar")  # the query process's, as routed
+
+
+def slow_query_shares(api_metrics: str, client_ms: Sequence[float]) -> dict:
+    """Share of queries over 10 and 50 ms as the client saw them and as the API's own histogram
+    (``recsim_query_duration_seconds``, from routing to the response) saw them. A tail the client
+    sees and the server does not was spent before the request reached the app: waiting for the
+    API process to be scheduled, in the socket, in the HTTP parser."""
+    below = {0.01: 0.0, 0.05: 0.0}
+    total = 0.0
+    for family in text_string_to_metric_families(api_metrics):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name != "recsim_query_duration_seconds_bucket"
+                or labels.get("endpoint") not in QUERY_ENDPOINTS
+            ):
+                continue
+            edge = float(labels["le"])
+            if edge in below:
+                below[edge] += sample.value
+            elif math.isinf(edge):
+                total += sample.value
+    out = {}
+    for edge, name in ((0.01, "10ms"), (0.05, "50ms")):
+        client = sum(1 for ms in client_ms if ms > edge * 1000) / len(client_ms) if client_ms else None
+        out[f"query_share_over_{name}"] = _round(client, 4)
+        out[f"server_query_share_over_{name}"] = _round(1 - below[edge] / total, 4) if total else None
+    return out
 
 
 def written_to_served(snapshots: list[tuple[float, float]]) -> dict:

@@ -40,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e2e.add_argument("--seed", type=int, default=7, help="simulator seed")
     e2e.add_argument("--plot", default="", metavar="PNG", help="freshness and query latency over time")
     e2e.add_argument("--keep-logs", action="store_true", help="keep the services' logs (kept on failure)")
+    e2e.add_argument(
+        "--catalogue-wait-s",
+        type=float,
+        default=0.0,
+        help="after the run, wait up to this long for the whole listed catalogue to be served",
+    )
+    e2e.add_argument(
+        "--training-niceness",
+        type=int,
+        default=0,
+        help="niceness of the updater (with its Ray workers) and the simulator; the API keeps 0",
+    )
     scaling = parser.add_argument_group("bench scaling (also --repeats, --bootstrap, --plot, --seed)")
     scaling.add_argument("--no-costs", action="store_true", help="skip the per-component cost model")
     scaling.add_argument(
@@ -104,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 plot=args.plot,
                 keep_logs=args.keep_logs,
+                catalogue_wait_s=args.catalogue_wait_s,
+                training_niceness=args.training_niceness,
             )
         except ValueError as exc:
             print(f"recsim-stream {exc}", file=sys.stderr)

@@ -78,3 +78,7 @@ def test_nothing_left_running_or_on_disk(bench_run: BenchRun) -> None:
         except OSError:
             continue
     assert (survivors, Path(folder).exists()) == ([], False)
+
+
+def test_the_listed_catalogue_was_served_whole(bench_run: BenchRun) -> None:
+    assert bench_run.summary["catalogue_served_s"] is not None

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from recsim_stream.bench_e2e import E2EOptions, metric_totals, percentile, written_to_served
+from recsim_stream.bench_e2e import (
+    E2EOptions,
+    _Produced,
+    catalogue_served,
+    metric_totals,
+    percentile,
+    slow_query_shares,
+    written_to_served,
+)
 
 
 def test_percentile_interpolates_between_samples() -> None:
@@ -37,4 +45,35 @@ def test_written_to_served_is_the_delay_from_a_snapshot_write_to_the_api_serving
     assert written_to_served([(10.0, 10.5), (20.0, 21.5), (30.0, 31.0)]) == {
         "written_to_served_p50_s": 1.0,
         "written_to_served_p95_s": 1.45,
+    }
+
+
+def test_catalogue_served_is_the_first_state_holding_the_whole_listing() -> None:
+    produced = _Produced(listing_started=100.0, catalogue_listed=110.0)
+    served = [[130.0, 1000], (120.0, 400), [125.0, 999]]  # (loaded by the API, items), any order
+    assert catalogue_served(produced, 1000, served) == {
+        "catalogue_listed_s": 10.0,
+        "catalogue_served_s": 30.0,
+    }
+
+
+def test_a_catalogue_never_served_whole_has_no_served_time() -> None:
+    produced = _Produced(listing_started=100.0, catalogue_listed=110.0)
+    assert catalogue_served(produced, 1000, [(120.0, 400)])["catalogue_served_s"] is None
+
+
+def test_slow_query_shares_compare_the_client_with_the_api_histogram() -> None:
+    text = (
+        "# TYPE recsim_query_duration_seconds histogram\n"
+        'recsim_query_duration_seconds_bucket{endpoint="/recommend",le="0.01",status="200"} 6.0\n'
+        'recsim_query_duration_seconds_bucket{endpoint="/recommend",le="0.05",status="200"} 9.0\n'
+        'recsim_query_duration_seconds_bucket{endpoint="/recommend",le="+Inf",status="200"} 10.0\n'
+        'recsim_query_duration_seconds_bucket{endpoint="/items/{item_id:path}",le="0.01",status="200"} 0.0\n'
+        'recsim_query_duration_seconds_bucket{endpoint="/items/{item_id:path}",le="+Inf",status="200"} 50.0\n'
+    )
+    assert slow_query_shares(text, [5.0, 20.0, 60.0, 8.0]) == {
+        "query_share_over_10ms": 0.5,
+        "server_query_share_over_10ms": 0.4,
+        "query_share_over_50ms": 0.25,
+        "server_query_share_over_50ms": 0.1,
     }
