@@ -278,3 +278,15 @@ def test_sparse_live_main_rows_kept_from_an_earlier_state_mask_the_rows_dead_sin
     _, positions = later.search(vectors[0], 20)
     assert later.main_exact.vectors is earlier.main_exact.vectors
     assert (0 in positions.tolist(), len(positions)) == (False, 20)
+
+
+def test_recall_counts_a_returned_row_that_ties_with_the_kth_best_as_found():
+    # 50 copies of each of 60 distinct rows: any 20 copies of the query's row are an exact top 20.
+    base = _clustered(n=60, clusters=60, seed=3)
+    vectors = np.ascontiguousarray(np.repeat(base, 50, axis=0))
+    index = build_index(vectors, CONFIG)
+    queries = base[:20]
+    _, found = index.search(queries, 20)
+    _, exact = build_index(vectors, CONFIG, kind="flat").search(queries, 20)
+    assert any(set(f) != set(e) for f, e in zip(found.tolist(), exact.tolist(), strict=True))  # other copies
+    assert measure_recall(index, vectors, queries) == 1.0
