@@ -219,12 +219,20 @@ class Snapshotter:
     def due(self) -> bool:
         return self._clock() >= self._next_due and not self._busy.locked()
 
-    def since(self) -> list[int | None]:
-        """What to export next: None per shard for a full export, else the shard version to diff from."""
+    def since(self, coming_rows: int = 0) -> list[int | None]:
+        """What to export next: None per shard for a full export, else the shard version to diff from.
+
+        ``coming_rows``: rows the caller is about to add (a listed catalogue still being encoded). A
+        full snapshot waits while they alone would change ``full_after_changed`` of it: under a bulk
+        listing a full built now is outdated before its index is (bench e2e at 1M: a catch-up delta of
+        615k rows after a 334k-row full, and freshness p95 9.6-12.4 s against 4-5 s without fulls)."""
+        full_rows = max(self._full_rows, 1)
         grown = len(self._changed) >= self.config.full_after_changed * self._full_rows > 0
+        listing = coming_rows >= self.config.full_after_changed * full_rows > 0
         full_due = (
             self._build is None
             and not self._idle
+            and not listing
             and (self._since_full >= self.config.full_every or grown or self._base_exact)
         )
         self._plan = FULL if self._since is None or full_due else DELTA

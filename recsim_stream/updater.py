@@ -642,7 +642,8 @@ class Updater:
     def snapshot(self) -> None:
         """Export every shard now (a consistent cut: the loop is between batches) and publish it."""
         assert self.snapshotter is not None
-        exports = self.shards.export(self.snapshotter.since())
+        coming = 0 if self.cold_start is None else self.cold_start.listed_unencoded
+        exports = self.shards.export(self.snapshotter.since(coming))
         names = self.learner.items.names
         newest = self.learner.newest_ts if np.isfinite(self.learner.newest_ts) else None
         cold_start = self.cold_start

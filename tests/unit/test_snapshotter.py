@@ -62,8 +62,8 @@ def _snapshotter(tmp_path, index=SHIPPING, full_every=20, registry=None):
     return Snapshotter(store.config, store, metrics, shards=1, index=index), store
 
 
-def _take(snapshotter: Snapshotter, shard: Shard, complete=None) -> None:
-    since = snapshotter.since()
+def _take(snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0) -> None:
+    since = snapshotter.since(coming_rows)
     snapshotter.take(
         [shard.export(since[0])],
         lambda keys: [f"item-{k}" for k in keys.tolist()],
@@ -206,6 +206,20 @@ def test_a_full_snapshot_comes_early_once_half_its_rows_changed(tmp_path):
     _take(snapshotter, shard)  # v3: 30 of 50 changed rows
     shard.train([0])
     _take(snapshotter, shard)
+    assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, 2, None]
+
+
+def test_a_full_snapshot_waits_while_a_listing_being_encoded_would_change_half_of_it(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    shard.train(range(30))
+    _take(snapshotter, shard, coming_rows=25)  # v2: 30 of 50 changed, but 25 rows are coming
+    shard.train([0])
+    _take(snapshotter, shard, coming_rows=25)  # v3: still a delta
+    shard.train([1])
+    _take(snapshotter, shard, coming_rows=24)  # v4: the listing is nearly in: full
     assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, 2, None]
 
 
