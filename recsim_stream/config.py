@@ -366,7 +366,9 @@ class ApiConfig:
     max_body_bytes: int = 64 * 1024
     max_request_items: int = 100  # items (and exclusions) one /recommend body may name
     session_items: int = 3  # the last this many items of a session form its query vector
-    poll_s: float = 0.25  # how often the query service looks for a new snapshot
+    # How often the query service looks for a new snapshot: one read of the small LATEST pointer, so
+    # polling often is cheap, and every poll period is added to freshness (half of it on average).
+    poll_s: float = 0.05
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "api.port", "must be a TCP port")
