@@ -126,10 +126,7 @@ class IdLookup(Mapping[str, int]):
 
     def positions_of(self, ids: np.ndarray) -> np.ndarray:
         """Position of each of ``ids``, -1 where absent."""
-        if not len(self._sorted) or not len(ids):
-            return np.full(len(ids), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-        return np.where(self._sorted[at] == ids, self._positions[at], -1)
+        return _find(self._sorted, self._positions, ids)
 
     def __getitem__(self, item_id: str) -> int:
         at = int(np.searchsorted(self._sorted, item_id))
@@ -142,6 +139,115 @@ class IdLookup(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(self._sorted)
+
+
+def _find(sorted_ids: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``values`` of each of ``ids`` in ``sorted_ids`` (distinct), -1 where absent. ``searchsorted``
+    and the string comparison release the GIL, unlike a Python loop over the ids. ``ids`` wider
+    than ``sorted_ids`` are cast down, those too long to be there left out: numpy would otherwise
+    widen the whole sorted array per call, a string cast that holds the GIL (~10 ms a million ids)."""
+    found = np.full(len(ids), -1, dtype=np.int64)
+    if not len(sorted_ids) or not len(ids):
+        return found
+    fits = np.ones(len(ids), bool)
+    if ids.dtype.itemsize > sorted_ids.dtype.itemsize:
+        fits = np.char.str_len(ids) <= sorted_ids.dtype.itemsize // 4
+    wanted = ids[fits].astype(sorted_ids.dtype)
+    at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    found[fits] = np.where(sorted_ids[at] == wanted, values[at], -1)
+    return found
+
+
+CAST_SLICE = 1 << 16  # ids cast per numpy call: a string cast holds the GIL
+
+
+def _cast(ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``ids`` as ``dtype`` (wider strings), cast a slice at a time so other threads get the GIL between."""
+    if ids.dtype == dtype:
+        return ids
+    out = np.empty(len(ids), dtype)
+    for at in range(0, len(ids), CAST_SLICE):
+        out[at : at + CAST_SLICE] = ids[at : at + CAST_SLICE]
+    return out
+
+
+@dataclass(frozen=True)
+class IdRun:
+    """The distinct ids of a run of consecutive delta rows, sorted, each with its newest row in the run."""
+
+    ids: np.ndarray  # (k,) sorted, distinct
+    rows: np.ndarray  # (k,) int64
+    covered: int  # delta rows the run stands for: what decides merges
+
+    @classmethod
+    def of(cls, ids: np.ndarray, start: int) -> tuple[IdRun, np.ndarray]:
+        """The run of rows ``start, start + 1, ...`` holding ``ids``, and the rows in it that a later
+        row of the same id supersedes (a delta names each id once, but nothing on the read path
+        checks that)."""
+        order = np.argsort(ids, kind="stable")  # equal ids stay in row order: the last is the newest
+        ordered = ids[order]
+        last = np.ones(len(ids), bool)
+        last[:-1] = ordered[1:] != ordered[:-1]
+        return cls(ordered[last], start + order[last], len(ids)), start + order[~last]
+
+    def then(self, newer: IdRun) -> IdRun:
+        """This run followed by ``newer``: its rows win for the ids both hold. A merge of two sorted
+        arrays (``searchsorted`` and scatters), linear in their sizes, without sorting again."""
+        dtype = np.result_type(self.ids, newer.ids)
+        older_ids, newer_ids = _cast(self.ids, dtype), _cast(newer.ids, dtype)
+        at = np.searchsorted(older_ids, newer_ids)
+        keep = np.ones(len(older_ids), bool)
+        if len(older_ids):
+            hit = np.minimum(at, len(older_ids) - 1)
+            keep[hit[older_ids[hit] == newer_ids]] = False  # ids the newer run holds too
+        dropped_before = np.concatenate([[0], np.cumsum(~keep)])
+        slots = at - dropped_before[at] + np.arange(len(newer.ids))  # newer's places in the merged run
+        n = int(keep.sum()) + len(newer.ids)
+        ids, rows = np.empty(n, dtype), np.empty(n, np.int64)
+        older = np.ones(n, bool)
+        older[slots] = False
+        ids[slots], rows[slots] = newer_ids, newer.rows
+        ids[older], rows[older] = older_ids[keep], self.rows[keep]
+        return IdRun(ids, rows, self.covered + newer.covered)
+
+
+@dataclass(frozen=True)
+class IdRuns:
+    """Item id -> newest delta row, as one state sees it: sorted runs of ids, the newest last, merged
+    like a binary counter (a run takes in the one before it when that one covers no more rows), so
+    n rows make O(log n) runs and each row is merged O(log n) times. Immutable: an append returns
+    new runs, and a state keeps the ones it was built with.
+
+    It replaced two dicts (id -> newest row, row -> previous row of its id) updated per swap: their
+    per-id Python loops and their resizes (one C call rehashing every id: ~150 ms at 1M ids) held
+    the GIL against queries; searches and merges of sorted arrays release it."""
+
+    runs: tuple[IdRun, ...] = ()
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The newest row of each of ``ids``, -1 where none."""
+        found = np.full(len(ids), -1, dtype=np.int64)
+        for run in reversed(self.runs):
+            missing = np.flatnonzero(found < 0)
+            if not len(missing):
+                break
+            found[missing] = _find(run.ids, run.rows, ids[missing])
+        return found
+
+    def row_of(self, item_id: str) -> int:
+        """The newest row of ``item_id``, -1 where none."""
+        for run in reversed(self.runs):
+            at = int(np.searchsorted(run.ids, item_id))
+            if at < len(run.ids) and run.ids[at] == item_id:
+                return int(run.rows[at])
+        return -1
+
+    def appended(self, run: IdRun) -> IdRuns:
+        runs = [*self.runs, run]
+        while len(runs) > 1 and runs[-2].covered <= runs[-1].covered:
+            newer = runs.pop()
+            runs[-1] = runs[-1].then(newer)
+        return IdRuns(tuple(runs))
 
 
 class Appendable:
@@ -185,6 +291,7 @@ class DeltaView:
     state: a byte a row, where the rows themselves were copied per swap before)."""
 
     log: DeltaLog
+    ids: IdRuns  # id -> newest row among ``arrays``
     arrays: SnapshotArrays  # every row appended so far; an id may have several rows, the last is served
     superseded: np.ndarray  # (n,) bool: a later row has the same id
     main_live: np.ndarray  # (main rows,) bool: no delta row overrides it
@@ -206,18 +313,13 @@ class DeltaLog:
     with the tables the API searches; shared by the states on that base, written by one thread (the
     watcher). A swap appends what the new delta brings: before, it re-merged the whole delta since
     the full (``np.isin`` over ids, flat indexes and id lookup rebuilt; ~0.3 s at 63k rows, holding
-    the GIL against queries).
-
-    Ids: ``latest`` maps an id to its newest row, ``earlier`` a row to the previous row of its id.
-    A state holding ``n`` rows follows ``earlier`` back past rows appended after it. Both dicts are
-    updated in place under the GIL, a row linked into ``earlier`` before ``latest`` names it.
+    the GIL against queries). Ids are found through ``ids`` (``IdRuns``; each view keeps its own).
     """
 
     def __init__(self, main: MainBuild, config: IndexConfig) -> None:
         self.main = main
         arrays, dim = main.arrays, main.arrays.dim
-        self.latest: dict[str, int] = {}
-        self.earlier: dict[int, int] = {}
+        self.ids = IdRuns()
         self.last: DeltaView | None = None  # the newest view: the next append extends it
         # Room for as many rows as the main has (the snapshotter publishes a full once half of them
         # changed: snapshot.full_after_changed; rows of ids changed again come on top), and at least
@@ -285,10 +387,11 @@ class DeltaLog:
     def _append(self, delta: SnapshotArrays) -> tuple[np.ndarray, np.ndarray]:
         """Append one delta; returns (rows it supersedes, main positions it overrides)."""
         start, m = len(self._ids), delta.count
-        ids = delta.ids.tolist()
-        before = np.fromiter((self.latest.get(i, -1) for i in ids), dtype=np.int64, count=m)
+        run, repeated = IdRun.of(delta.ids, start)
+        before = self.ids.rows_of(run.ids)
         first = before < 0
-        in_main = self.main.positions.positions_of(delta.ids[first])
+        in_main = self.main.positions.positions_of(run.ids[first])
+        self.ids = self.ids.appended(run)
         if delta.content_vectors is not None and self._content is None:
             self._add_content(delta.content_vectors.shape[1])
         cold = delta.cold
@@ -315,10 +418,7 @@ class DeltaLog:
                 content = np.zeros((m, self._content.view.shape[1]), np.float32)
             self._content.extend(content)
             self._cold_content.extend(content[cold_rows])
-        again = np.flatnonzero(~first)
-        self.earlier.update(zip((start + again).tolist(), before[again].tolist(), strict=True))
-        self.latest.update(zip(ids, range(start, start + m), strict=True))
-        return before[~first], in_main[in_main >= 0]
+        return np.concatenate([before[~first], repeated]), in_main[in_main >= 0]
 
     def _view(self, superseded_rows: np.ndarray, overridden: np.ndarray) -> DeltaView:
         previous, main = self.last, self.main
@@ -352,6 +452,7 @@ class DeltaLog:
         n_known, n_cold = len(self._known_at), len(cold_at)
         return DeltaView(
             log=self,
+            ids=self.ids,
             arrays=arrays,
             superseded=superseded,
             main_live=main_live,
@@ -429,20 +530,28 @@ class StatePositions(Mapping[str, int]):
 
     def __init__(self, view: DeltaView) -> None:
         self._view = view
-        self._log = view.log
-        self._rows = view.arrays.count
+        self._main = view.log.main
         self._n_main = view.log.main.arrays.count
 
     def __getitem__(self, item_id: str) -> int:
-        row = self._log.latest.get(item_id, -1)
-        while row >= self._rows:  # appended after this state: its earlier row, if any
-            row = self._log.earlier.get(row, -1)
+        row = self._view.ids.row_of(item_id)
         if row >= 0:
             return self._n_main + row
-        return self._log.main.positions[item_id]
+        return self._main.positions[item_id]
+
+    def positions_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Position of each of ``ids``, -1 where absent: one search per run for all of them. An id
+        ending in NUL is absent: numpy strings drop trailing NULs, so no served id ends in one, and
+        as an array element it would match the id without them."""
+        if not ids:
+            return np.zeros(0, np.int64)
+        wanted = np.array(ids, dtype=str)
+        rows = self._view.ids.rows_of(wanted)
+        found = np.where(rows >= 0, self._n_main + rows, self._main.positions.positions_of(wanted))
+        return np.where([i.endswith("\0") for i in ids], -1, found)
 
     def __iter__(self) -> Iterator[str]:
-        main = self._log.main.arrays.ids[self._view.main_live]
+        main = self._main.arrays.ids[self._view.main_live]
         delta = self._view.arrays.ids[~self._view.superseded]
         return iter(np.concatenate([main, delta]).tolist())
 

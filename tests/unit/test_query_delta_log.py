@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
-from recsim_stream.delta_log import Appendable, DeltaLog
+from recsim_stream.delta_log import Appendable, DeltaLog, IdLookup, IdRun, IdRuns, StatePositions
 from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main, serve_view
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotError, SnapshotManifest, SnapshotStore
 
@@ -127,11 +127,8 @@ def test_a_delta_of_another_content_width_is_refused_and_appends_nothing():
     wide = _rows(np.random.default_rng(5), ["n1"], width=6)
     with pytest.raises(SnapshotError, match="one width"):
         log.append([chain[1], wide])
-    assert (log.last.arrays.count, "n1" in log.latest, str(chain[1].ids[-1]) in log.latest) == (
-        320,
-        False,
-        False,
-    )
+    rows = log.ids.rows_of(np.array(["n1", str(chain[1].ids[-1])]))
+    assert (log.last.arrays.count, rows.tolist()) == (320, [-1, -1])
 
 
 def test_the_watcher_appends_each_delta_to_the_log_of_its_base(tmp_path):
@@ -254,3 +251,62 @@ def test_rows_whose_run_the_recall_gate_refused_stay_searched_exactly():
     state = serve_view(log.append([]), _manifest(4), refusing, state)
     assert [part.size for part in state.view.similar] == [1000]
     assert len(_answer(state, "n0", k=1299)) == 1299
+
+
+def _append(runs: IdRuns, ids: list[str], start: int) -> tuple[IdRuns, np.ndarray]:
+    run, repeated = IdRun.of(np.array(ids, dtype="U"), start)
+    return runs.appended(run), repeated
+
+
+def test_runs_find_the_newest_row_of_every_id_as_a_dict_would():
+    rng = np.random.default_rng(0)
+    runs, newest, start, history = IdRuns(), {}, 0, []
+    for size in rng.integers(1, 400, 60):
+        ids = [f"x{j}" + "y" * int(j % 4) for j in rng.choice(3000, size=int(size), replace=False)]
+        runs, _ = _append(runs, ids, start)
+        newest.update({i: start + k for k, i in enumerate(ids)})
+        start += len(ids)
+        history.append((runs, dict(newest)))
+    asked = np.array([f"x{j}" + "y" * (j % 4) for j in range(3200)] + ["x1y", "x", ""])
+    for then, expected in history[::7]:  # earlier runs are untouched by later appends
+        assert then.rows_of(asked).tolist() == [expected.get(str(i), -1) for i in asked]
+        assert [then.row_of(str(i)) for i in asked[:50]] == [expected.get(str(i), -1) for i in asked[:50]]
+    assert len(runs.runs) <= 2 * np.log2(start)
+
+
+def test_an_id_named_twice_in_one_delta_is_served_from_its_later_row():
+    runs, repeated = _append(IdRuns(), ["a", "b", "a"], start=10)
+    assert (runs.row_of("a"), runs.row_of("b"), repeated.tolist()) == (12, 11, [10])
+
+
+def test_ids_longer_than_any_listed_are_absent_rather_than_cut_short():
+    lookup = IdLookup(np.array(["ab", "b"]))
+    assert lookup.positions_of(np.array(["abc", "b", "a"])).tolist() == [-1, 1, -1]
+    runs, _ = _append(IdRuns(), ["ab"], start=0)
+    runs, _ = _append(runs, ["abcdef"], start=1)  # a wider run merged into a narrower one
+    assert runs.rows_of(np.array(["ab", "abcdef", "abc"])).tolist() == [0, 1, -1]
+
+
+def test_state_positions_of_many_ids_agree_with_one_at_a_time():
+    full, chain = _chain()
+    main = _main(full)
+    log, state = DeltaLog(main, INDEX), None
+    for version, delta in enumerate(chain, start=2):
+        state = serve_view(log.append([delta]), _manifest(version), INDEX, state)
+    positions = state.positions
+    assert isinstance(positions, StatePositions)
+    asked = [str(full.ids[0]), str(chain[0].ids[0]), str(chain[-1].ids[-1]), "nope", str(full.ids[0]) + "\0"]
+    expected = [positions.get(i, -1) for i in asked[:4]] + [-1]
+    assert positions.positions_of(asked).tolist() == expected
+    assert min(expected[:3]) >= 0 and positions.positions_of([]).tolist() == []
+
+
+def test_a_delta_appended_after_a_state_leaves_its_ids_as_they_were():
+    full, _ = _chain()
+    rng = np.random.default_rng(7)
+    log = DeltaLog(_main(full), INDEX)
+    one = serve_view(log.append([_rows(rng, ["i7", "new"], cold_share=0)]), _manifest(2), INDEX)
+    two = serve_view(log.append([_rows(rng, ["new", "newer"], cold_share=0)]), _manifest(3), INDEX, one)
+    n_main = full.count
+    assert [one.positions.get(i) for i in ("i7", "new", "newer")] == [n_main, n_main + 1, None]
+    assert [two.positions.get(i) for i in ("i7", "new", "newer")] == [n_main, n_main + 2, n_main + 3]
