@@ -59,9 +59,9 @@ CLUSTERS = 2000  # content clusters: real content vectors cluster, and the API's
 
 # (module or class, attribute, step name): what the watcher calls on a swap, timed when present.
 STEPS = (
-    (SnapshotStore, "read_chain", "read_chain"),
-    (snapshot, "read_npy", "read_chain/read_npy"),
-    (snapshot, "_check_servable", "read_chain/check_servable"),
+    (SnapshotStore, "read", "read"),
+    (snapshot, "read_npy", "read/read_npy"),
+    (snapshot, "_check_servable", "read/check_servable"),
     (query, "build_main", "build_main"),
     (delta_log.DeltaLog, "append", "append"),
     (delta_log.DeltaLog, "_append", "append/_append"),
@@ -344,6 +344,7 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
             threading.Thread(target=querier, args=(stop, holder, ids, args.qps, latencies), daemon=True)
         )
     loads: list[float] = []
+    polls: list[float] = []  # when each poll started
     tracer = CallTracer(args.trace_min_ms) if args.trace_c else None
 
     def run() -> None:
@@ -355,6 +356,7 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
             started = time.perf_counter()
             swapped = watcher.poll_once()
             loads.append(time.perf_counter() - started)
+            polls.append(started)
             if not swapped:
                 print(f"  version {version} was not swapped in", flush=True)
             time.sleep(args.gap_s)
@@ -383,6 +385,7 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
         "ticks": busy,
         "where": where,
         "loads": loads,
+        "polls": polls,
         "intervals": list(steps.intervals),
         "latencies": latencies,
         "calls": None if tracer is None else dict(tracer.calls),
@@ -405,10 +408,8 @@ def wait_for_builds(watcher: SnapshotWatcher) -> None:
 
 
 def swap_steps(result: dict) -> dict[str, tuple[list[float], list[float]]]:
-    """Each step's (wall, CPU) seconds per swap (swaps split where each load starts reading)."""
-    starts = sorted(s for name, depth, s, _, _ in result["intervals"] if name == "read_chain" and not depth)
-    if not starts:
-        return {}
+    """Each step's (wall, CPU) seconds per swap (split where each poll starts)."""
+    starts = result["polls"]
     wall: list[dict[str, float]] = [defaultdict(float) for _ in starts]
     cpu: list[dict[str, float]] = [defaultdict(float) for _ in starts]
     for name, _, s, e, c in result["intervals"]:
