@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,7 @@ from recsim_stream.index import (
 )
 from recsim_stream.metrics import ApiMetrics
 from recsim_stream.new_items import BackgroundBuild, MainCold, NewItems, serves_new_items
+from recsim_stream.next_base import NextBase
 from recsim_stream.scoring import query_with_prior, session_query, with_prior
 from recsim_stream.snapshot import (
     KIND_FULL,
@@ -82,7 +83,7 @@ class ServingState:
     manifest: SnapshotManifest
     main: MainBuild
     view: DeltaView  # rows changed since main, as this state sees them
-    positions: StatePositions  # id -> position; delta positions are offset by the main size
+    positions: Mapping[str, int]  # id -> position; delta positions are offset by the main size
     item_count: int  # distinct ids served
     similar: MergedIndex
     recommend: MergedIndex  # discovery: known rows only when ``new_items`` is set
@@ -322,7 +323,13 @@ class IndexHolder:
     def swap(self, state: ServingState) -> bool:
         """Serve ``state`` if it is newer than the current one; returns whether it was swapped in."""
         with self._swap_lock:
-            if self._state is not None and state.version <= self._state.version:
+            current = self._state
+            # Newer: a newer version, or the same version on a newer base (the watcher's switch
+            # from a bridged state to the new base it has loaded).
+            if current is not None and (state.version, state.main.version) <= (
+                current.version,
+                current.main.version,
+            ):
                 return False
             self._state = state
         if self.metrics is not None:
@@ -333,7 +340,9 @@ class IndexHolder:
                 self.metrics.recall.labels(index=index).set(recall)
             # From the newest covered record's production (its Kafka timestamp, wall clock) to now. Not
             # from event time: a simulator's or a replay's event clock is not the wall clock.
-            if state.manifest.newest_record_ts is not None:
+            # (Once per version: a switch to a new base serves no newer record.)
+            moved = current is None or state.version > current.version
+            if state.manifest.newest_record_ts is not None and moved:
                 self.metrics.freshness.observe(max(0.0, self._clock() - state.manifest.newest_record_ts))
         return True
 
@@ -371,19 +380,18 @@ class IndexHolder:
         row's score is the discovery score a known item would need to be as likely as it.
         """
         state = self._current()
-        found = state.positions.positions_of([*items, *exclude]).tolist()
-        known = [(i, p) for i, p in zip(items, found, strict=False) if p >= 0]
-        unknown = [i for i, p in zip(items, found, strict=False) if p < 0]
+        known = [(i, state.positions[i]) for i in items if i in state.positions]
+        unknown = [i for i in items if i not in state.positions]
         if not known:
             raise UnknownItem(items[0] if items else "")
         recent = [p for _, p in known[-self.config.session_items :]]
         query = query_with_prior(session_query(np.stack([state.input_vector(p) for p in recent])))
-        banned = {p for _, p in known} | {p for p in found[len(items) :] if p >= 0}
+        banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
         if state.new_items is not None and state.new_items.size:
-            last = found[len(items) - 1]
+            last = state.positions.get(items[-1])
             new = state.new_items
-            share = new.share if last >= 0 and state.learned(last) else new.share_after_cold
+            share = new.share if last is not None and state.learned(last) else new.share_after_cold
             scores, positions = _with_new_items(
                 state, state.new_items, share, recent, query, scores, positions, banned, k
             )
@@ -460,9 +468,26 @@ class SnapshotWatcher:
     Works across processes: it only reads the directory the snapshotter writes. An in-process
     snapshotter can call ``notify()`` to skip the wait. A version that fails to load is counted
     once and skipped; the state already served stays live.
+
+    A new full snapshot (a new *base*) is loaded on a thread of its own (``next_base.NextBase``),
+    and until it is ready the deltas of its chain are appended to the served base's log: the
+    *bridge*, so that a full snapshot no longer holds every swap for seconds. The bridge serves the
+    rows the new chain holds, because the snapshotter publishes a full snapshot with a catch-up
+    delta of every row changed since its cut, and every row changed before the cut was published
+    on the served chain, whose unserved tail the bridge appends first. Until the switch it leaves
+    out rows that changed only as negative samples (deltas skip them) and keeps rows the full
+    snapshot dropped. A base that fails to load is counted once and bridged until the next one.
     """
 
-    def __init__(self, store: SnapshotStore, holder: IndexHolder, config: IndexConfig, poll_s: float) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        holder: IndexHolder,
+        config: IndexConfig,
+        poll_s: float,
+        load_main: Callable[[int], MainBuild] | None = None,
+    ) -> None:
+        """``load_main(version)`` builds a full snapshot's ``MainBuild`` (default: from ``store``)."""
         self.store = store
         self.holder = holder
         self.config = config
@@ -473,15 +498,26 @@ class SnapshotWatcher:
         self._failed: int | None = None
         self._main: MainBuild | None = None
         self._log: DeltaLog | None = None  # the rows appended since ``_main``; its ``last`` is served
+        self._load_main = load_main or self._read_main
+        self._next: NextBase[MainBuild] | None = None  # a new base loading off the swap path
+        self._bridged: int | None = None  # the new base whose chain the served log takes meanwhile
+        self._failed_base: int | None = None
+
+    def _read_main(self, version: int) -> MainBuild:
+        return build_main(self.store.read(version), self.config, self.store.read_index(version))
 
     def poll_once(self) -> bool:
-        """Load and swap in the newest version if it is new; returns whether a swap happened."""
+        """Load and swap in the newest version if it is new, or the state of a new base once it is
+        loaded; returns whether a swap happened."""
         try:
             version = self.store.latest_version()
         except SnapshotError as exc:
             return self._refuse(None, "corrupt", exc)
         current = self.holder.state
-        if version is None or version == self._failed or (current is not None and version <= current.version):
+        if version is None or version == self._failed:
+            return False
+        based = self._next is not None and self._next.done()
+        if current is not None and version <= current.version and not based:
             return False
         try:
             state = self._load(version, current)
@@ -489,25 +525,84 @@ class SnapshotWatcher:
             return self._refuse(version, "corrupt", exc)
         except RecallGateError as exc:
             return self._refuse(version, "recall", exc)
-        return self.holder.swap(state)
+        return state is not None and self.holder.swap(state)
 
-    def _load(self, version: int, current: ServingState | None) -> ServingState:
-        """The state serving ``version``: a swap on the served base appends only the snapshots since
-        the served one to the base's delta log (they were re-merged with every delta since the full
-        before); a new base starts a log, and its main build, anew."""
-        extends = current is not None and self._log is not None and self._log.last is current.view
-        chain = self.store.read_chain(version, after=current.version if extends else None)
-        manifest = chain[-1].manifest
-        if chain[0].manifest.kind == KIND_FULL:
-            base = chain[0].manifest.version
-            if self._main is None or self._main.version != base:
-                self._main = build_main(chain[0], self.config, self.store.read_index(base))
-            self._log, chain, previous = DeltaLog(self._main, self.config), chain[1:], current
-        else:  # extends the chain already served
-            previous = current
+    def wait_for_base(self, timeout: float | None = None) -> bool:
+        """Wait for the new base loading, if any; whether none is loading any more (the next poll
+        switches to it)."""
+        loading = self._next
+        return loading is None or loading.wait(timeout)
+
+    def _load(self, version: int, current: ServingState | None) -> ServingState | None:
+        """The state serving ``version``, or None while there is nothing new to serve (a new base
+        loading, and no delta of its chain to bridge). A swap on the served base appends only the
+        snapshots since the served one to the base's delta log; a new base starts a log anew."""
+        chain = self.store.read_manifests(version)
+        if chain[0].kind != KIND_FULL:
+            raise SnapshotError(f"snapshot {version}: its chain starts at delta {chain[0].version}")
+        base = chain[0].version
+        served = current is not None and self._log is not None and self._log.last is current.view
+        if self._main is not None and base == self._main.version:
+            if served:
+                return self._append([m for m in chain[1:] if m.version > current.version], chain[-1], current)
+            return self._rebase(self._main, chain, current)
+        if not served:  # nothing to bridge onto: the first snapshot, or after a failed append
+            return self._rebase(self._load_main(base), chain, current)
+        loading = self._next
+        if base != self._failed_base and (loading is None or loading.version != base):
+            # No bridge for a second new base while one loads: the served log may lack rows of the
+            # first one's chain that the second's catch-up delta does not repeat.
+            tail = self._served_tail(current, base) if loading is None else None
+            self._next = loading = NextBase(base, lambda: self._load_main(base))
+            if tail is not None:
+                self._bridged = base
+                return self._append(tail + chain[1:], chain[-1], current)
+        if loading is not None and loading.version == base and loading.done():
+            self._next = None
+            try:
+                main = loading.take()
+            except (SnapshotError, IndexLoadError, RecallGateError):
+                self._failed_base = base
+                raise
+            return self._rebase(main, chain, current)
+        if self._bridged != base:
+            return None
+        return self._append([m for m in chain[1:] if m.version > current.version], chain[-1], current)
+
+    def _served_tail(self, current: ServingState, base: int) -> list[SnapshotManifest] | None:
+        """The served chain's deltas published after ``current`` and before the new ``base`` (the
+        watcher may have skipped them); None when they cannot be found (pruned): no bridge then."""
+        between = [v for v in self.store.versions() if current.version < v < base]
+        if not between:
+            return []
+        try:
+            tail = self.store.read_manifests(between[-1], after=current.version)
+        except SnapshotError:
+            return None
+        return tail if tail[0].parent_version == current.version else None
+
+    def _rebase(
+        self, main: MainBuild, chain: list[SnapshotManifest], current: ServingState | None
+    ) -> ServingState:
+        """A new log on ``main`` with every delta of ``chain``."""
+        self._main, self._bridged = main, None
+        self._log = DeltaLog(main, self.config)
+        return self._append(chain[1:], chain[-1], current, anew=True)
+
+    def _append(
+        self,
+        deltas: list[SnapshotManifest],
+        manifest: SnapshotManifest,
+        previous: ServingState | None,
+        anew: bool = False,
+    ) -> ServingState | None:
+        """``deltas`` appended to the served log, as the state serving ``manifest``; None when there
+        is nothing to append to a log already served."""
+        if not deltas and not anew:
+            return None
         log = self._log
         self._log = None  # until the append completes: a failure midway leaves no half-appended log
-        view = log.append([snapshot.arrays for snapshot in chain])
+        view = log.append([self.store.read(m.version).arrays for m in deltas])
         self._log = log
         return serve_view(view, manifest, self.config, previous)
 

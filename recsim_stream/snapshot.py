@@ -359,6 +359,11 @@ class SnapshotStore:
         With ``after`` (a version already served from the same chain), only the snapshots newer than
         it; if ``after`` is not on the chain, the whole chain.
         """
+        return [self.read(m.version) for m in self.read_manifests(version, after)]
+
+    def read_manifests(self, version: int, after: int | None = None) -> list[SnapshotManifest]:
+        """The manifests of ``read_chain(version, after)``, oldest first, without reading any array:
+        a few small files, so a reader can decide what to load before loading it."""
         manifests = [self.read_manifest(version)]
         while manifests[-1].parent_version is not None:
             parent = manifests[-1].parent_version
@@ -367,7 +372,7 @@ class SnapshotStore:
             if parent >= manifests[-1].version:
                 raise SnapshotError(f"snapshot {manifests[-1].version}: parent {parent} is not older")
             manifests.append(self.read_manifest(parent))
-        return [self.read(m.version) for m in reversed(manifests)]
+        return manifests[::-1]
 
     def load(self, version: int) -> Snapshot:
         """``version`` with its chain applied: every row to serve, under ``version``'s manifest."""

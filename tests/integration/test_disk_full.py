@@ -85,6 +85,8 @@ def test_a_snapshot_that_does_not_fit_leaves_the_previous_one_served(small_disk)
 
     filler.unlink()
     store.write(2, _arrays(2000, 2), offsets={"events": {0: 2000}}, newest_event_ts=2.0)
+    watcher.poll_once()  # a new base: loaded off the swap path
+    assert watcher.wait_for_base(timeout=20)
     assert watcher.poll_once()
     assert holder.state.version == 2
 

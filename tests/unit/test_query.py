@@ -155,6 +155,8 @@ def test_watcher_keeps_serving_when_a_snapshot_is_corrupt(tmp_path):
     watcher.poll_once()
     store.write(2, CATALOGUE, offsets={}, newest_event_ts=None)
     (store.root / folder_name(2) / "ids.npy").write_bytes(b"garbage")
+    assert watcher.poll_once() is False  # a new base: loaded off the swap path, refused when it fails
+    assert watcher.wait_for_base(timeout=20)
     assert watcher.poll_once() is False
     assert holder.state.version == 1
     assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "corrupt"}) == 1.0
@@ -234,6 +236,8 @@ def test_watcher_refuses_a_shipped_index_over_other_rows_and_keeps_serving(tmp_p
     watcher, holder = _watcher(store, registry)
     watcher.poll_once()
     store.write(2, arrays, offsets={}, newest_event_ts=None, index=_shipped(_clustered_arrays(1500)))
+    assert watcher.poll_once() is False
+    assert watcher.wait_for_base(timeout=20)
     assert watcher.poll_once() is False
     assert holder.state.version == 1
     assert registry.get_sample_value("recsim_snapshot_loads_refused_total", {"reason": "corrupt"}) == 1.0
