@@ -20,7 +20,10 @@ its own (the pointer ``LATEST`` moves one version at a time; ``--gap-s`` between
 - a control ticker does the same in a process of its own, which shares the CPUs but not the GIL: what
   it sees is the machine's scheduling (other benchmarks on 2 cores), the rest is the interpreter;
 - with ``--queries``, a query thread calls ``holder.similar`` and ``holder.recommend`` at ``--qps``
-  and records their latency.
+  and records their latency;
+- with ``--http``, the API itself (``http_api.create_app`` under uvicorn, on a thread, as ``serve``
+  runs it) answers ``/items/{id}/similar`` and ``/recommend`` from a client in another process at
+  ``--qps``, which records the latency over HTTP.
 It prints, per repeat and as the median over repeats: the stall p50/p99/max, the share of ticks late by
 more than 5 and 20 ms, the load time per swap, each instrumented step's time per swap (p50/p99/max),
 which step was running when the stalls over ``--stall-ms`` happened (the innermost one holding the
@@ -47,10 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 
 from recsim_stream import delta_log, query, snapshot
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
+from recsim_stream.http_api import create_app
 from recsim_stream.index import build_main_indexes, ship
+from recsim_stream.metrics import new_registry
 from recsim_stream.query import IndexHolder, SnapshotWatcher
 from recsim_stream.snapshot import LATEST, SnapshotArrays, SnapshotStore
 
@@ -303,6 +309,48 @@ def fifo_allowed() -> bool:
     return True
 
 
+CLIENT = """
+import http.client, json, random, sys, threading, time
+port, qps, n = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+out, stop, rng = {"http similar": [], "http recommend": []}, threading.Event(), random.Random(1)
+def ask():
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    next_at = time.perf_counter()
+    while not stop.is_set():
+        next_at += 1 / qps
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+        picks = [f"i{rng.randrange(n)}" for _ in range(3)]
+        similar = len(out["http similar"]) <= len(out["http recommend"])
+        started = time.perf_counter()
+        if similar:
+            connection.request("GET", f"/items/{picks[0]}/similar?k=20")
+        else:
+            body = json.dumps({"items": picks, "k": 20})
+            connection.request("POST", "/recommend", body, {"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            out["http similar" if similar else "http recommend"].append(time.perf_counter() - started)
+thread = threading.Thread(target=ask)
+thread.start()
+sys.stdin.read()
+stop.set()
+thread.join()
+json.dump(out, sys.stdout)
+"""
+
+
+def serve_http(holder: IndexHolder, port: int) -> uvicorn.Server:
+    """The query API over ``holder`` on a thread of its own, as ``http_api.serve`` runs it."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(holder, ApiConfig(), new_registry()), port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, name="uvicorn", daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server
+
+
 def querier(
     stop: threading.Event, holder: IndexHolder, ids: list[str], qps: float, out: dict[str, list[float]]
 ) -> None:
@@ -330,7 +378,7 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
     pointer.write_text("0\n")  # nothing served yet (no version 0)
     store = SnapshotStore(SnapshotConfig(dir=str(root)))
     holder = IndexHolder(ApiConfig())
-    watcher = SnapshotWatcher(store, holder, IndexConfig(), poll_s=3600)
+    watcher = SnapshotWatcher(store, holder, IndexConfig(api_build_niceness=args.build_niceness), poll_s=3600)
     ticks: list[tuple[float, float]] = []
     latencies: dict[str, list[float]] = {"similar": [], "recommend": []}
     stop = threading.Event()
@@ -343,6 +391,8 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
         threads.append(
             threading.Thread(target=querier, args=(stop, holder, ids, args.qps, latencies), daemon=True)
         )
+    server = serve_http(holder, args.port) if args.http else None
+    client = None
     loads: list[float] = []
     polls: list[float] = []  # when each poll started
     tracer = CallTracer(args.trace_min_ms) if args.trace_c else None
@@ -368,10 +418,20 @@ def replay(root: Path, versions: int, args: argparse.Namespace, steps: Steps) ->
     quiet_until = time.perf_counter()
     steps.intervals.clear()
     control = control_ticker(period, args.fifo)
+    if server is not None:
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(args.port), str(args.qps), str(args.full_rows)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     loader = threading.Thread(target=run, name="replay")
     loader.start()
     loader.join()
     control_lates = json.loads(control.communicate("")[0])
+    if client is not None:
+        latencies.update(json.loads(client.communicate("")[0]))
+        server.should_exit = True
     wait_for_builds(watcher)
     stop.set()
     for thread in threads:
@@ -529,10 +589,15 @@ def main(argv: list[str] | None = None) -> None:
         "--stall-ms", type=float, default=5.0, help="stalls at least this long are attributed"
     )
     parser.add_argument("--queries", action="store_true", help="run a query thread during the replay")
+    parser.add_argument("--http", action="store_true", help="query the API over HTTP from another process")
+    parser.add_argument("--port", type=int, default=8765, help="of the API with --http")
     parser.add_argument("--qps", type=float, default=200.0, help="queries per second of the query thread")
     parser.add_argument("--switch-interval-ms", type=float, help="sys.setswitchinterval for the replay")
     parser.add_argument(
         "--no-fifo", dest="fifo", action="store_false", help="tickers under the default policy"
+    )
+    parser.add_argument(
+        "--build-niceness", type=int, default=0, help="index.api_build_niceness of the API's own IVF builds"
     )
     parser.add_argument("--where", type=int, default=8, help="stall sites listed (by total stall)")
     parser.add_argument("--trace-c", action="store_true", help="time the replay thread's C calls (slows it)")
