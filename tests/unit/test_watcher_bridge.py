@@ -101,6 +101,24 @@ def test_once_the_new_base_is_loaded_the_same_version_is_served_on_it(tmp_path):
     assert watcher.poll_once() is False
 
 
+def test_deltas_published_while_the_new_base_loads_are_in_the_state_switched_to(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 1, ["a", "b", "c"], [1, 1, 1])
+    watcher, holder, gate = _gated_watcher(store)
+    watcher.poll_once()
+    _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
+    _write(store, 3, ["d"], [2], parent=2)
+    watcher.poll_once()  # the load begins with the chain up to 3
+    _write(store, 4, ["e"], [6], parent=3)
+    watcher.poll_once()
+    gate.set()
+    watcher.wait_for_base(timeout=20)
+    _write(store, 5, ["b"], [8], parent=4)
+    assert watcher.poll_once()
+    assert _served(holder) == (5, 2)
+    assert [_interactions(holder, i) for i in "abcde"] == [5, 8, 1, 2, 6]
+
+
 def test_the_switched_state_answers_like_a_fresh_load_of_its_version(tmp_path):
     store = _store(tmp_path)
     _write(store, 1, ["a", "b", "c"], [1, 1, 1])
