@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +83,7 @@ class ServingState:
     manifest: SnapshotManifest
     main: MainBuild
     view: DeltaView  # rows changed since main, as this state sees them
-    positions: Mapping[str, int]  # id -> position; delta positions are offset by the main size
+    positions: StatePositions  # id -> position; delta positions are offset by the main size
     item_count: int  # distinct ids served
     similar: MergedIndex
     recommend: MergedIndex  # discovery: known rows only when ``new_items`` is set
@@ -380,18 +380,19 @@ class IndexHolder:
         row's score is the discovery score a known item would need to be as likely as it.
         """
         state = self._current()
-        known = [(i, state.positions[i]) for i in items if i in state.positions]
-        unknown = [i for i in items if i not in state.positions]
+        found = state.positions.positions_of([*items, *exclude]).tolist()
+        known = [(i, p) for i, p in zip(items, found, strict=False) if p >= 0]
+        unknown = [i for i, p in zip(items, found, strict=False) if p < 0]
         if not known:
             raise UnknownItem(items[0] if items else "")
         recent = [p for _, p in known[-self.config.session_items :]]
         query = query_with_prior(session_query(np.stack([state.input_vector(p) for p in recent])))
-        banned = {p for _, p in known} | {state.positions[i] for i in exclude if i in state.positions}
+        banned = {p for _, p in known} | {p for p in found[len(items) :] if p >= 0}
         scores, positions = state.recommend.search(query, k, exclude=np.fromiter(banned, dtype=np.int64))
         if state.new_items is not None and state.new_items.size:
-            last = state.positions.get(items[-1])
+            last = found[len(items) - 1]
             new = state.new_items
-            share = new.share if last is not None and state.learned(last) else new.share_after_cold
+            share = new.share if last >= 0 and state.learned(last) else new.share_after_cold
             scores, positions = _with_new_items(
                 state, state.new_items, share, recent, query, scores, positions, banned, k
             )
