@@ -69,14 +69,21 @@ def _interactions(holder, item):
     return holder.item(item)[1]["interactions"]
 
 
-def test_deltas_of_a_new_base_are_served_on_the_old_one_while_it_loads(tmp_path):
+def _bridging(tmp_path):
+    """Base 1 served; full snapshot 2 published with its catch-up delta 3 and polled once: base 2
+    loads (until ``gate`` is set) while 3 is served on base 1."""
     store = _store(tmp_path)
     _write(store, 1, ["a", "b", "c"], [1, 1, 1])
-    watcher, holder, _gate = _gated_watcher(store)
+    watcher, holder, gate = _gated_watcher(store)
     assert watcher.poll_once()
     _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)  # the new full snapshot
     _write(store, 3, ["d", "e"], [2, 1], parent=2)  # its catch-up delta
     assert watcher.poll_once()
+    return store, watcher, holder, gate
+
+
+def test_deltas_of_a_new_base_are_served_on_the_old_one_while_it_loads(tmp_path):
+    store, watcher, holder, _gate = _bridging(tmp_path)
     assert _served(holder) == (3, 1)
     assert (_interactions(holder, "d"), _interactions(holder, "e")) == (2, 1)
     _write(store, 4, ["e"], [7], parent=3)
@@ -86,13 +93,7 @@ def test_deltas_of_a_new_base_are_served_on_the_old_one_while_it_loads(tmp_path)
 
 
 def test_once_the_new_base_is_loaded_the_same_version_is_served_on_it(tmp_path):
-    store = _store(tmp_path)
-    _write(store, 1, ["a", "b", "c"], [1, 1, 1])
-    watcher, holder, gate = _gated_watcher(store)
-    watcher.poll_once()
-    _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
-    _write(store, 3, ["d", "e"], [2, 1], parent=2)
-    watcher.poll_once()
+    _, watcher, holder, gate = _bridging(tmp_path)
     gate.set()
     assert watcher.wait_for_base(timeout=20)
     assert watcher.poll_once()
@@ -102,13 +103,7 @@ def test_once_the_new_base_is_loaded_the_same_version_is_served_on_it(tmp_path):
 
 
 def test_deltas_published_while_the_new_base_loads_are_in_the_state_switched_to(tmp_path):
-    store = _store(tmp_path)
-    _write(store, 1, ["a", "b", "c"], [1, 1, 1])
-    watcher, holder, gate = _gated_watcher(store)
-    watcher.poll_once()
-    _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
-    _write(store, 3, ["d"], [2], parent=2)
-    watcher.poll_once()  # the load begins with the chain up to 3
+    store, watcher, holder, gate = _bridging(tmp_path)  # the load began with the chain up to 3
     _write(store, 4, ["e"], [6], parent=3)
     watcher.poll_once()
     gate.set()
@@ -120,13 +115,7 @@ def test_deltas_published_while_the_new_base_loads_are_in_the_state_switched_to(
 
 
 def test_the_switched_state_answers_like_a_fresh_load_of_its_version(tmp_path):
-    store = _store(tmp_path)
-    _write(store, 1, ["a", "b", "c"], [1, 1, 1])
-    watcher, holder, gate = _gated_watcher(store)
-    watcher.poll_once()
-    _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
-    _write(store, 3, ["d", "e"], [2, 1], parent=2)
-    watcher.poll_once()
+    store, watcher, holder, gate = _bridging(tmp_path)
     gate.set()
     watcher.wait_for_base(timeout=20)
     watcher.poll_once()
