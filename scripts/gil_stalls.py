@@ -270,23 +270,31 @@ def ticker(
             where.setdefault(where_others_are(me), []).append(late)
 
 
-CONTROL = """
+# The end of each child script below: ``run`` on a thread until stdin closes, then ``result`` as JSON.
+UNTIL_STDIN_CLOSES = """
+thread = threading.Thread(target=run)
+thread.start()
+sys.stdin.read()
+stop.set()
+thread.join()
+json.dump(result, sys.stdout)
+"""
+
+CONTROL = (
+    """
 import json, os, sys, threading, time
 period, fifo, lates, stop = float(sys.argv[1]), sys.argv[2] == "1", [], threading.Event()
-def tick():
+def run():
     if fifo:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     while not stop.is_set():
         started = time.perf_counter()
         time.sleep(period)
         lates.append(time.perf_counter() - started - period)
-thread = threading.Thread(target=tick)
-thread.start()
-sys.stdin.read()
-stop.set()
-thread.join()
-json.dump(lates, sys.stdout)
+result = lates
 """
+    + UNTIL_STDIN_CLOSES
+)
 
 
 def control_ticker(period: float, fifo: bool) -> subprocess.Popen:
@@ -309,11 +317,12 @@ def fifo_allowed() -> bool:
     return True
 
 
-CLIENT = """
+CLIENT = (
+    """
 import http.client, json, random, sys, threading, time
 port, qps, n = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 out, stop, rng = {"http similar": [], "http recommend": []}, threading.Event(), random.Random(1)
-def ask():
+def run():
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     next_at = time.perf_counter()
     while not stop.is_set():
@@ -331,13 +340,10 @@ def ask():
         response.read()
         if response.status == 200:
             out["http similar" if similar else "http recommend"].append(time.perf_counter() - started)
-thread = threading.Thread(target=ask)
-thread.start()
-sys.stdin.read()
-stop.set()
-thread.join()
-json.dump(out, sys.stdout)
+result = out
 """
+    + UNTIL_STDIN_CLOSES
+)
 
 
 def serve_http(holder: IndexHolder, port: int) -> uvicorn.Server:
