@@ -49,6 +49,12 @@ class Step:
     def purchase(self) -> bool:
         return self.kind is EventKind.PURCHASE
 
+    @property
+    def session_id(self) -> str:
+        """The session key, unique per session, stands in for an event's session id: a step has every
+        field a learner reads from an event (``events.EventFields``)."""
+        return self.session
+
 
 @runtime_checkable
 class StreamModel(Protocol):

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import msgpack
 
@@ -50,6 +51,27 @@ class Event:
     kind: EventKind
     ts: float  # event time, unix seconds
     session_id: str | None = None
+
+
+class EventFields(Protocol):
+    """What the session windows and the learner read from an event: an ``Event``, or any record with
+    these fields (eval's ``Step`` is passed as it is: copying each step into an ``Event`` was a sixth of
+    the learner's per-event cost)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def kind(self) -> EventKind: ...
+
+    @property
+    def ts(self) -> float: ...
+
+    @property
+    def session_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from array import array
 import numpy as np
 
 from recsim_stream.config import Config
-from recsim_stream.events import BadEvent, Event
+from recsim_stream.events import BadEvent, EventFields
 from recsim_stream.pairs import PairBatch, PairBuffer
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.scoring import Share
@@ -40,6 +40,13 @@ class ItemKeys:
 
     def known(self, item_id: str) -> bool:
         return item_id in self._keys
+
+    def intern(self, item_id: str) -> tuple[int, bool]:
+        """(key, whether the id was new): ``known`` then ``key`` in one lookup, for the per-event path."""
+        key = self._keys.get(item_id)
+        if key is not None:
+            return key, False
+        return self.key(item_id), True
 
     def name_array(self, keys: np.ndarray) -> list[str]:
         names = self.names
@@ -72,6 +79,7 @@ class Learner:
         self.pairs = PairBuffer(config.pairs)
         self.sampler = NegativeSampler(config.learn)
         self.trainer = SgnsTrainer(config.learn, self.sampler, pull, push)
+        self._train_at = config.learn.batch_pairs * config.learn.train_batches  # pairs pending
         self._tokens = array("q")  # keys of the non-repeat events behind the pending pairs
         self.newest_ts = float("-inf")
         self.pairs_trained = 0
@@ -87,10 +95,10 @@ class Learner:
         self._fresh: set[int] = set()  # keys first seen since ``mark_published``
         self.last_batch: PairBatch | None = None  # what the content tower trains on next
 
-    def add(self, event: Event, partition: int = 0) -> Arrival[int] | BadEvent:
+    def add(self, event: EventFields, partition: int = 0) -> Arrival[int] | BadEvent:
         """Window one event and make its pairs; a late event comes back as a BadEvent."""
-        new = not self.items.known(event.item_id)
-        arrival = self.windows.add(event, partition, self.items.key(event.item_id))
+        key, new = self.items.intern(event.item_id)
+        arrival = self.windows.add(event, partition, key)
         if isinstance(arrival, BadEvent):
             return arrival
         fresh = self._fresh
@@ -149,7 +157,7 @@ class Learner:
 
     def ready(self) -> bool:
         """Enough pairs for ``learn.train_batches`` batches (trained overlapped, see SgnsTrainer)."""
-        return len(self.pairs) >= self.config.learn.batch_pairs * self.config.learn.train_batches
+        return len(self.pairs) >= self._train_at
 
     def train(self) -> StepResult:
         """Train everything pending (one pull and one push per shard and batch)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from recsim_stream.config import SessionConfig
-from recsim_stream.events import BadEvent, BadReason, Event, EventKind
+from recsim_stream.events import BadEvent, BadReason, EventFields, EventKind
 
 ItemT = TypeVar("ItemT", bound=Hashable)
 
@@ -194,7 +194,7 @@ class SessionWindows(Generic[ItemT]):
         self._max_duration = config.max_duration_s
         self._partitions: dict[int, _Partition] = {}
 
-    def add(self, event: Event, partition: int, item: ItemT) -> Arrival[ItemT] | BadEvent:
+    def add(self, event: EventFields, partition: int, item: ItemT) -> Arrival[ItemT] | BadEvent:
         """Put ``event`` (whose item is already interned as ``item``) into its session."""
         ts = event.ts
         part = self._partitions.get(partition)

@@ -14,7 +14,7 @@ import numpy as np
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config, SessionConfig
 from recsim_stream.evaluate import Step
-from recsim_stream.events import BadEvent, Event, ItemMeta
+from recsim_stream.events import BadEvent, ItemMeta
 from recsim_stream.learner import Learner
 from recsim_stream.scoring import Embeddings
 from recsim_stream.shard import ParameterShard
@@ -53,14 +53,13 @@ class SgnsStreamModel:
             self.cold_start.observe_items(items)
 
     def learn(self, step: Step) -> None:
-        # The protocol's session key is unique per session, so it stands in for the session id.
-        event = Event(step.user_id, step.item_id, step.kind, step.ts, step.session)
-        if self.cold_start is not None and not step.repeat and not self.learner.items.known(step.item_id):
+        learner = self.learner
+        if self.cold_start is not None and not step.repeat and not learner.items.known(step.item_id):
             self.cold_start.record_new_item(step.prefix, step.item_id)
-        arrival = self.learner.add(event)
+        arrival = learner.add(step)  # a step has an event's fields, its session key as session id
         if isinstance(arrival, BadEvent):  # cannot happen on a sorted stream with infinite lateness
             raise RuntimeError(f"eval stream refused an event: {arrival.detail}")
-        if self.learner.ready():
+        if learner.ready():
             self._train()
 
     def _train(self) -> None:
