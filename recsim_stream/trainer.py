@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
-from recsim_stream.sgns import sgns_step
+from recsim_stream.sgns import SgnsLoss, sgns_step
 from recsim_stream.shard import ParameterShard
 from recsim_stream.sharding import shard_of
 
@@ -51,10 +52,20 @@ PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean over pairs of the weighted SGNS loss, before this step's update
     pairs: int
     rows: int  # distinct keys pulled and pushed
     versions: tuple[int, ...]  # per shard, after the push (empty when the push is asynchronous)
+    piece_losses: tuple[SgnsLoss, ...] = ()  # summed only if ``loss`` is read (sgns.SgnsLoss)
+
+    @cached_property
+    def loss(self) -> float:
+        """Mean over pairs of the weighted SGNS loss, before this step's update."""
+        if not self.pairs:
+            return 0.0
+        total = 0.0
+        for piece in self.piece_losses:
+            total += piece.value
+        return total / self.pairs
 
 
 def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]:
@@ -114,7 +125,7 @@ class SgnsTrainer:
         if tokens is not None:
             self.sampler.observe(tokens)
         if n == 0:
-            return StepResult(loss=0.0, pairs=0, rows=0, versions=())
+            return StepResult(pairs=0, rows=0, versions=())
         # Equal pieces of about batch_pairs: a batch a few pairs over it stays whole rather than
         # paying a round trip for a sliver (and trains exactly as one batch of that size would).
         pieces = max(1, int(n / self._config.batch_pairs + 0.5))
@@ -125,7 +136,7 @@ class SgnsTrainer:
             piece = slice(bounds[i], bounds[i + 1])
             return self._prepare(centers[piece], contexts[piece], weights[piece])
 
-        loss, rows, versions = 0.0, 0, ()
+        losses, rows, versions = [], 0, ()
         ahead = prepare(0)
         for i in range(pieces):
             current = ahead
@@ -135,11 +146,11 @@ class SgnsTrainer:
             piece_loss, pushed = self._train(current, ts)
             if more and not stale:
                 ahead = prepare(i + 1)
-            loss += piece_loss
+            losses.append(piece_loss)
             rows += len(current.keys)
             if pushed is not None:
                 versions = tuple(int(v) for v in pushed)
-        return StepResult(loss=loss / n, pairs=n, rows=rows, versions=versions)
+        return StepResult(pairs=n, rows=rows, versions=versions, piece_losses=tuple(losses))
 
     def _prepare(self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray) -> _Prepared:
         """Draw negatives, find the distinct keys and request their rows from the shards."""
@@ -158,7 +169,7 @@ class SgnsTrainer:
         pulled = self._pull([keys[bounds[s] : bounds[s + 1]] for s in range(cfg.shards)])
         return _Prepared(keys, bounds, which[:n], which[n : 2 * n], which[2 * n :][pick], weights, pulled)
 
-    def _train(self, batch: _Prepared, ts: float | None) -> tuple[float, Sequence[int] | None]:
+    def _train(self, batch: _Prepared, ts: float | None) -> tuple[SgnsLoss, Sequence[int] | None]:
         """SGNS on the pulled rows, then push the gradients; returns (summed loss, push result)."""
         in_rows = _stack([rows_in for rows_in, _ in batch.pulled])
         out_rows = _stack([rows_out for _, rows_out in batch.pulled])
@@ -177,7 +188,7 @@ class SgnsTrainer:
             )
             for s in range(len(b) - 1)
         ]
-        return grads.loss, self._push(updates)
+        return grads.lazy_loss, self._push(updates)
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
