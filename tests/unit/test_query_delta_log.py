@@ -1,10 +1,14 @@
 """The append-only delta log: a swap appends the new delta's rows, old states stay as they were."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
-from recsim_stream.delta_log import Appendable, DeltaLog, IdLookup, IdRun, IdRuns, StatePositions
+from recsim_stream.delta_log import Appendable, DeltaLog, IdLookup, IdRun, IdRuns, Segments, StatePositions
+from recsim_stream.index import build_index
 from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main, serve_view
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotError, SnapshotManifest, SnapshotStore
 
@@ -176,13 +180,40 @@ def _segmented_log(chunks=8, size=200):
 
 def test_sealed_delta_rows_are_searched_through_runs_merged_like_a_binary_counter():
     log, _ = _segmented_log()
+    log.append([])  # takes in the last run and starts merging the three
+    assert log.wait_for_builds(timeout=30)
     view = log.append([])
     similar_runs = [part.size for part in view.similar[:-1]]
     cold_runs = [run.index.size for run in view.cold_runs]
-    # 1,600 rows, a build for every 400 unindexed: runs [400], [800], [800, 400], then [1,600].
+    # 1,600 rows, a build for every 400 unindexed: runs [400], [400, 400] -> [800], [800, 400],
+    # [800, 400, 400] -> [1,600].
     assert (similar_runs, view.similar[-1].size) == ([1600], 0)
     assert sum(cold_runs) + view.cold_content.size == view.cold.size
     assert cold_runs == sorted(cold_runs, reverse=True)
+
+
+def test_the_newest_rows_are_sealed_while_older_runs_merge():
+    release = threading.Event()
+
+    def build(rows):
+        if len(rows) > 400:  # a merge: held until released
+            release.wait(30)
+        return build_index(rows, INDEX, kind="flat")
+
+    segments = Segments(build, IndexConfig(exact_below=400), "test")
+    table = np.random.default_rng(0).normal(size=(1200, 4)).astype(np.float32)
+    for end in (400, 800):
+        segments.refresh(table[:end])
+        assert segments.wait(30)
+    runs = segments.refresh(table)  # takes in the second run: merges the two, seals the newest rows
+    deadline = time.monotonic() + 30
+    while len(runs) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        runs = segments.refresh(table)
+    assert [(run.start, run.end) for run in runs] == [(0, 400), (400, 800), (800, 1200)]
+    release.set()
+    assert segments.wait(30)
+    assert [(run.start, run.end) for run in segments.refresh(table)] == [(0, 800), (800, 1200)]
 
 
 def test_a_superseded_row_in_a_sealed_run_is_never_returned():
