@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="niceness of the updater (with its Ray workers) and the simulator; the API keeps 0",
     )
+    e2e.add_argument(
+        "--api-cpus",
+        default="",
+        metavar="LIST",
+        help='CPUs of the query API alone (e.g. "1"); every other process runs on the rest',
+    )
     scaling = parser.add_argument_group("bench scaling (also --repeats, --bootstrap, --plot, --seed)")
     scaling.add_argument("--no-costs", action="store_true", help="skip the per-component cost model")
     scaling.add_argument(
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 keep_logs=args.keep_logs,
                 catalogue_wait_s=args.catalogue_wait_s,
                 training_niceness=args.training_niceness,
+                api_cpus=args.api_cpus,
             )
         except ValueError as exc:
             print(f"recsim-stream {exc}", file=sys.stderr)

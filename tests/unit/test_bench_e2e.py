@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from recsim_stream.bench_e2e import (
     E2EOptions,
     _Produced,
+    _split_cpus,
     catalogue_served,
     metric_totals,
     percentile,
@@ -39,6 +42,21 @@ def test_metric_totals_sums_over_labels() -> None:
 def test_options_refuse_a_negative_rate() -> None:
     with pytest.raises(ValueError, match="rate=-1"):
         E2EOptions(rate=-1.0)
+
+
+@pytest.mark.parametrize("cpus", ["", "x", "0-", "99"])
+def test_options_refuse_api_cpus_that_leave_no_cpu_to_either_side(cpus: str) -> None:
+    allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    with pytest.raises(ValueError, match="api_cpus"):
+        E2EOptions(api_cpus=cpus or allowed)
+
+
+def test_api_cpus_split_the_cpus_between_the_api_and_the_rest() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one CPU: nothing to split")
+    api, others = _split_cpus(str(allowed[-1]))
+    assert (api, others) == ({allowed[-1]}, set(allowed[:-1]))
 
 
 def test_written_to_served_is_the_delay_from_a_snapshot_write_to_the_api_serving_it() -> None:
