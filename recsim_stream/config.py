@@ -319,12 +319,19 @@ class IndexConfig:
     # them) get an IVF index over their content vectors, built once per base on a background thread;
     # a query scores its top hits exactly and estimates the rest of the softmax from a uniform sample.
     cold_nlist: int = 0  # IVF cells; 0 = about sqrt(cold rows)
-    cold_nprobe: int = 32
+    # 16 of ~sqrt(n) cells: at 1M items (a kept end-to-end chain, four cold runs of 50k-808k rows) the
+    # cold top-20 matched a search of every cell as at 32 or 8, and /recommend took 2.4 ms of CPU
+    # instead of 3.1.
+    cold_nprobe: int = 16
     cold_head: int = 256  # top cold hits scored exactly per query (the normaliser's head)
     cold_tail_sample: int = 2048  # cold rows sampled once per base for the normaliser's tail
     # Niceness of the query API's own index builds (cold rows; sealed delta rows: IVF, seconds at 1M
-    # rows). Until one is ready those rows are scanned exactly per query; at 10, the IVF over 900k
-    # cold rows (6 s at 0) was still not ready after 60 s of swaps and queries at load ~5.
+    # rows), thread by thread. With the API on cores of its own, set 10, so that builds take what
+    # queries and swaps leave (1M items, bench e2e --api-cpus 1: query p99 40 ms at 0, 17-29 ms at
+    # 10). On cores shared with training keep 0: rows are scanned exactly per query until their
+    # build is ready, and starved builds made queries slower (1M items: p50 30-60 ms while the
+    # catalogue was listed; before, at 10, the IVF over 900k cold rows, 6 s at 0, was not ready
+    # after 60 s at load ~5).
     api_build_niceness: int = 0
     # Rows of deltas the query API makes room for per base up front: address space only until
     # written (about 2.5 kB a row at dim 64 with content vectors), so no swap copies the rows

@@ -177,8 +177,9 @@ class NewItems:
         logits = np.concatenate([part[1] for part in parts])
         positions = np.concatenate([part[2] for part in parts])
         order = np.argsort(-logits, kind="stable")
-        served = [i for i in order.tolist() if int(positions[i]) not in banned][:k]
-        head = np.array(served, dtype=np.int64)
+        if banned:
+            order = order[~np.isin(positions[order], np.fromiter(banned, np.int64, len(banned)))]
+        head = order[:k]
         return logits[head] - log_z, positions[head]
 
     def _best_main(
