@@ -102,11 +102,11 @@ class Learner:
         if isinstance(arrival, BadEvent):
             return arrival
         fresh = self._fresh
-        cold = new or arrival.item in fresh  # not learned by the served state
+        cold = new or key in fresh  # not learned by the served state
         if new:
-            fresh.add(arrival.item)
+            fresh.add(key)
         if not arrival.repeat:
-            self._tokens.append(arrival.item)
+            self._tokens.append(key)
             items = arrival.session.items
             length = len(items)
             if length >= 2:  # a prediction would have been asked for

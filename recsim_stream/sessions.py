@@ -208,11 +208,12 @@ class SessionWindows(Generic[ItemT]):
                 f"event ts {ts} of user {event.user_id!r} is {part.max_ts - ts:.3f} s behind the newest "
                 f"event of partition {partition}; allowed lateness is {self._lateness} s",
             )
-        key = (event.user_id, event.session_id)
+        user_id, session_id = event.user_id, event.session_id
+        key = (user_id, session_id)
         chain = part.open.get(key)
         session = None
         if chain is not None:
-            session = chain[-1] if event.session_id is not None else self._nearest(chain, ts)
+            session = chain[-1] if session_id is not None else self._nearest(chain, ts)
             if session is not None and (
                 session.sealed
                 or session.n_events >= self._max_events
@@ -222,7 +223,7 @@ class SessionWindows(Generic[ItemT]):
                 session.sealed = True
                 session = None
         if session is None:
-            session = Session(partition, part.next_serial, event.user_id, event.session_id, ts)
+            session = Session(partition, part.next_serial, user_id, session_id, ts)
             part.next_serial += 1
             if chain is None:
                 part.open[key] = [session]
