@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
@@ -113,12 +113,8 @@ def build_index(
     n = len(vectors)
     kind = kind or (KIND_FLAT if n < config.exact_below else config.kind)
     pad = int(equal_norms and kind != KIND_FLAT)
-    if pad and n:
-        norms = np.linalg.norm(vectors, axis=1)
-        vectors = np.hstack([vectors, np.sqrt(np.maximum(norms.max() ** 2 - norms**2, 0.0))[:, None]])
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    elif pad:
-        vectors = np.zeros((0, vectors.shape[1] + pad), np.float32)
+    if pad:
+        vectors = _equal_norms(vectors)
     dim = vectors.shape[1]
     started = time.perf_counter()
     if kind == KIND_FLAT:
@@ -142,6 +138,16 @@ def build_index(
     if n:
         index.add(vectors)
     return VectorIndex(kind, index, n, time.perf_counter() - started, pad)
+
+
+def _equal_norms(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with one more coordinate, ``sqrt(max_norm^2 - norm^2)``: every row as long as the
+    longest, inner products with a query padded by 0 unchanged (see build_index)."""
+    if not len(vectors):
+        return np.zeros((0, vectors.shape[1] + 1), np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    extra = np.sqrt(np.maximum(norms.max() ** 2 - norms**2, 0.0))[:, None]
+    return np.ascontiguousarray(np.hstack([vectors, extra]), dtype=np.float32)
 
 
 def measure_recall(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
@@ -460,6 +466,19 @@ def build_gated_ivf(vectors: np.ndarray, config: IndexConfig) -> VectorIndex | N
     index = build_ivf(vectors, config, config.ivf_nprobe)
     try:
         gate_recall(index, vectors, vectors, config)
+    except RecallGateError:
+        return None
+    return index
+
+
+def build_gated_mips_ivf(vectors: np.ndarray, queries: np.ndarray, config: IndexConfig) -> VectorIndex | None:
+    """IVF over rows searched by maximum inner product (learned delta rows: output vectors with the
+    popularity prior), laid out with equal norms (see build_index), passed through the recall gate on
+    ``queries`` (each row's own input vector with the prior's weight, as a session asks); None if it
+    stays below it, and those rows are then searched exactly."""
+    index = replace(build_ivf(_equal_norms(vectors), config, config.ivf_nprobe), pad=1)
+    try:
+        gate_recall(index, vectors, queries, config)
     except RecallGateError:
         return None
     return index

@@ -219,9 +219,9 @@ def serve_view(
     new_items = _new_items(view, manifest, config)
     same = previous is not None and previous.main is main
     if new_items is None:
-        discovery_live, discovery_delta = view.main_live, (view.known, view.cold)
+        discovery_live, discovery_delta = view.main_live, (*view.known_parts, view.cold)
     else:
-        discovery_live, discovery_delta = view.main_live & ~main.arrays.cold, (view.known,)
+        discovery_live, discovery_delta = view.main_live & ~main.arrays.cold, view.known_parts
     same_discovery = same and (previous.new_items is None) == (new_items is None)
     return ServingState(
         version=manifest.version,

@@ -195,7 +195,7 @@ def test_sealed_delta_rows_are_searched_through_runs_merged_like_a_binary_counte
 def test_the_newest_rows_are_sealed_while_older_runs_merge():
     release = threading.Event()
 
-    def build(rows):
+    def build(rows, _queries):
         if len(rows) > 400:  # a merge: held until released
             release.wait(30)
         return build_index(rows, INDEX, kind="flat")
@@ -246,6 +246,27 @@ def test_similar_through_sealed_runs_finds_what_exact_search_finds():
         truth = {i for i, _ in _answer(exact, item)}
         found.append(len(got & truth) / 10)
     assert np.mean(found) >= 0.9
+
+
+def test_recommend_through_sealed_learned_runs_finds_what_exact_search_finds():
+    log, state = _segmented_log(chunks=4)
+    log.append([])
+    assert log.wait_for_builds(timeout=30)
+    approximate = serve_view(log.append([]), _manifest(6), SEGMENTED, state)
+    exact = serve_view(DeltaLog(log.main, INDEX).append([log.last.arrays]), _manifest(6), INDEX)
+    assert len(approximate.view.known_parts) > 1  # a sealed run of learned rows, and the rest
+    found = []
+    for item in [f"n{c}-{j}" for c in range(4) for j in range(0, 200, 40)]:
+        got = {i for i, _ in _recommend(approximate, item)}
+        truth = {i for i, _ in _recommend(exact, item)}
+        found.append(len(got & truth) / max(1, len(truth)))
+    assert np.mean(found) >= 0.9
+
+
+def _recommend(state, item, k=10):
+    holder = IndexHolder(ApiConfig())
+    holder.swap(state)
+    return holder.recommend([item], k)[1]
 
 
 def _answer(state, item, k=10):
