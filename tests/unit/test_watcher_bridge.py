@@ -114,6 +114,18 @@ def test_deltas_published_while_the_new_base_loads_are_in_the_state_switched_to(
     assert [_interactions(holder, i) for i in "abcde"] == [5, 8, 1, 2, 6]
 
 
+def test_a_new_base_takes_in_on_its_loading_thread_the_deltas_published_while_it_loaded(tmp_path):
+    store, watcher, holder, gate = _bridging(tmp_path)  # the load began with the chain up to 3
+    _write(store, 4, ["e"], [6], parent=3)
+    gate.set()
+    assert watcher.wait_for_base(timeout=20)
+    log, appended = watcher._next.take()
+    assert (appended, log.last.ids.row_of("e") >= 0) == (4, True)
+    assert watcher.poll_once()
+    assert _served(holder) == (4, 2)
+    assert _interactions(holder, "e") == 6
+
+
 def test_the_switched_state_answers_like_a_fresh_load_of_its_version(tmp_path):
     store, watcher, holder, gate = _bridging(tmp_path)
     gate.set()
