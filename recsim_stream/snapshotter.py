@@ -50,6 +50,9 @@ from recsim_stream.snapshot import PreparedFiles, SnapshotArrays, SnapshotStore,
 
 log = logging.getLogger(__name__)
 
+LISTING_AHEAD = 5  # snapshots' worth of a flowing listing expected to come (see Snapshotter.since)
+LISTING_WAIT = 5  # times snapshot.full_every: the longest a listing holds back a full snapshot
+
 Names = Callable[[np.ndarray], list[str | None]]  # key -> item id (None when unknown here)
 # (rows from the shards, whether they are a full export) -> the rows to publish: the cold start adds
 # content-only rows and blends low-count ones (Updater.complete_rows). Runs on the caller's thread.
@@ -219,16 +222,21 @@ class Snapshotter:
     def due(self) -> bool:
         return self._clock() >= self._next_due and not self._busy.locked()
 
-    def since(self, coming_rows: int = 0) -> list[int | None]:
+    def since(self, coming_rows: int = 0, listed_rows: int = 0) -> list[int | None]:
         """What to export next: None per shard for a full export, else the shard version to diff from.
 
-        ``coming_rows``: rows the caller is about to add (a listed catalogue still being encoded). A
-        full snapshot waits while they alone would change ``full_after_changed`` of it: under a bulk
-        listing a full built now is outdated before its index is (bench e2e at 1M: a catch-up delta of
-        615k rows after a 334k-row full, seen by the fifth developers' session)."""
+        ``coming_rows``: rows the caller is about to add (a listed catalogue still being encoded);
+        ``listed_rows``: items listed since the last snapshot, a listing still flowing, which counts as
+        ``LISTING_AHEAD`` snapshots' worth of rows to come. A full snapshot waits while those alone
+        would change ``full_after_changed`` of it, for at most ``LISTING_WAIT`` times ``full_every``
+        snapshots: under a bulk listing a full built now is outdated before its index is (bench e2e at
+        1M: a catch-up delta of 615k rows after a 334k-row full, fifth session). The backlog alone let
+        small fulls through whenever the encoding caught up with the listing (124-168k rows, then
+        300k-row catch-up deltas, in the slow 1M runs of the seventh session)."""
         rows_for_full = self.config.full_after_changed * self._full_rows
         grown = len(self._changed) >= rows_for_full > 0
-        listing = coming_rows >= rows_for_full > 0
+        coming = coming_rows + LISTING_AHEAD * listed_rows
+        listing = coming >= rows_for_full > 0 and self._since_full < LISTING_WAIT * self.config.full_every
         full_due = (
             self._build is None
             and not self._idle

@@ -206,6 +206,7 @@ class Updater:
         self.items = items
         self.cold_start = cold_start
         self._tower_cpu_reported = 0.0  # cold_start.training_cpu_s already counted in the metrics
+        self._listed_since_snapshot = 0  # item records taken in since the last snapshot (a listing's pace)
         self._encode_pacer = EncodePacer(
             config.content.encode_share,
             config.content.encode_slice_s,
@@ -527,6 +528,7 @@ class Updater:
             else:
                 good.append(item)
         self.cold_start.observe_items(good)
+        self._listed_since_snapshot += len(good)
         if bad:
             self.dead_letters.flush()
         self.totals.items += len(records)
@@ -643,7 +645,8 @@ class Updater:
         """Export every shard now (a consistent cut: the loop is between batches) and publish it."""
         assert self.snapshotter is not None
         coming = 0 if self.cold_start is None else self.cold_start.listed_unencoded
-        exports = self.shards.export(self.snapshotter.since(coming))
+        listed, self._listed_since_snapshot = self._listed_since_snapshot, 0
+        exports = self.shards.export(self.snapshotter.since(coming, listed))
         names = self.learner.items.names
         newest = self.learner.newest_ts if np.isfinite(self.learner.newest_ts) else None
         cold_start = self.cold_start

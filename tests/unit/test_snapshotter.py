@@ -12,7 +12,7 @@ from recsim_stream.config import IndexConfig, SnapshotConfig
 from recsim_stream.metrics import SnapshotMetrics
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
-from recsim_stream.snapshotter import PublishedCounts, Snapshotter
+from recsim_stream.snapshotter import LISTING_WAIT, PublishedCounts, Snapshotter
 
 DIM = 8
 SHIPPING = IndexConfig(exact_below=100, recall_sample=50, hnsw_ef_search=64)
@@ -62,8 +62,8 @@ def _snapshotter(tmp_path, index=SHIPPING, full_every=20, registry=None):
     return Snapshotter(store.config, store, metrics, shards=1, index=index), store
 
 
-def _take(snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0) -> None:
-    since = snapshotter.since(coming_rows)
+def _take(snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0, listed_rows=0) -> None:
+    since = snapshotter.since(coming_rows, listed_rows)
     snapshotter.take(
         [shard.export(since[0])],
         lambda keys: [f"item-{k}" for k in keys.tolist()],
@@ -221,6 +221,31 @@ def test_a_full_snapshot_waits_while_a_listing_being_encoded_would_change_half_o
     shard.train([1])
     _take(snapshotter, shard, coming_rows=24)  # v4: the listing is nearly in: full
     assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, 2, None]
+
+
+def test_a_full_snapshot_waits_while_a_listing_flows_though_its_encoding_caught_up(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    shard.train(range(30))
+    _take(snapshotter, shard, listed_rows=5)  # v2: 30 of 50 changed; 5 listed since v1, 5 x 5 to come
+    shard.train([0])
+    _take(snapshotter, shard, listed_rows=4)  # v3: 4 x 5 = 20 rows to come, under half of 50: full
+    assert [store.read_manifest(v).parent_version for v in store.versions()] == [None, 1, None]
+
+
+def test_a_listing_holds_back_a_full_snapshot_only_so_long(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path, full_every=1)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: full
+    for _ in range(LISTING_WAIT + 1):
+        shard.train([0])
+        _take(snapshotter, shard, coming_rows=1000)
+    kinds = [store.read_manifest(v).parent_version is None for v in store.versions()]
+    # LISTING_WAIT snapshots after the full (itself included), a full all the same
+    assert kinds == [True] + [False] * (LISTING_WAIT - 1) + [True, False]
 
 
 def test_a_full_snapshot_comes_early_when_the_cold_start_alone_added_half_its_rows(tmp_path):
