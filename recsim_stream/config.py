@@ -320,8 +320,8 @@ class IndexConfig:
     # a query scores its top hits exactly and estimates the rest of the softmax from a uniform sample.
     cold_nlist: int = 0  # IVF cells; 0 = about sqrt(cold rows)
     # 16 of ~sqrt(n) cells: at 1M items (a kept end-to-end chain, four cold runs of 50k-808k rows) the
-    # cold top-20 matched a search of every cell as at 32 or 8, and /recommend took 2.4 ms of CPU
-    # instead of 3.1.
+    # top-20 matched a search of every cell as at 32 or 8, and /recommend took 1.9 ms of CPU instead
+    # of 2.5 (scripts/query_cost.py; BENCHMARKS.md, seventh session).
     cold_nprobe: int = 16
     cold_head: int = 256  # top cold hits scored exactly per query (the normaliser's head)
     cold_tail_sample: int = 2048  # cold rows sampled once per base for the normaliser's tail

@@ -235,43 +235,30 @@ def test_a_superseded_row_in_a_sealed_run_is_never_returned():
     assert (sorted(ids[:2]), ids.count("n0-0"), ids.count("n0-1"), len(ids)) == (["n0-0", "n0-1"], 1, 1, 300)
 
 
-def test_similar_through_sealed_runs_finds_what_exact_search_finds():
+@pytest.mark.parametrize(
+    "endpoint, table",
+    [("similar", lambda view: view.similar), ("recommend", lambda view: view.known_parts)],
+)
+def test_search_through_sealed_runs_finds_what_exact_search_finds(endpoint, table):
     log, state = _segmented_log(chunks=4)
-    approximate = serve_view(log.append([]), _manifest(6), SEGMENTED, state)
-    exact = serve_view(DeltaLog(log.main, INDEX).append([log.last.arrays]), _manifest(6), INDEX)
-    assert len(approximate.view.similar) > 1
-    found = []
-    for item in [f"n{c}-{j}" for c in range(4) for j in range(0, 200, 40)]:
-        got = {i for i, _ in _answer(approximate, item)}
-        truth = {i for i, _ in _answer(exact, item)}
-        found.append(len(got & truth) / 10)
-    assert np.mean(found) >= 0.9
-
-
-def test_recommend_through_sealed_learned_runs_finds_what_exact_search_finds():
-    log, state = _segmented_log(chunks=4)
-    log.append([])
+    log.append([])  # takes in the last runs and starts their merges
     assert log.wait_for_builds(timeout=30)
     approximate = serve_view(log.append([]), _manifest(6), SEGMENTED, state)
     exact = serve_view(DeltaLog(log.main, INDEX).append([log.last.arrays]), _manifest(6), INDEX)
-    assert len(approximate.view.known_parts) > 1  # a sealed run of learned rows, and the rest
+    assert len(table(approximate.view)) > 1  # a sealed run, and the rows after it
     found = []
     for item in [f"n{c}-{j}" for c in range(4) for j in range(0, 200, 40)]:
-        got = {i for i, _ in _recommend(approximate, item)}
-        truth = {i for i, _ in _recommend(exact, item)}
+        got = {i for i, _ in _answer(approximate, item, endpoint=endpoint)}
+        truth = {i for i, _ in _answer(exact, item, endpoint=endpoint)}
         found.append(len(got & truth) / max(1, len(truth)))
     assert np.mean(found) >= 0.9
 
 
-def _recommend(state, item, k=10):
+def _answer(state, item, k=10, endpoint="similar"):
     holder = IndexHolder(ApiConfig())
     holder.swap(state)
-    return holder.recommend([item], k)[1]
-
-
-def _answer(state, item, k=10):
-    holder = IndexHolder(ApiConfig())
-    holder.swap(state)
+    if endpoint == "recommend":
+        return holder.recommend([item], k)[1]
     return holder.similar(item, k)[1]
 
 
