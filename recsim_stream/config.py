@@ -325,6 +325,9 @@ class IndexConfig:
     cold_nprobe: int = 16
     cold_head: int = 256  # top cold hits scored exactly per query (the normaliser's head)
     cold_tail_sample: int = 2048  # cold rows sampled once per base for the normaliser's tail
+    # The query API seals delta rows into an IVF run (on a background thread) once this many are
+    # left unindexed; until then every query scans them exactly, in each of its three tables.
+    delta_seal_rows: int = 50_000
     # Niceness of the query API's own index builds (cold rows; sealed delta rows: IVF, seconds at 1M
     # rows), thread by thread. With the API on cores of its own, set 10, so that builds take what
     # queries and swaps leave (1M items, bench e2e --api-cpus 1: query p99 40 ms at 0, 17-29 ms at
@@ -349,6 +352,9 @@ class IndexConfig:
         )
         _require(self.cold_head >= 1, "index.cold_head", f"must be >= 1, got {self.cold_head}")
         _require(self.delta_reserve_rows >= 0, "index.delta_reserve_rows", "must be >= 0")
+        _require(
+            self.delta_seal_rows >= 1, "index.delta_seal_rows", f"must be >= 1, got {self.delta_seal_rows}"
+        )
         _require(
             self.cold_tail_sample >= 1, "index.cold_tail_sample", f"must be >= 1, got {self.cold_tail_sample}"
         )

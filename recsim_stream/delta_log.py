@@ -10,6 +10,9 @@ into an IVF run (``Segments``).
 
 from __future__ import annotations
 
+import math
+import mmap
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -94,11 +97,7 @@ class Segments:
             else:
                 self.ready = (*self.ready, sealed)
         end = self.ready[-1].end if self.ready else 0
-        if (
-            self._tail is None
-            and not self._tail_refused
-            and len(table) - end >= max(self._config.exact_below, 1)
-        ):
+        if self._tail is None and not self._tail_refused and len(table) - end >= self._config.delta_seal_rows:
             self._tail = self._start(table, queries, end, len(table))
         if self._merge is None and not self._merge_refused:
             merge = _binary_counter_merge(self.ready)
@@ -109,6 +108,11 @@ class Segments:
     def wait(self, timeout: float | None = None) -> bool:
         """Whether the builds in flight (if any) finished within ``timeout`` seconds each."""
         return all(build is None or build.wait(timeout) for build in (self._tail, self._merge))
+
+    def wait_for_tail(self, timeout: float | None = None) -> bool:
+        """Whether the newest rows' build (if any) finished within ``timeout`` seconds: a merge in
+        flight leaves its runs searched through their own indexes, a tail leaves its rows exact."""
+        return self._tail is None or self._tail.wait(timeout)
 
     def _start(
         self, table: np.ndarray, queries: np.ndarray | None, start: int, end: int
@@ -303,11 +307,28 @@ class Appendable:
 
     ``reserve`` rows are allocated up front: address space only (the kernel backs a page when it is
     first written), because copying a grown buffer was the slow part of a swap: a 128-float column
-    of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms."""
+    of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms. With
+    ``grow_niceness`` set, the doubled buffer is made ahead, once three quarters are filled, on a
+    thread of that niceness (numpy copies without the GIL), and the writer only copies the rows
+    appended since: a 1M-item listing outgrew a base's reserve, and the 14 columns' copies held the
+    watcher's swaps for 3.5-3.9 s while taking the query API's core.
 
-    def __init__(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = (), reserve: int = 0) -> None:
-        self._buffer = np.empty((reserve, *row_shape), dtype)
+    Buffers are on base pages (``_lazy_buffer``): numpy asks for transparent huge pages for large
+    arrays, and with the kernel's default ``defrag=madvise`` a first write into one may compact
+    memory synchronously. Replaying a kept 1M-item chain, the writer's appends took 130 ms a swap
+    with huge pages and 28 ms without, pinned to one core with a query thread."""
+
+    def __init__(
+        self,
+        dtype: np.dtype | type,
+        row_shape: tuple[int, ...] = (),
+        reserve: int = 0,
+        grow_niceness: int | None = None,
+    ) -> None:
+        self._buffer = _lazy_buffer((reserve, *row_shape), dtype)
         self._n = 0
+        self._grow_niceness = grow_niceness
+        self._ahead: BackgroundBuild[tuple[np.ndarray, int]] | None = None  # (larger buffer, rows copied)
 
     def __len__(self) -> int:
         return self._n
@@ -322,12 +343,50 @@ class Appendable:
         dtype = self._buffer.dtype
         if dtype.kind == "U" and rows.dtype.itemsize > dtype.itemsize:
             dtype = rows.dtype  # an id longer than any before: wider strings from here on
+        if self._ahead is not None and (need > len(self._buffer) or self._ahead.wait(0)):
+            self._take_ahead(dtype)
         if need > len(self._buffer) or dtype != self._buffer.dtype:
-            grown = np.empty((max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype)
+            grown = _lazy_buffer((max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype)
             grown[: self._n] = self._buffer[: self._n]
             self._buffer = grown
         self._buffer[self._n : need] = rows
         self._n = need
+        if self._grow_niceness is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
+            self._ahead = BackgroundBuild(
+                lambda old=self._buffer, n=need: (_doubled(old, n), n), self._grow_niceness, "delta-grow"
+            )
+
+    def _take_ahead(self, dtype: np.dtype) -> None:
+        """Adopt the buffer grown ahead (waiting for it), with the rows appended since its copy."""
+        ahead, self._ahead = self._ahead, None
+        ahead.wait()
+        if ahead.ready is None or ahead.ready[0].dtype != dtype:
+            return  # failed, or strings grew wider meanwhile: extend grows as it would have
+        grown, copied = ahead.ready
+        grown[copied : self._n] = self._buffer[copied : self._n]
+        self._buffer = grown
+
+
+def _doubled(buffer: np.ndarray, n: int) -> np.ndarray:
+    """A buffer twice as large as ``buffer`` holding its rows ``[0, n)``."""
+    grown = _lazy_buffer((max(2 * len(buffer), 1024), *buffer.shape[1:]), buffer.dtype)
+    grown[:n] = buffer[:n]
+    return grown
+
+
+def _lazy_buffer(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """``np.empty(shape, dtype)``, backed page by page as it is written, on base pages where the
+    platform lets us say so (Appendable says why)."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    if size < _LAZY_FROM_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.empty(shape, dtype)
+    region = mmap.mmap(-1, size)  # anonymous, private, zero-filled on first touch
+    region.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(region, dtype).reshape(shape)
+
+
+_LAZY_FROM_BYTES = 4 << 20  # numpy asks for huge pages from this size on
 
 
 @dataclass(frozen=True)
@@ -372,27 +431,21 @@ class DeltaLog:
         # changed: snapshot.full_after_changed; rows of ids changed again come on top), and at least
         # index.delta_reserve_rows: a small early base under a bulk listing outgrew its room eight
         # times on the way to 1M rows, each growth a copy of every column holding the GIL for up to 2 s.
-        self._reserve = reserve = max(4096, arrays.count, config.delta_reserve_rows)
-        self._ids = Appendable(arrays.ids.dtype, reserve=reserve)
-        self._inputs = Appendable(np.float32, (dim,), reserve)
-        self._outputs = Appendable(np.float32, (dim,), reserve)
-        self._counts, self._cold = (
-            Appendable(np.int64, reserve=reserve),
-            Appendable(np.bool_, reserve=reserve),
-        )
-        self._unit_inputs = Appendable(np.float32, (dim,), reserve)
-        self._known, self._known_at = (
-            Appendable(np.float32, (dim + 1,), reserve),
-            Appendable(np.int64, reserve=reserve),
-        )
+        # Past that room, columns grow ahead on background threads (Appendable), niced as builds are.
+        self._reserve = max(4096, arrays.count, config.delta_reserve_rows)
+        self._grow_niceness = config.api_build_niceness
+        self._ids = self._column(arrays.ids.dtype)
+        self._inputs = self._column(np.float32, (dim,))
+        self._outputs = self._column(np.float32, (dim,))
+        self._counts, self._cold = self._column(np.int64), self._column(np.bool_)
+        self._unit_inputs = self._column(np.float32, (dim,))
+        self._known, self._known_at = self._column(np.float32, (dim + 1,)), self._column(np.int64)
         # Each known row's own input vector with a 1 appended: a query of the kind the row answers
         # (a session's mean input vector and the prior's weight), for its run's recall gate.
-        self._known_queries = Appendable(np.float32, (dim + 1,), reserve)
-        self._cold_prior = Appendable(np.float32, (dim + 1,), reserve)
-        self._cold_at = Appendable(np.int64, reserve=reserve)
-        self._table_row = Appendable(
-            np.int64, reserve=reserve
-        )  # each row's row in the known or the cold table
+        self._known_queries = self._column(np.float32, (dim + 1,))
+        self._cold_prior = self._column(np.float32, (dim + 1,))
+        self._cold_at = self._column(np.int64)
+        self._table_row = self._column(np.int64)  # each row's row in the known or the cold table
         self._content: Appendable | None = None
         self._cold_content: Appendable | None = None
         self._similar_runs = Segments(
@@ -405,10 +458,13 @@ class DeltaLog:
         if arrays.content_vectors is not None:
             self._add_content(arrays.content_vectors.shape[1])
 
+    def _column(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = ()) -> Appendable:
+        return Appendable(dtype, row_shape, self._reserve, self._grow_niceness)
+
     def _add_content(self, width: int) -> None:
         """Content columns, zero for the rows appended before any came (as ``apply_delta`` fills)."""
-        self._content = Appendable(np.float32, (width,), self._reserve)
-        self._cold_content = Appendable(np.float32, (width,), self._reserve)
+        self._content = self._column(np.float32, (width,))
+        self._cold_content = self._column(np.float32, (width,))
         self._content.extend(np.zeros((len(self._ids), width), np.float32))
         self._cold_content.extend(np.zeros((len(self._cold_at), width), np.float32))
 
@@ -565,6 +621,7 @@ class DeltaLog:
                 int((~dead[r.start : r.end]).sum()),
                 r.sample,
                 r.sample_vectors,
+                r.start,
             )
             for r in runs
         )
@@ -573,6 +630,15 @@ class DeltaLog:
     def wait_for_builds(self, timeout: float | None = None) -> bool:
         """Whether the runs' builds in flight finished (the next view serves them): for tests."""
         return all(runs.wait(timeout) for runs in (self._similar_runs, self._cold_runs, self._known_runs))
+
+    def wait_for_sealing(self, timeout: float) -> bool:
+        """Whether, within ``timeout`` seconds in all, the builds that leave rows searched exactly
+        until they finish did: the main cold rows' index and the newest delta rows' runs."""
+        deadline = time.monotonic() + timeout
+        cold = self.main.cold.index
+        waits = [] if cold is None else [cold.wait]
+        waits += [runs.wait_for_tail for runs in (self._similar_runs, self._cold_runs, self._known_runs)]
+        return all([wait(max(0.0, deadline - time.monotonic())) for wait in waits])
 
 
 def _counts_of(view: DeltaView) -> tuple[int, int, int, int, int, int]:

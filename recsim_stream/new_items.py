@@ -26,22 +26,23 @@ T = TypeVar("T")
 
 
 class BackgroundBuild(Generic[T]):
-    """An index built on a thread of its own, niced, off the swap path (FAISS releases the GIL while
-    it builds): states made before it is ready search exactly. ``ready`` is the result once built;
-    None until then, and for good if the build failed (logged; exact search goes on)."""
+    """An index (or a grown buffer: delta_log.Appendable) built on a thread of its own, niced, off
+    the swap path (FAISS and numpy's copies release the GIL). ``ready`` is the result once built;
+    None until then, and for good if the build failed (logged). Meanwhile what it is to replace
+    stays in use: rows searched exactly, the smaller buffer."""
 
     def __init__(self, build: Callable[[], T | None], niceness: int, name: str) -> None:
         self.ready: T | None = None
         self._done = threading.Event()
-        threading.Thread(target=self._run, args=(build, niceness), name=name, daemon=True).start()
+        threading.Thread(target=self._run, args=(build, niceness, name), name=name, daemon=True).start()
 
-    def _run(self, build: Callable[[], T | None], niceness: int) -> None:
+    def _run(self, build: Callable[[], T | None], niceness: int, name: str) -> None:
         try:
             if niceness:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)  # this thread only
             self.ready = build()
         except Exception:
-            log.exception("background index build failed: cold rows stay searched exactly")
+            log.exception("background build %s failed: what it was to replace stays in use", name)
         finally:
             self._done.set()
 
@@ -79,6 +80,7 @@ class ColdRun:
     live: int
     sample: np.ndarray  # rows, a uniform sample for the normaliser's tail
     sample_content: np.ndarray
+    start: int = 0  # its first row in the delta's cold table (0 for the main snapshot's cold rows)
 
     def best(
         self, query: np.ndarray, fetch: int, head: int, temperature: float
@@ -116,8 +118,10 @@ class NewItems:
     Cold rows with an IVF index over their content (the main snapshot's from ``index.exact_below``
     of them, once built; the delta's sealed runs) are searched approximately: the top hits are
     scored exactly and the rest of the normaliser estimated from a uniform sample (``ColdRun``), as
-    the discovery side does. The others are scored exactly, as are all of them for sessions without
-    content (every main cold row: ~5 ms at 100k rows, ~55 ms at 1M)."""
+    the discovery side does. The others are scored exactly. Sessions without a content vector score
+    cold rows by their learned vectors, which no index covers: an indexed run then stands for itself
+    by its uniform sample, top hits and normaliser alike (``_sampled``), because scoring every cold
+    row took 12-20 ms of CPU at 1M rows, the tail of /recommend's latency."""
 
     share: float  # probability that a session goes on to a new item, after a learned item
     share_after_cold: float  # the same after a cold item, or one the state does not hold
@@ -162,12 +166,13 @@ class NewItems:
         search_single_threaded()
         fetch = k + len(banned)
         parts = [self._best_main(content_query, learned_query, fetch)]
-        if content_query is None or self.delta_content is None:
-            query = np.append(learned_query, np.float32(0.0)).astype(np.float32)
-            logits = self.delta_outputs.scores(query)
-            if content_query is not None:  # a content query, but no delta row has content: cosine 0
-                logits = np.where(logits > -np.inf, np.float32(0.0), logits)
-            parts.append(_top_of(logits, self.delta_outputs, fetch))
+        if content_query is None:
+            parts += self._best_delta_learned(learned_query, fetch)
+        elif self.delta_content is None:  # a content query, but no delta row has content: cosine 0
+            logits = self.delta_outputs.scores(np.append(learned_query, np.float32(0.0)).astype(np.float32))
+            parts.append(
+                _top_of(np.where(logits > -np.inf, np.float32(0.0), logits), self.delta_outputs, fetch)
+            )
         else:
             for run in self.delta_runs:
                 parts.append(run.best(content_query, fetch, self.head, self.temperature))
@@ -199,6 +204,10 @@ class NewItems:
                 cold.sample_content,
             )
             return run.best(content_query, fetch, self.head, self.temperature)
+        if content_query is None and self.main_index is not None:
+            sample = cold.sample[~self.main_dead[cold.sample]]
+            logits = inner_products(cold.outputs[sample], learned_query)
+            return _sampled(logits, cold.positions[sample], self.main_live, fetch)
         if content_query is None:
             logits = inner_products(cold.outputs, learned_query)
         elif cold.content is None:
@@ -209,6 +218,37 @@ class NewItems:
         rows = top_rows(logits, fetch)
         rows = rows[logits[rows] > -np.inf]
         return _log_sum_exp(logits), logits[rows], cold.positions[rows]
+
+    def _best_delta_learned(
+        self, learned_query: np.ndarray, fetch: int
+    ) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """The delta's cold rows by learned score: each sealed run by its sample, the rest exactly."""
+        outputs = self.delta_outputs
+        query = np.append(learned_query, np.float32(0.0)).astype(np.float32)  # a cold row's prior is 0
+        parts = []
+        for run in self.delta_runs:
+            sample = run.sample[~run.dead[run.sample]]
+            logits = inner_products(outputs.vectors[run.start + sample], query)
+            parts.append(_sampled(logits, run.positions[sample], run.live, fetch))
+        sealed = outputs.size - (outputs.size if self.delta_content is None else self.delta_content.size)
+        logits = inner_products(outputs.vectors[sealed:], query)
+        if outputs.dead is not None:
+            logits[outputs.dead[sealed:]] = -np.inf
+        top = top_rows(logits, fetch)
+        top = top[logits[top] > -np.inf]
+        parts.append((_log_sum_exp(logits), logits[top], outputs.position_of(sealed + top)))
+        return parts
+
+
+def _sampled(
+    logits: np.ndarray, positions: np.ndarray, live: int, fetch: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(log normaliser, logits, positions) of a run of ``live`` rows from a uniform sample of its
+    live rows: the sample's top hits, and ``live`` times the sample's mean exp(logit)."""
+    if not live or not len(logits):
+        return -np.inf, np.zeros(0, np.float32), np.zeros(0, np.int64)
+    top = top_rows(logits, fetch)
+    return float(np.log(live)) + _log_mean_exp(logits.astype(np.float64)), logits[top], positions[top]
 
 
 def _top_of(logits: np.ndarray, rows: ExactRows, fetch: int) -> tuple[float, np.ndarray, np.ndarray]:

@@ -92,3 +92,19 @@ def test_banned_and_overridden_cold_rows_are_never_returned_by_the_approximate_s
 def test_below_the_threshold_cold_rows_are_searched_exactly():
     approximate, _, _ = _new_items(0.1, _catalogue(n=2_500, known=2_000))
     assert approximate.main_index is None
+
+
+def test_a_session_without_content_scores_indexed_cold_rows_by_their_uniform_sample():
+    # No index covers learned scores: the sample stands for the rows, top hits and normaliser alike.
+    approximate, _, arrays = _new_items(0.1)
+    sampled = set(approximate.main.positions[approximate.main.sample].tolist())
+    cold_outputs = arrays.output_vectors[arrays.cold]
+    for query in np.random.default_rng(2).normal(scale=0.1, size=(10, 16)).astype(np.float32):
+        log_p, got = approximate.best(None, query, 20, {int(approximate.main.positions[0])})
+        assert len(got) == 20 and set(got.tolist()) <= sampled
+        scores = arrays.output_vectors[got] @ query
+        assert np.all(np.diff(scores) <= 1e-6)  # best first
+        estimated = scores - log_p  # each row's score minus its log P: the estimated log normaliser
+        exact = np.log(np.exp(cold_outputs @ query).sum())
+        assert np.allclose(estimated, estimated[0], atol=1e-4)
+        assert abs(float(estimated[0]) - exact) <= np.log(1.1)

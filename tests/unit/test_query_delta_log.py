@@ -1,5 +1,6 @@
 """The append-only delta log: a swap appends the new delta's rows, old states stay as they were."""
 
+import dataclasses
 import threading
 import time
 
@@ -152,7 +153,7 @@ def test_the_watcher_appends_each_delta_to_the_log_of_its_base(tmp_path):
     assert (holder.state.delta.count, holder.state.version) == (3 * 320, 4)
 
 
-SEGMENTED = IndexConfig(exact_below=400, recall_sample=50)
+SEGMENTED = IndexConfig(exact_below=400, delta_seal_rows=400, recall_sample=50)
 
 
 def _clustered_rows(rng, ids, centres):
@@ -164,16 +165,16 @@ def _clustered_rows(rng, ids, centres):
     return SnapshotArrays(rows.ids, inputs, rows.output_vectors, rows.counts, rows.cold, content)
 
 
-def _segmented_log(chunks=8, size=200):
+def _segmented_log(chunks=8, size=200, config=SEGMENTED):
     """A log over a small base, fed ``chunks`` deltas of new ids, waiting for each background build."""
     rng = np.random.default_rng(9)
     centres = rng.normal(size=(20, 8))
     full = _clustered_rows(rng, [f"i{j}" for j in range(300)], centres)
-    log = DeltaLog(build_main(Snapshot(_manifest(1, "full"), full), SEGMENTED), SEGMENTED)
+    log = DeltaLog(build_main(Snapshot(_manifest(1, "full"), full), config), config)
     state = None
     for c in range(chunks):
         delta = _clustered_rows(rng, [f"n{c}-{j}" for j in range(size)], centres)
-        state = serve_view(log.append([delta]), _manifest(c + 2), SEGMENTED, state)
+        state = serve_view(log.append([delta]), _manifest(c + 2), config, state)
         assert log.wait_for_builds(timeout=30)
     return log, state
 
@@ -200,7 +201,7 @@ def test_the_newest_rows_are_sealed_while_older_runs_merge():
             release.wait(30)
         return build_index(rows, INDEX, kind="flat")
 
-    segments = Segments(build, IndexConfig(exact_below=400), "test")
+    segments = Segments(build, IndexConfig(exact_below=400, delta_seal_rows=400), "test")
     table = np.random.default_rng(0).normal(size=(1200, 4)).astype(np.float32)
     for end in (400, 800):
         segments.refresh(table[:end])
@@ -254,6 +255,30 @@ def test_search_through_sealed_runs_finds_what_exact_search_finds(endpoint, tabl
     assert np.mean(found) >= 0.9
 
 
+def test_a_session_without_content_scores_a_sealed_cold_run_by_its_sample_and_the_rest_exactly():
+    config = dataclasses.replace(SEGMENTED, cold_tail_sample=100)
+    log, state = _segmented_log(config=config)
+    log.append([])
+    assert log.wait_for_builds(timeout=30)
+    state = serve_view(log.append([]), _manifest(10), config, state)
+    new, view = state.new_items, state.view
+    (run,) = new.delta_runs
+    # Rows the run stands for by its sample, and the rows scored exactly: the main cold rows, the
+    # delta's cold rows after the run.
+    eligible = set(run.positions[run.sample].tolist()) | set(new.main.positions.tolist())
+    eligible |= set(view.cold.positions[run.index.size :].tolist())
+    live = np.concatenate([
+        new.main.outputs[~new.main_dead], view.cold.vectors[~view.cold.dead][:, :-1]
+    ])  # fmt: skip
+    for query in np.random.default_rng(4).normal(scale=0.1, size=(10, 8)).astype(np.float32):
+        log_p, got = new.best(None, query, 20, set())
+        assert len(got) == 20 and set(got.tolist()) <= eligible
+        scores = np.array([state.row(p)[0].output_vectors[state.row(p)[1]] @ query for p in got])
+        estimated = scores - log_p
+        assert np.allclose(estimated, estimated[0], atol=1e-4)
+        assert abs(float(estimated[0]) - np.log(np.exp(live @ query).sum())) <= np.log(1.1)
+
+
 def _answer(state, item, k=10, endpoint="similar"):
     holder = IndexHolder(ApiConfig())
     holder.swap(state)
@@ -275,7 +300,9 @@ def test_a_view_of_an_appendable_is_unchanged_when_it_grows_or_takes_wider_strin
 
 
 def test_rows_whose_run_the_recall_gate_refused_stay_searched_exactly():
-    refusing = IndexConfig(exact_below=400, ivf_nprobe=1, recall_gate=1.0, recall_sample=50)
+    refusing = IndexConfig(
+        exact_below=400, delta_seal_rows=400, ivf_nprobe=1, recall_gate=1.0, recall_sample=50
+    )
     rng = np.random.default_rng(11)
     full = _rows(rng, [f"i{j}" for j in range(300)], cold_share=0)
     log = DeltaLog(build_main(Snapshot(_manifest(1, "full"), full), refusing), refusing)
@@ -349,3 +376,13 @@ def test_a_delta_appended_after_a_state_leaves_its_ids_as_they_were():
     n_main = full.count
     assert [one.positions.get(i) for i in ("i7", "new", "newer")] == [n_main, n_main + 1, None]
     assert [two.positions.get(i) for i in ("i7", "new", "newer")] == [n_main, n_main + 2, n_main + 3]
+
+
+def test_an_appendable_grown_ahead_keeps_every_row_and_every_earlier_view():
+    column = Appendable(np.int64, reserve=1024, grow_niceness=0)
+    views = []
+    for start in range(0, 20_000, 100):  # past 3/4 of each room, a doubled copy is made ahead
+        column.extend(np.arange(start, start + 100))
+        views.append(column.view)
+    assert column.view.tolist() == list(range(20_000))
+    assert all(view.tolist() == list(range(len(view))) for view in views)

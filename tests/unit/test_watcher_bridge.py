@@ -1,6 +1,7 @@
 """SnapshotWatcher and a new full snapshot: loaded off the swap path, its chain bridged onto the served
 base meanwhile, then switched to (next_base.py, query.SnapshotWatcher)."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
 from recsim_stream.metrics import ApiMetrics
+from recsim_stream.new_items import BackgroundBuild
 from recsim_stream.next_base import NextBase
 from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, folder_name
@@ -124,6 +126,32 @@ def test_a_new_base_takes_in_on_its_loading_thread_the_deltas_published_while_it
     assert watcher.poll_once()
     assert _served(holder) == (4, 2)
     assert _interactions(holder, "e") == 6
+
+
+def test_a_new_base_is_switched_to_only_once_its_cold_rows_index_is_built(tmp_path):
+    # Before, the cold rows would be scanned exactly by every query (seconds at 1M items).
+    store = _store(tmp_path)
+    _write(store, 1, ["a", "b", "c"], [1, 1, 1])
+    built = threading.Event()
+
+    def load_main(version):
+        main = build_main(store.read(version), INDEX, store.read_index(version))
+        if version == 1:
+            return main
+        held = BackgroundBuild(lambda: built.wait(20) and None, 0, "held-cold-index")
+        return dataclasses.replace(main, cold=dataclasses.replace(main.cold, index=held))
+
+    holder = IndexHolder(ApiConfig())
+    watcher = SnapshotWatcher(store, holder, INDEX, poll_s=0.01, load_main=load_main)
+    assert watcher.poll_once()
+    _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
+    _write(store, 3, ["d", "e"], [2, 1], parent=2)
+    assert watcher.poll_once()
+    assert (_served(holder), watcher.wait_for_base(timeout=0.5)) == ((3, 1), False)  # bridged meanwhile
+    built.set()
+    assert watcher.wait_for_base(timeout=20)
+    assert watcher.poll_once()
+    assert _served(holder) == (3, 2)
 
 
 def test_the_switched_state_answers_like_a_fresh_load_of_its_version(tmp_path):
