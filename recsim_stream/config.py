@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from recsim_stream.threads import ThreadPriority
+
 ENV_PREFIX = "RECSIM_"
 
 
@@ -336,10 +338,20 @@ class IndexConfig:
     # catalogue was listed; before, at 10, the IVF over 900k cold rows, 6 s at 0, was not ready
     # after 60 s at load ~5).
     api_build_niceness: int = 0
+    # ...or run them, and the load of a new full snapshot, under SCHED_IDLE (Linux): they take only
+    # CPU time no query wants, and a query's threads preempt them at once (threads.ThreadPriority).
+    # Only with the API on cores of its own, where this is the setting to use: builds would starve
+    # on cores that training keeps busy.
+    api_build_idle: bool = False
     # Rows of deltas the query API makes room for per base up front: address space only until
     # written (about 2.5 kB a row at dim 64 with content vectors), so no swap copies the rows
     # appended so far to grow before this many have come.
     delta_reserve_rows: int = 1 << 20
+
+    @property
+    def api_build_priority(self) -> ThreadPriority:
+        """Of the query API's background threads: its index builds, buffer growth, base loads."""
+        return ThreadPriority(self.api_build_niceness, self.api_build_idle)
 
     def __post_init__(self) -> None:
         _require(self.kind in ("hnsw", "ivf"), "index.kind", f"must be hnsw or ivf, got {self.kind!r}")

@@ -32,6 +32,7 @@ from recsim_stream.index import (
 from recsim_stream.new_items import BackgroundBuild, ColdRun, MainCold
 from recsim_stream.scoring import with_prior
 from recsim_stream.snapshot import SnapshotArrays, SnapshotError
+from recsim_stream.threads import ThreadPriority
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Segments:
         rows = table[start:end]  # rows never rewritten: the build reads them while more are appended
         asked = None if queries is None else queries[start:end]
         return BackgroundBuild(
-            lambda: self._segment(rows, asked, start), self._config.api_build_niceness, self._name
+            lambda: self._segment(rows, asked, start), self._config.api_build_priority, self._name
         )
 
     def _segment(self, rows: np.ndarray, queries: np.ndarray | None, start: int) -> Segment | None:
@@ -308,8 +309,8 @@ class Appendable:
     ``reserve`` rows are allocated up front: address space only (the kernel backs a page when it is
     first written), because copying a grown buffer was the slow part of a swap: a 128-float column
     of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms. With
-    ``grow_niceness`` set, the doubled buffer is made ahead, once three quarters are filled, on a
-    thread of that niceness (numpy copies without the GIL), and the writer only copies the rows
+    ``grow_priority`` set, the doubled buffer is made ahead, once three quarters are filled, on a
+    thread of that priority (numpy copies without the GIL), and the writer only copies the rows
     appended since: a 1M-item listing outgrew a base's reserve, and the 14 columns' copies held the
     watcher's swaps for 3.5-3.9 s while taking the query API's core.
 
@@ -323,11 +324,11 @@ class Appendable:
         dtype: np.dtype | type,
         row_shape: tuple[int, ...] = (),
         reserve: int = 0,
-        grow_niceness: int | None = None,
+        grow_priority: ThreadPriority | None = None,
     ) -> None:
         self._buffer = _lazy_buffer((reserve, *row_shape), dtype)
         self._n = 0
-        self._grow_niceness = grow_niceness
+        self._grow_priority = grow_priority
         self._ahead: BackgroundBuild[tuple[np.ndarray, int]] | None = None  # (larger buffer, rows copied)
 
     def __len__(self) -> int:
@@ -351,9 +352,9 @@ class Appendable:
             self._buffer = grown
         self._buffer[self._n : need] = rows
         self._n = need
-        if self._grow_niceness is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
+        if self._grow_priority is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
             self._ahead = BackgroundBuild(
-                lambda old=self._buffer, n=need: (_doubled(old, n), n), self._grow_niceness, "delta-grow"
+                lambda old=self._buffer, n=need: (_doubled(old, n), n), self._grow_priority, "delta-grow"
             )
 
     def _take_ahead(self, dtype: np.dtype) -> None:
@@ -431,9 +432,9 @@ class DeltaLog:
         # changed: snapshot.full_after_changed; rows of ids changed again come on top), and at least
         # index.delta_reserve_rows: a small early base under a bulk listing outgrew its room eight
         # times on the way to 1M rows, each growth a copy of every column holding the GIL for up to 2 s.
-        # Past that room, columns grow ahead on background threads (Appendable), niced as builds are.
+        # Past that room, columns grow ahead on background threads (Appendable), as builds run.
         self._reserve = max(4096, arrays.count, config.delta_reserve_rows)
-        self._grow_niceness = config.api_build_niceness
+        self._grow_priority = config.api_build_priority
         self._ids = self._column(arrays.ids.dtype)
         self._inputs = self._column(np.float32, (dim,))
         self._outputs = self._column(np.float32, (dim,))
@@ -459,7 +460,7 @@ class DeltaLog:
             self._add_content(arrays.content_vectors.shape[1])
 
     def _column(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = ()) -> Appendable:
-        return Appendable(dtype, row_shape, self._reserve, self._grow_niceness)
+        return Appendable(dtype, row_shape, self._reserve, self._grow_priority)
 
     def _add_content(self, width: int) -> None:
         """Content columns, zero for the rows appended before any came (as ``apply_delta`` fills)."""

@@ -11,7 +11,6 @@ threads, its own normaliser), kept apart so that query.py only mixes its answer 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,26 +19,26 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from recsim_stream.index import ExactRows, VectorIndex, inner_products, search_single_threaded, top_rows
+from recsim_stream.threads import ThreadPriority
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class BackgroundBuild(Generic[T]):
-    """An index (or a grown buffer: delta_log.Appendable) built on a thread of its own, niced, off
-    the swap path (FAISS and numpy's copies release the GIL). ``ready`` is the result once built;
+    """An index (or a grown buffer: delta_log.Appendable) built on a thread of its own, at a lower
+    priority, off the swap path (FAISS and numpy's copies release the GIL). ``ready`` is the result once built;
     None until then, and for good if the build failed (logged). Meanwhile what it is to replace
     stays in use: rows searched exactly, the smaller buffer."""
 
-    def __init__(self, build: Callable[[], T | None], niceness: int, name: str) -> None:
+    def __init__(self, build: Callable[[], T | None], priority: ThreadPriority, name: str) -> None:
         self.ready: T | None = None
         self._done = threading.Event()
-        threading.Thread(target=self._run, args=(build, niceness, name), name=name, daemon=True).start()
+        threading.Thread(target=self._run, args=(build, priority, name), name=name, daemon=True).start()
 
-    def _run(self, build: Callable[[], T | None], niceness: int, name: str) -> None:
+    def _run(self, build: Callable[[], T | None], priority: ThreadPriority, name: str) -> None:
         try:
-            if niceness:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)  # this thread only
+            priority.apply()
             self.ready = build()
         except Exception:
             log.exception("background build %s failed: what it was to replace stays in use", name)

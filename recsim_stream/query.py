@@ -178,7 +178,7 @@ def _main_cold(
     if indexed and content is not None and len(positions) >= max(config.exact_below, 1):
         index = BackgroundBuild(
             lambda: build_cold_index(content, config),
-            config.api_build_niceness,
+            config.api_build_priority,
             name="cold-index-build",
         )
         if not background:
@@ -607,6 +607,7 @@ class SnapshotWatcher:
         catalogue is listed: seconds) and the newest delta rows' runs. Switched to before them, every
         /recommend scanned those rows exactly (950k x 128 content rows: 15-27 ms of CPU on one core,
         their top hits included); the bridge serves meanwhile."""
+        self.config.api_build_priority.apply()  # this loading thread's, as the builds'
         base = chain[0].version
         log, appended = DeltaLog(self._load_main(base), self.config), base
         for catch_up in range(_CATCH_UP_ROUNDS):

@@ -33,7 +33,6 @@ counted and the chain is dropped, so the next snapshot is a full one and serving
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from recsim_stream.metrics import SnapshotMetrics
 from recsim_stream.new_items import serves_new_items
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import PreparedFiles, SnapshotArrays, SnapshotStore, apply_delta
+from recsim_stream.threads import ThreadPriority
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ class Snapshotter:
     def _build_indexes(self, build: _FullBuild) -> None:
         """Build and gate the indexes, then write the snapshot's files (hundreds of MB at 100k rows),
         all off the writer thread, so deltas go on being published meanwhile."""
-        _lower_priority(self.index.build_niceness)
+        ThreadPriority(self.index.build_niceness).apply()
         arrays = build.arrays
         with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
         try:
@@ -500,13 +500,3 @@ class Snapshotter:
             build.thread.join(timeout)
             return not build.thread.is_alive()
         return True
-
-
-def _lower_priority(niceness: int) -> None:
-    """Nice the calling thread only (on Linux a thread has a niceness of its own); elsewhere, or when
-    refused, the build runs at the process's priority."""
-    if niceness:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-        except (OSError, AttributeError) as exc:
-            log.info("snapshot: index builds keep the process's priority (%s)", exc)

@@ -12,6 +12,7 @@ from recsim_stream.delta_log import Appendable, DeltaLog, IdLookup, IdRun, IdRun
 from recsim_stream.index import build_index
 from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main, serve_view
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotError, SnapshotManifest, SnapshotStore
+from recsim_stream.threads import ThreadPriority
 
 INDEX = IndexConfig()
 SCORING = {"new_item_share": 0.2, "cold_temperature": 0.5}
@@ -379,7 +380,7 @@ def test_a_delta_appended_after_a_state_leaves_its_ids_as_they_were():
 
 
 def test_an_appendable_grown_ahead_keeps_every_row_and_every_earlier_view():
-    column = Appendable(np.int64, reserve=1024, grow_niceness=0)
+    column = Appendable(np.int64, reserve=1024, grow_priority=ThreadPriority())
     views = []
     for start in range(0, 20_000, 100):  # past 3/4 of each room, a doubled copy is made ahead
         column.extend(np.arange(start, start + 100))

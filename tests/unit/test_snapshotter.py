@@ -1,6 +1,5 @@
 """The snapshotter: what it publishes, and when, from shard exports (real store, real FAISS)."""
 
-import os
 import threading
 
 import numpy as np
@@ -324,17 +323,3 @@ def test_a_large_cut_on_a_small_base_is_published_exact_then_with_its_approximat
     _take(snapshotter, shard)  # v7: the approximate full, v8: row 4 on it
     kinds = [(store.read_manifest(v).index or {}).get("kind") for v in (4, 7)]
     assert (kinds, store.latest_version(), store.read_manifest(8).parent_version) == (["flat", "hnsw"], 8, 7)
-
-
-def test_an_index_build_thread_lowers_its_own_priority_not_the_process():
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    seen: list[int] = []
-
-    def build() -> None:
-        snapshotter_module._lower_priority(7)
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    thread = threading.Thread(target=build)
-    thread.start()
-    thread.join()
-    assert (seen, os.getpriority(os.PRIO_PROCESS, 0)) == ([7], before)

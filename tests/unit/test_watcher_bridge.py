@@ -14,6 +14,7 @@ from recsim_stream.new_items import BackgroundBuild
 from recsim_stream.next_base import NextBase
 from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, folder_name
+from recsim_stream.threads import ThreadPriority
 
 INDEX = IndexConfig()
 
@@ -138,7 +139,7 @@ def test_a_new_base_is_switched_to_only_once_its_cold_rows_index_is_built(tmp_pa
         main = build_main(store.read(version), INDEX, store.read_index(version))
         if version == 1:
             return main
-        held = BackgroundBuild(lambda: built.wait(20) and None, 0, "held-cold-index")
+        held = BackgroundBuild(lambda: built.wait(20) and None, ThreadPriority(), "held-cold-index")
         return dataclasses.replace(main, cold=dataclasses.replace(main.cold, index=held))
 
     holder = IndexHolder(ApiConfig())
