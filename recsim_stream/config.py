@@ -328,20 +328,22 @@ class IndexConfig:
     cold_head: int = 256  # top cold hits scored exactly per query (the normaliser's head)
     cold_tail_sample: int = 2048  # cold rows sampled once per base for the normaliser's tail
     # The query API seals delta rows into an IVF run (on a background thread) once this many are
-    # left unindexed; until then every query scans them exactly, in each of its three tables.
+    # left unindexed; until then every query scans them exactly, in each of its three tables. 16,384
+    # cut /recommend's CPU in a replay of a 1M-item chain, but not its p99 end to end, where the
+    # more frequent builds and merges weighed more (BENCHMARKS.md, eighth session).
     delta_seal_rows: int = 50_000
-    # Niceness of the query API's own index builds (cold rows; sealed delta rows: IVF, seconds at 1M
-    # rows), thread by thread. With the API on cores of its own, set 10, so that builds take what
+    # Niceness of the query API's background threads: its own index builds (cold rows; sealed delta
+    # rows: IVF, seconds at 1M rows), the load of a new full snapshot and the watcher's appends. With the API on cores of its own, set 10, so that builds take what
     # queries and swaps leave (1M items, bench e2e --api-cpus 1: query p99 40 ms at 0, 17-29 ms at
     # 10). On cores shared with training keep 0: rows are scanned exactly per query until their
     # build is ready, and starved builds made queries slower (1M items: p50 30-60 ms while the
     # catalogue was listed; before, at 10, the IVF over 900k cold rows, 6 s at 0, was not ready
     # after 60 s at load ~5).
     api_build_niceness: int = 0
-    # ...or run them, and the load of a new full snapshot, under SCHED_IDLE (Linux): they take only
-    # CPU time no query wants, and a query's threads preempt them at once (threads.ThreadPriority).
-    # Only with the API on cores of its own, where this is the setting to use: builds would starve
-    # on cores that training keeps busy.
+    # ...or run them, the load of a new full snapshot and the watcher's appends under SCHED_IDLE
+    # (Linux): they take only CPU time no query wants, and a query's threads preempt them at once
+    # (threads.ThreadPriority). Only with the API on cores of its own, where this is the setting to
+    # use; on cores that training keeps busy they would starve.
     api_build_idle: bool = False
     # Rows of deltas the query API makes room for per base up front: address space only until
     # written (about 2.5 kB a row at dim 64 with content vectors), so no swap copies the rows
@@ -350,7 +352,7 @@ class IndexConfig:
 
     @property
     def api_build_priority(self) -> ThreadPriority:
-        """Of the query API's background threads: its index builds, buffer growth, base loads."""
+        """Of the query API's background threads: index builds, buffer growth, base loads, appends."""
         return ThreadPriority(self.api_build_niceness, self.api_build_idle)
 
     def __post_init__(self) -> None:

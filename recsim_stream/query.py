@@ -674,6 +674,9 @@ class SnapshotWatcher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        # Appending deltas is background work too: at index.api_build_idle, queries preempt it (1M
+        # items, API on CPU 1: p99 13.2-14.4 ms with the builds alone idle, 12.0 with this thread too).
+        self.config.api_build_priority.apply()
         while not self._stop.is_set():
             try:
                 self.poll_once()
