@@ -4,8 +4,9 @@ Endpoints are plain ``def`` so FastAPI runs them in its threadpool; FAISS releas
 queries proceed in parallel with each other and with the watcher's index builds. User input never
 causes a 500: unknown items are 404, malformed or out-of-range input 422 (FastAPI's validation, with
 the reason), bodies over ``max_body_bytes`` 413, and queries before the first snapshot 503.
-Item ids may contain ``/`` (the path routes match across it; ``/items/x/similar`` means the similar
-items of ``x``, so an id that itself ends in ``/similar`` is only reachable through ``/recommend``).
+Item ids may contain ``/`` and newlines (the path routes match across them; ``/items/x/similar``
+means the similar items of ``x``, so an id that itself ends in ``/similar`` is only reachable through
+``/recommend``).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the per-app annotations built in create_app.
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsim_stream.config import ApiConfig, Config
@@ -29,6 +31,17 @@ from recsim_stream.query import IndexHolder, NotReady, SnapshotWatcher, UnknownI
 from recsim_stream.snapshot import SnapshotStore
 
 ItemId = Annotated[StrictStr, Field(min_length=1, max_length=512)]
+
+
+class AnyText(PathConvertor):
+    """Starlette's ``path`` matches ``.*``, whose ``.`` stops at a newline, and the route's ``$`` then
+    matches before it: ``/items/a%0A`` was answered as item ``a`` (and ``%0A`` alone as an empty id).
+    This one matches every character."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("any_text", AnyText())
 
 
 class Neighbour(BaseModel):
@@ -170,7 +183,7 @@ def create_app(holder: IndexHolder, config: ApiConfig, registry: CollectorRegist
             {"detail": f"unknown item id {exc.item_id!r} in the served snapshot"}, status_code=404
         )
 
-    @app.get("/items/{item_id:path}/similar", response_model=SimilarResponse)
+    @app.get("/items/{item_id:any_text}/similar", response_model=SimilarResponse)
     def similar(
         item_id: Annotated[str, Path(min_length=1, max_length=512)],
         k: Annotated[int, Query(ge=1, le=config.max_k)] = 20,
@@ -183,7 +196,7 @@ def create_app(holder: IndexHolder, config: ApiConfig, registry: CollectorRegist
         version, results, unknown = holder.recommend(request.items, request.k, request.exclude)
         return RecommendResponse(version=version, results=_neighbours(results), unknown_items=unknown)
 
-    @app.get("/items/{item_id:path}", response_model=ItemResponse)
+    @app.get("/items/{item_id:any_text}", response_model=ItemResponse)
     def item(item_id: Annotated[str, Path(min_length=1, max_length=512)]) -> ItemResponse:
         version, row = holder.item(item_id)
         return ItemResponse(version=version, **row)

@@ -85,6 +85,13 @@ def test_unicode_item_ids_work_in_paths(client):
     assert client.get("/items/ü/é 😀").json()["item_id"] == "ü/é 😀"
 
 
+def test_an_id_with_a_trailing_newline_is_not_taken_for_the_id_without_it(client):
+    # Starlette's "path" convertor and the route's "$" once answered /items/a%0A as item "a".
+    for path in ("/items/a%0A", "/items/a%0A/similar", "/items/%0A"):
+        response = client.get(path)
+        assert (response.status_code, "unknown item id" in response.json()["detail"]) == (404, True), path
+
+
 def test_ids_with_a_slash_work_for_similar(client):
     assert client.get("/items/ü%2Fé 😀/similar", params={"k": 3}).json()["item_id"] == "ü/é 😀"
 
