@@ -342,8 +342,10 @@ class IndexConfig:
     api_build_niceness: int = 0
     # ...or run them, the load of a new full snapshot and the watcher's appends under SCHED_IDLE
     # (Linux): they take only CPU time no query wants, and a query's threads preempt them at once
-    # (threads.ThreadPriority). Only with the API on cores of its own, where this is the setting to
-    # use; on cores that training keeps busy they would starve.
+    # (threads.ThreadPriority). It also switches to a new full snapshot only once its indexes are
+    # built, and keeps the delta columns on base pages, grown ahead (SnapshotWatcher._base_log,
+    # delta_log.Appendable). Only with the API on cores of its own, where this is the setting to
+    # use; on cores that training keeps busy the background work would starve.
     api_build_idle: bool = False
     # Rows of deltas the query API makes room for per base up front: address space only until
     # written (about 2.5 kB a row at dim 64 with content vectors), so no swap copies the rows

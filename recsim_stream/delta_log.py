@@ -314,10 +314,12 @@ class Appendable:
     appended since: a 1M-item listing outgrew a base's reserve, and the 14 columns' copies held the
     watcher's swaps for 3.5-3.9 s while taking the query API's core.
 
-    Buffers are on base pages (``_lazy_buffer``): numpy asks for transparent huge pages for large
-    arrays, and with the kernel's default ``defrag=madvise`` a first write into one may compact
-    memory synchronously. Replaying a kept 1M-item chain, the writer's appends took 130 ms a swap
-    with huge pages and 28 ms without, pinned to one core with a query thread."""
+    With ``base_pages``, buffers are on base pages (``_lazy_buffer``): numpy asks for transparent
+    huge pages for large arrays, and with the kernel's default ``defrag=madvise`` a first write into
+    one may compact memory synchronously. Replaying a kept 1M-item chain, the writer's appends took
+    130 ms a swap with huge pages and 28 ms without, pinned to one core with a query thread. On
+    cores shared with training the extra page faults cost freshness instead (BENCHMARKS.md, eighth
+    session), so DeltaLog asks for both only under ``index.api_build_idle``."""
 
     def __init__(
         self,
@@ -325,8 +327,10 @@ class Appendable:
         row_shape: tuple[int, ...] = (),
         reserve: int = 0,
         grow_priority: ThreadPriority | None = None,
+        base_pages: bool = False,
     ) -> None:
-        self._buffer = _lazy_buffer((reserve, *row_shape), dtype)
+        self._base_pages = base_pages
+        self._buffer = _lazy_buffer((reserve, *row_shape), dtype, base_pages)
         self._n = 0
         self._grow_priority = grow_priority
         self._ahead: BackgroundBuild[tuple[np.ndarray, int]] | None = None  # (larger buffer, rows copied)
@@ -347,14 +351,18 @@ class Appendable:
         if self._ahead is not None and (need > len(self._buffer) or self._ahead.wait(0)):
             self._take_ahead(dtype)
         if need > len(self._buffer) or dtype != self._buffer.dtype:
-            grown = _lazy_buffer((max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype)
+            grown = _lazy_buffer(
+                (max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype, self._base_pages
+            )
             grown[: self._n] = self._buffer[: self._n]
             self._buffer = grown
         self._buffer[self._n : need] = rows
         self._n = need
         if self._grow_priority is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
             self._ahead = BackgroundBuild(
-                lambda old=self._buffer, n=need: (_doubled(old, n), n), self._grow_priority, "delta-grow"
+                lambda old=self._buffer, n=need: (_doubled(old, n, self._base_pages), n),
+                self._grow_priority,
+                "delta-grow",
             )
 
     def _take_ahead(self, dtype: np.dtype) -> None:
@@ -368,19 +376,19 @@ class Appendable:
         self._buffer = grown
 
 
-def _doubled(buffer: np.ndarray, n: int) -> np.ndarray:
+def _doubled(buffer: np.ndarray, n: int, base_pages: bool) -> np.ndarray:
     """A buffer twice as large as ``buffer`` holding its rows ``[0, n)``."""
-    grown = _lazy_buffer((max(2 * len(buffer), 1024), *buffer.shape[1:]), buffer.dtype)
+    grown = _lazy_buffer((max(2 * len(buffer), 1024), *buffer.shape[1:]), buffer.dtype, base_pages)
     grown[:n] = buffer[:n]
     return grown
 
 
-def _lazy_buffer(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    """``np.empty(shape, dtype)``, backed page by page as it is written, on base pages where the
-    platform lets us say so (Appendable says why)."""
+def _lazy_buffer(shape: tuple[int, ...], dtype: np.dtype | type, base_pages: bool) -> np.ndarray:
+    """``np.empty(shape, dtype)``, backed page by page as it is written; with ``base_pages``, on base
+    pages where the platform lets us say so (Appendable says why)."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    if size < _LAZY_FROM_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+    if not base_pages or size < _LAZY_FROM_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):
         return np.empty(shape, dtype)
     region = mmap.mmap(-1, size)  # anonymous, private, zero-filled on first touch
     region.madvise(mmap.MADV_NOHUGEPAGE)
@@ -433,9 +441,11 @@ class DeltaLog:
         # index.delta_reserve_rows: a small early base under a bulk listing outgrew its room eight
         # times on the way to 1M rows, each growth a copy of every column holding the GIL for up to 2 s.
         self._reserve = max(4096, arrays.count, config.delta_reserve_rows)
-        # Grown ahead only under SCHED_IDLE: on cores shared with training, 14 columns copied at once in
-        # the background made 1M-item freshness p95 9-13 s in four runs, 4.7 s growing in place.
+        # Grown ahead, on base pages, only under SCHED_IDLE: on cores shared with training, 14 columns
+        # copied at once in the background made 1M-item freshness p95 9-13 s in four runs, 4.7 s growing
+        # in place (Appendable).
         self._grow_priority = config.api_build_priority if config.api_build_idle else None
+        self._base_pages = config.api_build_idle
         self._ids = self._column(arrays.ids.dtype)
         self._inputs = self._column(np.float32, (dim,))
         self._outputs = self._column(np.float32, (dim,))
@@ -461,7 +471,7 @@ class DeltaLog:
             self._add_content(arrays.content_vectors.shape[1])
 
     def _column(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = ()) -> Appendable:
-        return Appendable(dtype, row_shape, self._reserve, self._grow_priority)
+        return Appendable(dtype, row_shape, self._reserve, self._grow_priority, self._base_pages)
 
     def _add_content(self, width: int) -> None:
         """Content columns, zero for the rows appended before any came (as ``apply_delta`` fills)."""

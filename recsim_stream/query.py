@@ -602,11 +602,13 @@ class SnapshotWatcher:
         likely that append (its served versions show the gap; it was not timed). So the log catches
         up first, for up to ``_CATCH_UP_ROUNDS`` rounds (each takes in what came during the one before).
 
-        After the first round it waits (up to ``_SEALING_WAIT_S``) for the builds that leave rows
-        searched exactly until they finish: the main cold rows' index (over ~950k rows once a 1M
-        catalogue is listed: seconds) and the newest delta rows' runs. Switched to before them, every
-        /recommend scanned those rows exactly (950k x 128 content rows: 15-27 ms of CPU on one core,
-        their top hits included); the bridge serves meanwhile."""
+        Under ``index.api_build_idle`` (the API on cores of its own), after the first round it waits
+        (up to ``_SEALING_WAIT_S``) for the builds that leave rows searched exactly until they finish:
+        the main cold rows' index (over ~950k rows once a 1M catalogue is listed: seconds) and the
+        newest delta rows' runs. Switched to before them, every /recommend scanned those rows exactly
+        (950k x 128 content rows: 15-27 ms of CPU on one core, their top hits included); the bridge
+        serves meanwhile. Not on shared cores, where those builds are slow and the p99 is ~100 ms
+        anyway: a longer load is a longer window for a newer full snapshot to abandon it for (_load)."""
         self.config.api_build_priority.apply()  # this loading thread's, as the builds'
         base = chain[0].version
         log, appended = DeltaLog(self._load_main(base), self.config), base
@@ -615,7 +617,7 @@ class SnapshotWatcher:
             if newer:
                 log.append([self.store.read(m.version).arrays for m in newer])
                 appended = newer[-1].version
-            if catch_up == 0:
+            if catch_up == 0 and self.config.api_build_idle:
                 log.wait_for_sealing(_SEALING_WAIT_S)
             elif not newer:
                 break

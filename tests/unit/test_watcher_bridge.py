@@ -129,7 +129,7 @@ def test_a_new_base_takes_in_on_its_loading_thread_the_deltas_published_while_it
     assert _interactions(holder, "e") == 6
 
 
-def test_a_new_base_is_switched_to_only_once_its_cold_rows_index_is_built(tmp_path):
+def test_an_isolated_api_switches_to_a_new_base_only_once_its_cold_rows_index_is_built(tmp_path):
     # Before, the cold rows would be scanned exactly by every query (seconds at 1M items).
     store = _store(tmp_path)
     _write(store, 1, ["a", "b", "c"], [1, 1, 1])
@@ -143,7 +143,8 @@ def test_a_new_base_is_switched_to_only_once_its_cold_rows_index_is_built(tmp_pa
         return dataclasses.replace(main, cold=dataclasses.replace(main.cold, index=held))
 
     holder = IndexHolder(ApiConfig())
-    watcher = SnapshotWatcher(store, holder, INDEX, poll_s=0.01, load_main=load_main)
+    isolated = dataclasses.replace(INDEX, api_build_idle=True)
+    watcher = SnapshotWatcher(store, holder, isolated, poll_s=0.01, load_main=load_main)
     assert watcher.poll_once()
     _write(store, 2, ["a", "b", "c", "d"], [5, 1, 1, 1], latest=False)
     _write(store, 3, ["d", "e"], [2, 1], parent=2)
