@@ -308,31 +308,29 @@ class Appendable:
 
     ``reserve`` rows are allocated up front: address space only (the kernel backs a page when it is
     first written), because copying a grown buffer was the slow part of a swap: a 128-float column
-    of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms. With
-    ``grow_priority`` set, the doubled buffer is made ahead, once three quarters are filled, on a
-    thread of that priority (numpy copies without the GIL), and the writer only copies the rows
-    appended since: a 1M-item listing outgrew a base's reserve, and the 14 columns' copies held the
-    watcher's swaps for 3.5-3.9 s while taking the query API's core.
+    of 262k rows took 380 ms to copy on this VM, where appending 5k rows takes 0.2 ms.
 
-    With ``base_pages``, buffers are on base pages (``_lazy_buffer``): numpy asks for transparent
-    huge pages for large arrays, and with the kernel's default ``defrag=madvise`` a first write into
-    one may compact memory synchronously. Replaying a kept 1M-item chain, the writer's appends took
-    130 ms a swap with huge pages and 28 ms without, pinned to one core with a query thread. On
-    cores shared with training the extra page faults cost freshness instead (BENCHMARKS.md, eighth
-    session), so DeltaLog asks for both only under ``index.api_build_idle``."""
+    ``isolated`` (a service with cores of its own; DeltaLog passes it under ``index.api_build_idle``):
+    the doubled buffer is made ahead, once three quarters are filled, on a thread of that priority
+    (numpy copies without the GIL), and the writer only copies the rows appended since: a 1M-item
+    listing outgrew a base's reserve, and the 14 columns' copies held the watcher's swaps for
+    3.5-3.9 s while taking the query API's core. And buffers are on base pages (``_lazy_buffer``):
+    numpy asks for transparent huge pages for large arrays, and with the kernel's default
+    ``defrag=madvise`` a first write into one may compact memory synchronously. Replaying a kept
+    1M-item chain, the writer's appends took 130 ms a swap with huge pages and 28 ms without, pinned
+    to one core with a query thread. On cores shared with training both cost freshness instead
+    (BENCHMARKS.md, eighth session)."""
 
     def __init__(
         self,
         dtype: np.dtype | type,
         row_shape: tuple[int, ...] = (),
         reserve: int = 0,
-        grow_priority: ThreadPriority | None = None,
-        base_pages: bool = False,
+        isolated: ThreadPriority | None = None,
     ) -> None:
-        self._base_pages = base_pages
-        self._buffer = _lazy_buffer((reserve, *row_shape), dtype, base_pages)
+        self._isolated = isolated
+        self._buffer = _lazy_buffer((reserve, *row_shape), dtype, isolated is not None)
         self._n = 0
-        self._grow_priority = grow_priority
         self._ahead: BackgroundBuild[tuple[np.ndarray, int]] | None = None  # (larger buffer, rows copied)
 
     def __len__(self) -> int:
@@ -351,17 +349,13 @@ class Appendable:
         if self._ahead is not None and (need > len(self._buffer) or self._ahead.wait(0)):
             self._take_ahead(dtype)
         if need > len(self._buffer) or dtype != self._buffer.dtype:
-            grown = _lazy_buffer(
-                (max(need, 2 * len(self._buffer), 1024), *self._buffer.shape[1:]), dtype, self._base_pages
-            )
-            grown[: self._n] = self._buffer[: self._n]
-            self._buffer = grown
+            self._buffer = _larger_copy(self._buffer, self._n, need, dtype, self._isolated is not None)
         self._buffer[self._n : need] = rows
         self._n = need
-        if self._grow_priority is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
+        if self._isolated is not None and self._ahead is None and 4 * need > 3 * len(self._buffer):
             self._ahead = BackgroundBuild(
-                lambda old=self._buffer, n=need: (_doubled(old, n, self._base_pages), n),
-                self._grow_priority,
+                lambda old=self._buffer, n=need: (_larger_copy(old, n, n, old.dtype, True), n),
+                self._isolated,
                 "delta-grow",
             )
 
@@ -376,9 +370,9 @@ class Appendable:
         self._buffer = grown
 
 
-def _doubled(buffer: np.ndarray, n: int, base_pages: bool) -> np.ndarray:
-    """A buffer twice as large as ``buffer`` holding its rows ``[0, n)``."""
-    grown = _lazy_buffer((max(2 * len(buffer), 1024), *buffer.shape[1:]), buffer.dtype, base_pages)
+def _larger_copy(buffer: np.ndarray, n: int, need: int, dtype: np.dtype, base_pages: bool) -> np.ndarray:
+    """A buffer of ``dtype`` for ``need`` rows or twice ``buffer``'s, holding its rows ``[0, n)``."""
+    grown = _lazy_buffer((max(need, 2 * len(buffer), 1024), *buffer.shape[1:]), dtype, base_pages)
     grown[:n] = buffer[:n]
     return grown
 
@@ -444,8 +438,7 @@ class DeltaLog:
         # Grown ahead, on base pages, only under SCHED_IDLE: on cores shared with training, 14 columns
         # copied at once in the background made 1M-item freshness p95 9-13 s in four runs, 4.7 s growing
         # in place (Appendable).
-        self._grow_priority = config.api_build_priority if config.api_build_idle else None
-        self._base_pages = config.api_build_idle
+        self._isolated = config.api_build_priority if config.api_build_idle else None
         self._ids = self._column(arrays.ids.dtype)
         self._inputs = self._column(np.float32, (dim,))
         self._outputs = self._column(np.float32, (dim,))
@@ -471,7 +464,7 @@ class DeltaLog:
             self._add_content(arrays.content_vectors.shape[1])
 
     def _column(self, dtype: np.dtype | type, row_shape: tuple[int, ...] = ()) -> Appendable:
-        return Appendable(dtype, row_shape, self._reserve, self._grow_priority, self._base_pages)
+        return Appendable(dtype, row_shape, self._reserve, self._isolated)
 
     def _add_content(self, width: int) -> None:
         """Content columns, zero for the rows appended before any came (as ``apply_delta`` fills)."""

@@ -15,24 +15,31 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from recsim_stream.threads import ThreadPriority
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
 class NextBase(Generic[T]):
-    """``build()`` for full snapshot ``version``, run once on a daemon thread; ``take()`` hands over
-    its result or raises its error, on the caller's thread, where the watcher counts refusals."""
+    """``build()`` for full snapshot ``version``, run once on a daemon thread at ``priority``;
+    ``take()`` hands over its result or raises its error, on the caller's thread, where the watcher
+    counts refusals."""
 
-    def __init__(self, version: int, build: Callable[[], T]) -> None:
+    def __init__(self, version: int, build: Callable[[], T], priority: ThreadPriority) -> None:
         self.version = version
         self._result: T | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
-        threading.Thread(target=self._run, args=(build,), name=f"base-{version}-load", daemon=True).start()
+        thread = threading.Thread(
+            target=self._run, args=(build, priority), name=f"base-{version}-load", daemon=True
+        )
+        thread.start()
 
-    def _run(self, build: Callable[[], T]) -> None:
+    def _run(self, build: Callable[[], T], priority: ThreadPriority) -> None:
         try:
+            priority.apply()
             self._result = build()
         except BaseException as exc:  # handed to the watcher's thread by take()
             self._error = exc

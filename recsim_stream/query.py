@@ -562,7 +562,9 @@ class SnapshotWatcher:
             # No bridge for a second new base while one loads: the served log may lack rows of the
             # first one's chain that the second's catch-up delta does not repeat.
             tail = self._served_tail(current, base) if loading is None else None
-            self._next = loading = NextBase(base, lambda: self._base_log(chain))
+            self._next = loading = NextBase(
+                base, lambda: self._base_log(chain), self.config.api_build_priority
+            )
             if tail is not None:
                 self._bridged = base
                 return self._append(tail + chain[1:], chain[-1], current)
@@ -609,7 +611,6 @@ class SnapshotWatcher:
         (950k x 128 content rows: 15-27 ms of CPU on one core, their top hits included); the bridge
         serves meanwhile. Not on shared cores, where those builds are slow and the p99 is ~100 ms
         anyway: a longer load is a longer window for a newer full snapshot to abandon it for (_load)."""
-        self.config.api_build_priority.apply()  # this loading thread's, as the builds'
         base = chain[0].version
         log, appended = DeltaLog(self._load_main(base), self.config), base
         for catch_up in range(_CATCH_UP_ROUNDS):
@@ -677,7 +678,8 @@ class SnapshotWatcher:
 
     def _run(self) -> None:
         # Appending deltas is background work too: at index.api_build_idle, queries preempt it (1M
-        # items, API on CPU 1: p99 13.2-14.4 ms with the builds alone idle, 12.0 with this thread too).
+        # items, API on CPU 1: p99 13.2-14.4 ms with the builds alone idle, 10.4-12.1 with this thread
+        # too in five runs of six: BENCHMARKS.md, eighth session).
         self.config.api_build_priority.apply()
         while not self._stop.is_set():
             try:

@@ -379,9 +379,8 @@ def test_a_delta_appended_after_a_state_leaves_its_ids_as_they_were():
     assert [two.positions.get(i) for i in ("i7", "new", "newer")] == [n_main, n_main + 2, n_main + 3]
 
 
-@pytest.mark.parametrize("base_pages", [False, True])
-def test_an_appendable_grown_ahead_keeps_every_row_and_every_earlier_view(base_pages):
-    column = Appendable(np.int64, reserve=1024, grow_priority=ThreadPriority(), base_pages=base_pages)
+def test_an_appendable_grown_ahead_keeps_every_row_and_every_earlier_view():
+    column = Appendable(np.int64, reserve=1024, isolated=ThreadPriority())  # base pages from 4 MB on
     views = []
     for start in range(0, 1_000_000, 5_000):  # past 3/4 of each room, a doubled copy is made ahead
         column.extend(np.arange(start, start + 5_000))

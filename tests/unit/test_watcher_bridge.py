@@ -220,10 +220,10 @@ def test_a_new_base_that_fails_to_load_is_refused_once_and_its_deltas_still_brid
 
 
 def test_next_base_hands_over_its_result_or_its_error():
-    built = NextBase(7, lambda: "main")
+    built = NextBase(7, lambda: "main", ThreadPriority())
     assert built.wait(timeout=20)
     assert (built.version, built.take()) == (7, "main")
-    failed = NextBase(8, lambda: 1 / 0)
+    failed = NextBase(8, lambda: 1 / 0, ThreadPriority())
     assert failed.wait(timeout=20)
     with pytest.raises(ZeroDivisionError):
         failed.take()
