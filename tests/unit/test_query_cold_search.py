@@ -3,8 +3,11 @@
 import dataclasses
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsim_stream.config import IndexConfig
+from recsim_stream.new_items import _outside
 from recsim_stream.query import build_main, build_state, empty_like
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotManifest
 
@@ -108,3 +111,12 @@ def test_a_session_without_content_scores_indexed_cold_rows_by_their_uniform_sam
         exact = np.log(np.exp(cold_outputs @ query).sum())
         assert np.allclose(estimated, estimated[0], atol=1e-4)
         assert abs(float(estimated[0]) - exact) <= np.log(1.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sample=st.sets(st.integers(0, 500), max_size=60).map(lambda s: np.array(sorted(s), dtype=np.int64)),
+    rows=st.lists(st.integers(0, 520), max_size=40).map(lambda r: np.array(r, dtype=np.int64)),
+)
+def test_outside_marks_the_sample_entries_not_among_the_head_rows(sample, rows):
+    np.testing.assert_array_equal(_outside(sample, rows), ~np.isin(sample, rows))
