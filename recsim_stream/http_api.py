@@ -30,6 +30,10 @@ from recsim_stream.metrics import ApiMetrics, new_registry, serve_metrics
 from recsim_stream.query import IndexHolder, NotReady, SnapshotWatcher, UnknownItem
 from recsim_stream.snapshot import SnapshotStore
 
+# uvicorn's C parser and libuv loop, named rather than left to "auto", which falls back to the pure-Python
+# h11 and asyncio without a word: 0.12 ms more per request (pyproject.toml).
+HTTP_PARSER, EVENT_LOOP = "httptools", "uvloop"
+
 ItemId = Annotated[StrictStr, Field(min_length=1, max_length=512)]
 
 
@@ -249,6 +253,12 @@ def serve(config: Config) -> None:
     watcher = SnapshotWatcher(SnapshotStore(config.snapshot), holder, config.index, config.api.poll_s)
     watcher.start()
     try:
-        uvicorn.run(create_app(holder, config.api, registry), host=config.api.host, port=config.api.port)
+        uvicorn.run(
+            create_app(holder, config.api, registry),
+            host=config.api.host,
+            port=config.api.port,
+            http=HTTP_PARSER,
+            loop=EVENT_LOOP,
+        )
     finally:
         watcher.stop()

@@ -10,7 +10,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
-from recsim_stream.http_api import create_app
+from recsim_stream.http_api import EVENT_LOOP, HTTP_PARSER, create_app
 from recsim_stream.index import build_main_indexes, ship
 from recsim_stream.metrics import ApiMetrics, new_registry
 from recsim_stream.query import IndexHolder, SnapshotWatcher
@@ -279,3 +279,14 @@ def test_hot_swaps_under_load_never_fail_and_versions_only_grow(tmp_path):
     assert holder.metrics.swaps._value.get() == 61
     assert all(len(v) > 0 for v in seen.values())
     assert all(v == sorted(v) for v in seen.values())
+
+
+def test_the_service_runs_on_uvicorns_c_parser_and_libuv_loop(client):
+    config = uvicorn.Config(client.app, http=HTTP_PARSER, loop=EVENT_LOOP)
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    loop = config.get_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
