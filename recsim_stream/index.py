@@ -435,16 +435,28 @@ def merge_parts(
 
 
 def build_ivf(vectors: np.ndarray, config: IndexConfig, nprobe: int) -> VectorIndex:
-    """IVF-Flat by inner product over ``vectors``, quick to build for the query API's own indexes
+    """IVF by inner product over ``vectors``, quick to build for the query API's own indexes
     (cold content rows, sealed delta rows): about sqrt(n) cells (``cold_nlist`` overrides), 40
     training points a cell and 10 k-means iterations (FAISS's 25 cost 2.5x the time for no recall
-    measured). 100k x 128 took 0.4 s, 300k 1.5 s on one thread; HNSW at 1M took ~100 s."""
+    measured). 100k x 128 took 0.4 s, 300k 1.5 s on one thread; HNSW at 1M took ~100 s.
+
+    Rows are stored as float16: a query's cost is reading its cells, and with the other core
+    training, memory traffic is what slows it (scripts/replay_http.py --stream-cpu). Over 900k
+    clustered unit 128-d rows, nprobe 16, k 256: 0.39 -> 0.23 ms a query on an idle core, top-20
+    agreement with float32 cells 0.998, the same build time (a scratch benchmark)."""
     faiss.omp_set_num_threads(config.build_threads)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, width = vectors.shape
     nlist = min(config.cold_nlist or max(1, round(math.sqrt(n))), max(1, n))
     started = time.perf_counter()
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(width),
+        width,
+        nlist,
+        faiss.ScalarQuantizer.QT_fp16,
+        faiss.METRIC_INNER_PRODUCT,
+        False,
+    )
     index.cp.niter = 10
     rng = np.random.default_rng(config.seed)
     index.train(vectors[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))])
