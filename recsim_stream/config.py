@@ -398,9 +398,15 @@ class ApiConfig:
     # How often the query service looks for a new snapshot: one read of the small LATEST pointer, so
     # polling often is cheap, and every poll period is added to freshness (half of it on average).
     poll_s: float = 0.05
+    # How long a thread that wants the GIL waits for the holder to let go (Python's switch interval,
+    # 5 ms by default). Two requests in flight, or a request beside the watcher, then wait 5 ms
+    # whenever the other runs Python: at 1M items end to end 1.0-1.7% of queries took over 10 ms at
+    # the API, 0.36% at 0.5 ms (BENCHMARKS.md, ninth session).
+    gil_switch_ms: float = 0.5
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "api.port", "must be a TCP port")
+        _require(self.gil_switch_ms > 0, "api.gil_switch_ms", f"must be > 0, got {self.gil_switch_ms}")
         _require(self.max_k >= 1, "api.max_k", f"must be >= 1, got {self.max_k}")
         _require(self.max_body_bytes >= 256, "api.max_body_bytes", "must be >= 256")
         _require(self.max_request_items >= 1, "api.max_request_items", "must be >= 1")

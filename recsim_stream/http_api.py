@@ -13,6 +13,7 @@ means the similar items of ``x``, so an id that itself ends in ``/similar`` is o
 
 import json
 import reprlib
+import sys
 import time
 from typing import Annotated
 
@@ -246,6 +247,7 @@ def serve(config: Config) -> None:
     """Run the query service: watch ``config.snapshot.dir`` and answer on ``config.api.host:port``."""
     import uvicorn
 
+    sys.setswitchinterval(config.api.gil_switch_ms / 1000.0)  # for every thread of the process
     registry = new_registry()
     if config.metrics.port:
         serve_metrics(registry, config.metrics.port, config.metrics.host)

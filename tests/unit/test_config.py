@@ -51,3 +51,9 @@ def test_help_names_the_environment_variable():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, ["sim"], primary="sim")
     assert "env RECSIM_SIM_RATE" in parser.format_help()
+
+
+def test_the_apis_gil_switch_interval_must_be_positive():
+    assert load_config(None, {"RECSIM_API_GIL_SWITCH_MS": "2"}).api.gil_switch_ms == 2.0
+    with pytest.raises(ConfigError, match="api.gil_switch_ms"):
+        load_config(None, {"RECSIM_API_GIL_SWITCH_MS": "0"})
