@@ -401,7 +401,7 @@ class ApiConfig:
     # How long a thread that wants the GIL waits for the holder to let go (Python's switch interval,
     # 5 ms by default). Two requests in flight, or a request beside the watcher, then wait 5 ms
     # whenever the other runs Python: at 1M items end to end 1.0-1.7% of queries took over 10 ms at
-    # the API, 0.36% at 0.5 ms (BENCHMARKS.md, ninth session).
+    # the API in four runs, 0.36-0.72% in three at 0.5 ms (BENCHMARKS.md, ninth session).
     gil_switch_ms: float = 0.5
 
     def __post_init__(self) -> None:
