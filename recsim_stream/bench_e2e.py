@@ -265,9 +265,9 @@ def query_worker(
     is a real failure, not an item that has not reached the snapshot yet."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     # The prober thread shares this process's GIL: at Python's default 5 ms switch interval a query
-    # whose answer came while the prober ran Python waited the whole interval before its clock
-    # stopped (horizontal bands at the API's time + 5 ms in the latency plot): the client's delay,
-    # not the API's. The API runs at api.gil_switch_ms for the same reason.
+    # whose answer came while the prober ran Python could wait the whole interval before its clock
+    # stopped, the client's delay and not the API's. The API runs at api.gil_switch_ms for the same
+    # reason.
     sys.setswitchinterval(0.0005)
     rng = random.Random(seed)
     lock = threading.Lock()

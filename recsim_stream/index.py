@@ -441,7 +441,8 @@ def build_ivf(vectors: np.ndarray, config: IndexConfig, nprobe: int) -> VectorIn
     measured). 100k x 128 took 0.4 s, 300k 1.5 s on one thread; HNSW at 1M took ~100 s.
 
     Rows are stored as float16: a query's cost is reading its cells, and with the other core
-    training, memory traffic is what slows it (scripts/replay_http.py --stream-cpu). Over 900k
+    training the misses of those scattered reads in the shared cache are what slows it
+    (scripts/replay_http.py --stream-cpu; BENCHMARKS.md, ninth session). Over 900k
     clustered unit 128-d rows, nprobe 16, k 256: 0.39 -> 0.23 ms a query on an idle core, top-20
     agreement with float32 cells 0.998, the same build time (a scratch benchmark)."""
     faiss.omp_set_num_threads(config.build_threads)
