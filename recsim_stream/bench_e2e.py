@@ -277,6 +277,7 @@ def query_worker(
     pending: dict[str, float] = {}  # new item -> wall time its first click was produced
     fresh: list[tuple[str, float, float]] = []  # (item, first click produced, first served learned)
     queries: list[tuple[float, str, int, float]] = []  # (wall time, endpoint, status, ms)
+    server_ms: list[float | None] = []  # the API's own time to each answer (Server-Timing), as queries
     snapshots: dict[int, tuple[float, float]] = {}  # version served -> (written, loaded by the API)
     served_items: dict[int, tuple[float, int]] = {}  # version served -> (loaded by the API, items)
 
@@ -334,6 +335,9 @@ def query_worker(
         ms = (time.perf_counter() - started) * 1000.0
         status = 0 if response is None else response.status_code
         queries.append((time.time(), endpoint, status, ms))
+        server_ms.append(
+            None if response is None else server_timing_ms(response.headers.get("server-timing"))
+        )
         shared[0] += 1
         if status == 200:
             learn_served([r["item_id"] for r in response.json()["results"]])
@@ -359,6 +363,7 @@ def query_worker(
     with lock:
         record = {
             "queries": queries,
+            "server_ms": server_ms,
             "fresh": fresh,
             "unresolved": pending,
             "snapshots": list(snapshots.values()),
@@ -668,6 +673,31 @@ def _wait_catalogue(probe: _Probe, children: Children, options: E2EOptions) -> l
     return seen
 
 
+def server_timing_ms(header: str | None) -> float | None:
+    """The ``app`` duration (ms) of a ``Server-Timing`` header, as the query API sends it; None when absent."""
+    for metric in (header or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        if name == "app":
+            for param in params:
+                key, _, value = param.partition("=")
+                if key == "dur":
+                    try:
+                        return float(value)
+                    except ValueError:
+                        return None
+    return None
+
+
+def _server_percentiles(server_ms: Sequence[float | None]) -> dict:
+    """The API's own time to answer the timed queries (from their Server-Timing headers): the client's
+    latency less the transport and the client's own work on a shared core."""
+    known = [ms for ms in server_ms if ms is not None]
+    return {
+        "query_server_p50_ms": _round(percentile(known, 50), 2),
+        "query_server_p99_ms": _round(percentile(known, 99), 2),
+    }
+
+
 def summarise(
     produced: _Produced,
     drained_at: float,
@@ -704,6 +734,7 @@ def summarise(
         "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,
         "query_p50_ms": _round(percentile(latencies, 50), 2),
         "query_p99_ms": _round(percentile(latencies, 99), 2),
+        **_server_percentiles(queried.get("server_ms", [])),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
         **catalogue_served(produced, catalogue_size, queried["served_items"]),
         **written_to_served(queried["snapshots"]),

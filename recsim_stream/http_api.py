@@ -121,10 +121,12 @@ class LimitBodySize:
 
 
 class TimeRequests:
-    """ASGI middleware: observe each routed request's duration by endpoint and status. Plain ASGI
-    rather than ``@app.middleware("http")``, whose wrapper streams every response through a task
-    group and a memory stream: 0.15-0.3 ms a request (p50 over HTTP on a quiet machine: /healthz
-    1.15 -> 1.0 ms, /recommend at 100k items 5.3 -> 4.9 ms)."""
+    """ASGI middleware: observe each routed request's duration by endpoint and status, and tell the
+    client the time to its response's start in a ``Server-Timing: app;dur=MS`` header (W3C), so a
+    client can split its latency into the API's and the rest. Plain ASGI rather than
+    ``@app.middleware("http")``, whose wrapper streams every response through a task group and a
+    memory stream: 0.15-0.3 ms a request (p50 over HTTP on a quiet machine: /healthz 1.15 -> 1.0 ms,
+    /recommend at 100k items 5.3 -> 4.9 ms)."""
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
@@ -141,6 +143,8 @@ class TimeRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                took = f"app;dur={1000.0 * (time.perf_counter() - started):.3f}".encode()
+                message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", took)]}
             await send(message)
 
         try:

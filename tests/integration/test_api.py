@@ -290,3 +290,9 @@ def test_the_service_runs_on_uvicorns_c_parser_and_libuv_loop(client):
         assert type(loop).__module__.startswith("uvloop")
     finally:
         loop.close()
+
+
+def test_every_routed_answer_says_how_long_the_api_took(client):
+    for response in (client.get("/items/a/similar"), client.get("/items/nope"), client.get("/healthz")):
+        name, duration = response.headers["server-timing"].split(";dur=")
+        assert name == "app" and 0.0 <= float(duration) < 5000.0

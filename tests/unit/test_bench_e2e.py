@@ -13,6 +13,7 @@ from recsim_stream.bench_e2e import (
     catalogue_served,
     metric_totals,
     percentile,
+    server_timing_ms,
     slow_query_shares,
     written_to_served,
 )
@@ -95,3 +96,18 @@ def test_slow_query_shares_compare_the_client_with_the_api_histogram() -> None:
         "query_share_over_50ms": 0.25,
         "server_query_share_over_50ms": 0.1,
     }
+
+
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        ("app;dur=2.125", 2.125),
+        ('db;dur=9, app;desc="query";dur=3.5', 3.5),
+        ("app", None),
+        ("app;dur=soon", None),
+        ("db;dur=1", None),
+        (None, None),
+    ],
+)
+def test_server_timing_reads_the_apis_own_duration(header, expected):
+    assert server_timing_ms(header) == expected
