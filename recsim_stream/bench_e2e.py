@@ -734,7 +734,7 @@ def summarise(
         "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,
         "query_p50_ms": _round(percentile(latencies, 50), 2),
         "query_p99_ms": _round(percentile(latencies, 99), 2),
-        **_server_percentiles(queried.get("server_ms", [])),
+        **_server_percentiles(queried["server_ms"]),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
         **catalogue_served(produced, catalogue_size, queried["served_items"]),
         **written_to_served(queried["snapshots"]),

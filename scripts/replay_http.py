@@ -16,7 +16,6 @@ p50/p99 per 10 s window and overall. The chain's ``LATEST`` pointer is restored 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -27,42 +26,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from replay_chain import Chain, percentile
 
 from recsim_stream.local_broker import free_port
-from recsim_stream.snapshot import LATEST, folder_name
 
 # Copies between two 200 MB arrays until killed: the memory traffic of a training core, without its CPU
-# work, to show how much of the end-to-end tail is the shared memory bus.
+# work, to show how much of the end-to-end tail is the cache and memory the two cores share.
 _STREAM = "import numpy as np\na = np.ones(50_000_000, np.float32)\nb = np.empty_like(a)\nwhile True: np.copyto(b, a)"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-class Chain:
-    """A kept chain whose ``LATEST`` pointer this replay moves, and the ids each version brought."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.versions = sorted(int(p.name[1:]) for p in folder.iterdir() if p.name.startswith("v"))
-        self.created = {v: self._manifest(v)["created_at"] for v in self.versions}
-        self.kept = (folder / LATEST).read_text()
-
-    def _manifest(self, version: int) -> dict:
-        return json.loads((self.folder / folder_name(version) / "manifest.json").read_text())
-
-    def point(self, version: int) -> None:
-        """Make ``version`` the newest, atomically (a reader never sees an empty pointer)."""
-        staged = self.folder / f"{LATEST}.replay"
-        staged.write_text(f"{version}\n")
-        staged.replace(self.folder / LATEST)
-
-    def ids(self, version: int) -> list[str]:
-        return np.load(self.folder / folder_name(version) / "ids.npy", allow_pickle=False).tolist()
-
-    def restore(self) -> None:
-        (self.folder / LATEST).write_text(self.kept)
 
 
 def main() -> None:
@@ -103,12 +73,12 @@ def main() -> None:
         of = {
             e: [ms for t, e_, _, ms in queries if e_ == e and window <= t < window + 10] for e in ("r", "s")
         }
-        print(f"{window:8d}  {_percentile(of['r'], 50):16.1f}  {_percentile(of['r'], 99):16.1f}  "
-              f"{_percentile(of['s'], 50):14.1f}  {_percentile(of['s'], 99):14.1f}")  # fmt: skip
+        print(f"{window:8d}  {percentile(of['r'], 50):16.1f}  {percentile(of['r'], 99):16.1f}  "
+              f"{percentile(of['s'], 50):14.1f}  {percentile(of['s'], 99):14.1f}")  # fmt: skip
     latencies = [ms for *_, ms in queries]
     failed = sum(1 for _, _, status, _ in queries if status != 200)
-    print(f"queries {len(queries)}, failed {failed}: p50 {_percentile(latencies, 50):.2f} ms, "
-          f"p99 {_percentile(latencies, 99):.2f} ms, over 10 ms {np.mean(np.array(latencies) > 10):.2%}")  # fmt: skip
+    print(f"queries {len(queries)}, failed {failed}: p50 {percentile(latencies, 50):.2f} ms, "
+          f"p99 {percentile(latencies, 99):.2f} ms, over 10 ms {np.mean(np.array(latencies) > 10):.2%}")  # fmt: skip
 
 
 def _replay(chain: Chain, url: str, qps: float) -> list[tuple[float, str, int, float]]:
@@ -127,9 +97,9 @@ def _replay(chain: Chain, url: str, qps: float) -> list[tuple[float, str, int, f
     lock, stop = threading.Lock(), threading.Event()
 
     def advance() -> None:
-        began, first = time.perf_counter(), chain.created[chain.versions[0]]
+        began = time.perf_counter()
         for version in chain.versions[1:]:
-            time.sleep(max(0.0, began + chain.created[version] - first - time.perf_counter()))
+            time.sleep(max(0.0, began + chain.since_first(version) - time.perf_counter()))
             chain.point(version)
             newest = chain.ids(version)[-200:]
             with lock:

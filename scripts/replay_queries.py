@@ -17,20 +17,15 @@ pointer is restored afterwards. Settings come from the environment as for the AP
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from replay_chain import Chain, percentile
 
-from recsim_stream.config import SnapshotConfig, load_config
+from recsim_stream.config import load_config
 from recsim_stream.query import IndexHolder, SnapshotWatcher
-from recsim_stream.snapshot import LATEST, SnapshotStore, folder_name
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def main() -> None:
@@ -42,15 +37,9 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=5.0)
     args = parser.parse_args()
     config = load_config()
-    store = SnapshotStore(SnapshotConfig(dir=str(args.snapshots)))
-    versions = store.versions()
-    created = {
-        v: json.loads((args.snapshots / folder_name(v) / "manifest.json").read_text())["created_at"]
-        for v in versions
-    }
+    chain = Chain(args.snapshots)
     holder = IndexHolder(config.api)
-    watcher = SnapshotWatcher(store, holder, config.index, poll_s=config.api.poll_s)
-    pointer, kept = args.snapshots / LATEST, (args.snapshots / LATEST).read_text()
+    watcher = SnapshotWatcher(chain.store, holder, config.index, poll_s=config.api.poll_s)
     timings: list[tuple[float, float, float]] = []  # (started, wall ms, CPU ms)
     stop = threading.Event()
 
@@ -66,22 +55,22 @@ def main() -> None:
             holder.recommend(session, 20)
             timings.append((started, 1e3 * (time.perf_counter() - started), 1e3 * (time.thread_time() - cpu)))
 
-    pointer.write_text(f"{versions[0]}\n")
+    chain.point(chain.versions[0])
     watcher.start()
     asker = threading.Thread(target=ask, daemon=True)
     asker.start()
     began = time.perf_counter()
     try:
-        for version in versions[1:]:
-            time.sleep(max(0.0, began + created[version] - created[versions[0]] - time.perf_counter()))
-            pointer.write_text(f"{version}\n")
+        for version in chain.versions[1:]:
+            time.sleep(max(0.0, began + chain.since_first(version) - time.perf_counter()))
+            chain.point(version)
             watcher.notify()
         time.sleep(5.0)
     finally:
         stop.set()
         asker.join()
         watcher.stop()
-        pointer.write_text(kept)
+        chain.restore()
     first = timings[0][0] if timings else began
     windows: dict[int, list[tuple[float, float]]] = {}
     for started, wall, cpu in timings:
@@ -90,8 +79,8 @@ def main() -> None:
     for window, rows in sorted(windows.items()):
         walls, cpus = [w for w, _ in rows], [c for _, c in rows]
         print(
-            f"{window * args.window_s:8.0f}  {len(rows):7d}  {_percentile(walls, 50):11.1f}  "
-            f"{_percentile(walls, 99):11.1f}  {_percentile(cpus, 50):10.1f}  {_percentile(cpus, 99):10.1f}"
+            f"{window * args.window_s:8.0f}  {len(rows):7d}  {percentile(walls, 50):11.1f}  "
+            f"{percentile(walls, 99):11.1f}  {percentile(cpus, 50):10.1f}  {percentile(cpus, 99):10.1f}"
         )
 
 
