@@ -20,6 +20,7 @@ from recsim_stream.canonical_csv import CsvFormatError, read_events, read_items
 from recsim_stream.config import Config, ConfigError, add_config_arguments, load_config
 from recsim_stream.eval_report import format_table, to_json, write_plot
 from recsim_stream.evaluate import StreamModel, evaluate
+from recsim_stream.gc_tuning import settle_heap
 from recsim_stream.progress import Progress
 from recsim_stream.sgns_model import make_model
 from recsim_stream.threads import pin_blas_threads
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "event (so both see the same machine load), and report the tower's share of the learning time",
     )
     # --k, --refresh-every, --session-gap-s; and the learner's settings (--learn-dim, --pairs-window, ...)
-    add_config_arguments(parser, ["eval", "learn", "pairs", "content"], primary="eval")
+    add_config_arguments(parser, ["eval", "learn", "pairs", "content", "process"], primary="eval")
 
 
 def _progress_callback(total: int) -> Callable[[int, int], None]:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"recsim-stream eval: {exc}", file=sys.stderr)
         return 2
     pin_blas_threads(config.learn.blas_threads)
+    settle_heap(config.process.gc_threshold)
     if args.limit < 0:
         print(f"recsim-stream eval: --limit must be >= 0, got {args.limit}", file=sys.stderr)
         return 2

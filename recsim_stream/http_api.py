@@ -27,6 +27,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsim_stream.config import ApiConfig, Config
+from recsim_stream.gc_tuning import settle_heap
 from recsim_stream.metrics import ApiMetrics, new_registry, serve_metrics
 from recsim_stream.query import IndexHolder, NotReady, SnapshotWatcher, UnknownItem
 from recsim_stream.snapshot import SnapshotStore
@@ -258,6 +259,7 @@ def serve(config: Config) -> None:
     holder = IndexHolder(config.api, ApiMetrics(registry))
     watcher = SnapshotWatcher(SnapshotStore(config.snapshot), holder, config.index, config.api.poll_s)
     watcher.start()
+    settle_heap(config.process.gc_threshold)
     try:
         uvicorn.run(
             create_app(holder, config.api, registry),

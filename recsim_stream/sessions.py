@@ -27,6 +27,8 @@ of plain values (msgpack-serialisable); restoring then continuing equals continu
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -174,13 +176,57 @@ def _summary(session: Session) -> ClosedSession:
 
 
 class _Partition:
-    __slots__ = ("max_ts", "next_serial", "open")
+    """One partition's open sessions, with what ``advance`` needs to find the closable ones fast.
+
+    Every open session sits in exactly one of two queues under a lower bound of its ``end``: ``fresh``
+    (new sessions in creation order, under the watermark at creation, which no accepted event is
+    older than: the bounds ascend, so a deque) or ``recheck`` (a heap, under the ``end`` it had when
+    ``advance`` last looked). ``end`` only grows, so ``advance`` only looks at sessions whose bound
+    is behind the cutoff instead of scanning them all.
+    """
+
+    __slots__ = ("max_ts", "next_serial", "open", "n_open", "fresh", "recheck")
 
     def __init__(self, max_ts: float, next_serial: int = 0) -> None:
         self.max_ts = max_ts
         self.next_serial = next_serial
         # (user_id, session_id or None) -> open sessions of that key, oldest first (usually one)
         self.open: dict[tuple[str, str | None], list[Session]] = {}
+        self.n_open = 0
+        self.fresh: deque[tuple[float, Session]] = deque()
+        self.recheck: list[tuple[float, int, Session]] = []  # (end bound, serial, session)
+
+    def admit(self, session: Session, watermark: float) -> None:
+        self.n_open += 1
+        self.fresh.append((watermark, session))
+
+    def settle(self, cutoff: float, closed: list[ClosedSession]) -> None:
+        """Close every session whose end is behind ``cutoff``; requeue the rest that were looked at."""
+        fresh, recheck = self.fresh, self.recheck
+        looked: list[Session] = []
+        while fresh and fresh[0][0] < cutoff:
+            looked.append(fresh.popleft()[1])
+        while recheck and recheck[0][0] < cutoff:
+            looked.append(heapq.heappop(recheck)[2])
+        for session in looked:
+            if session.end >= cutoff:
+                heapq.heappush(recheck, (session.end, session.serial, session))
+                continue
+            key = (session.user_id, session.session_id)
+            chain = self.open[key]
+            chain.remove(session)
+            if not chain:
+                del self.open[key]
+            self.n_open -= 1
+            closed.append(_summary(session))
+
+    def clear(self) -> list[ClosedSession]:
+        closed = [_summary(s) for chain in self.open.values() for s in chain]
+        self.open.clear()
+        self.fresh.clear()
+        self.recheck.clear()
+        self.n_open = 0
+        return closed
 
 
 class SessionWindows(Generic[ItemT]):
@@ -225,6 +271,7 @@ class SessionWindows(Generic[ItemT]):
         if session is None:
             session = Session(partition, part.next_serial, user_id, session_id, ts)
             part.next_serial += 1
+            part.admit(session, part.max_ts - self._lateness)
             if chain is None:
                 part.open[key] = [session]
             else:
@@ -277,29 +324,21 @@ class SessionWindows(Generic[ItemT]):
         return None if part is None else part.max_ts - self._lateness
 
     def open_sessions(self) -> int:
-        return sum(len(chain) for part in self._partitions.values() for chain in part.open.values())
+        return sum(part.n_open for part in self._partitions.values())
 
     def advance(self, partition: int | None = None) -> list[ClosedSession]:
         """Close the sessions no future non-late event can join; all partitions when None.
 
-        Scans the partition's open sessions: call it once per polled batch, not per event.
+        Costs the number of sessions whose end bound the cutoff passed (see ``_Partition``), not
+        the number open. Returns them ordered by key.
         """
         partitions = self._partitions if partition is None else [partition]
         closed: list[ClosedSession] = []
         for p in partitions:
             part = self._partitions.get(p)
-            if part is None:
-                continue
-            cutoff = part.max_ts - self._lateness - self._gap
-            for key, chain in list(part.open.items()):
-                if all(s.end >= cutoff for s in chain):
-                    continue
-                closed.extend(_summary(s) for s in chain if s.end < cutoff)
-                kept = [s for s in chain if s.end >= cutoff]
-                if kept:
-                    part.open[key] = kept
-                else:
-                    del part.open[key]
+            if part is not None:
+                part.settle(part.max_ts - self._lateness - self._gap, closed)
+        closed.sort(key=lambda c: c.key)
         return closed
 
     def close(self, partitions: Iterable[int] | None = None) -> list[ClosedSession]:
@@ -311,10 +350,8 @@ class SessionWindows(Generic[ItemT]):
         closed: list[ClosedSession] = []
         for p in chosen:
             part = self._partitions.get(p)
-            if part is None:
-                continue
-            closed.extend(_summary(s) for chain in part.open.values() for s in chain)
-            part.open.clear()
+            if part is not None:
+                closed.extend(part.clear())
         return closed
 
     def state(self, partitions: Iterable[int] | None = None) -> dict:
@@ -349,6 +386,9 @@ class SessionWindows(Generic[ItemT]):
             for row in sessions:
                 session = Session._from_state(p, row)
                 part.open.setdefault((session.user_id, session.session_id), []).append(session)
+                part.recheck.append((session.end, session.serial, session))
+            part.n_open = len(part.recheck)
+            heapq.heapify(part.recheck)
             self._partitions[p] = part
 
     @classmethod

@@ -15,7 +15,7 @@ from recsim_stream.http_api import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, ["api", "snapshot", "index", "metrics"], primary="api")
+    add_config_arguments(parser, ["api", "snapshot", "index", "metrics", "process"], primary="api")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from recsim_stream.checkpoint import CheckpointStore
 from recsim_stream.checkpointer import Checkpointer
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import Config, add_config_arguments, load_config
+from recsim_stream.gc_tuning import settle_heap
 from recsim_stream.handoff import HandoffStore
 from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, ItemsReader, RecordProducer, ensure_topics
 from recsim_stream.learner import Learner
@@ -62,6 +63,7 @@ SECTIONS = [
     "limits",
     "metrics",
     "content",
+    "process",
 ]
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     init_ray(config.ray)
     producer = RecordProducer(config.kafka, metrics.kafka)
     parts = assemble(config, producer, metrics)
+    settle_heap(config.process.gc_threshold)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -148,3 +148,24 @@ def test_handing_a_partition_over_equals_keeping_it(steps, split):
         for step in _trace(taker if event[0] == 1 else owner, buffers[event[0]], [event])
     ]
     assert head + tail == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_step, max_size=80), st.integers(0, 80))
+def test_advance_closes_exactly_the_sessions_behind_the_cutoff(steps, split):
+    """The deadline queues give what a scan of every open session gives, restored or not."""
+    events = stream(steps)
+    windows = SessionWindows(CUT)
+    for i, (partition, event, advance) in enumerate(events):
+        if i == split:
+            windows = SessionWindows.restore(CUT, windows.state())
+        windows.add(event, partition, int(event.item_id))
+        if not advance:
+            continue
+        before = {s[0]: s[4] for p in windows.state()["partitions"] if p[0] == partition for s in p[3]}
+        cutoff = windows.watermark(partition) - GAP
+        closed = windows.advance(partition)
+        assert [c.key[1] for c in closed] == sorted(k for k, end in before.items() if end < cutoff)
+        rows = [s for p in windows.state()["partitions"] for s in p[3]]
+        assert windows.open_sessions() == len(rows)
+        assert all(s[4] >= cutoff for p in windows.state()["partitions"] if p[0] == partition for s in p[3])
