@@ -44,7 +44,7 @@ from recsim_stream.local_broker import free_port, private_broker
 from recsim_stream.processes import Children, ProcessFailed, command_line, descendants
 
 FAULTS = ("kill-updater", "kill-shard")
-SHARD_WORKER = "ray::ParameterShard"
+SHARD_WORKER = "ray::ParameterShardActor"
 # Records per poll of the second uninterrupted run: about what an updater polls from a stream produced
 # at the drills' few hundred events/s (see _drill).
 LIVE_POLL_RECORDS = 200

@@ -1,15 +1,18 @@
 """Ray wiring of the parameter-server shards: no maths here, only placement and batched calls.
 
-``ParameterShard`` becomes an actor as it is (``ray.remote(ParameterShard)``), so the tested pure
-class is exactly what runs remotely. A call costs about a millisecond, so the trainer sends one pull
-and one push per shard per batch of thousands of pairs, issued to all shards before waiting for any.
-Ray runs one caller's calls to an actor in submission order, which makes an export issued right after
-a push see that push: the snapshot barrier costs no stall. The same order lets a push go without
-waiting, and a pull returns at once with rows fetched at first use (``PulledRows``): with
-``learn.stale_pulls`` the trainer requests the next batch's rows before it computes this one's, so
-the shards serve that pull while it computes (see trainer.py). ``barrier()`` waits for every push
-in flight (and raises if a shard failed); the updater calls it before committing offsets, so a
-commit still means "applied to the shards".
+The actor is the tested pure ``ParameterShard`` with two methods that only reshape its arguments for
+transport (``ParameterShardActor``). A call costs about a millisecond and every array over 100 KB is one
+object-store put (~0.5 ms), so each shard gets one call per batch of thousands of pairs: a push
+waits in this process and travels with the shard's next pull (``push_pull``: the update as one
+argument, rows back as one object), issued to all shards before waiting for any. Ray runs one
+caller's calls to an actor in submission order, so the shard applies the push before serving the
+pull, exactly as two calls would; every other call (export, stats, state...) sends a waiting push
+first, so an export issued right after a push sees it and the snapshot barrier costs no stall. A
+pull returns at once with rows fetched at first use (``PulledRows``): with ``learn.stale_pulls`` the
+trainer requests the next batch's rows before it computes this one's, so the shards serve that pull
+while it computes (see trainer.py). ``barrier()`` sends any waiting push and waits for every push in
+flight (and raises if a shard failed); the updater calls it before committing offsets, so a commit
+still means "applied to the shards".
 
 Several updaters joining one running cluster (``ray.address``) share named, detached shard actors
 per consumer group, and one ``SharedNames`` actor through which the publisher learns the item ids
@@ -32,8 +35,51 @@ from recsim_stream.trainer import RowUpdate
 
 NAMESPACE = "recsim"
 log = logging.getLogger(__name__)
-ShardActor = ray.remote(ParameterShard)
 NameLogActor = ray.remote(NameLog)
+
+# Ray 2.60 copies an out-of-band buffer of 1 MiB or more into the object store with six threads it
+# starts for that one copy (a compile-time constant of its serializer): on two cores a 1.6 MB put cost
+# 1.0 ms of CPU against 0.58 ms for the same bytes in pieces under 1 MiB (BENCHMARKS.md, tenth
+# session). Row tables therefore travel as lists of row slices (views, no copy) below this size.
+CHUNK_BYTES = 1 << 19
+
+
+def chunked(table: np.ndarray) -> list[np.ndarray]:
+    """``table`` as row slices of at most ``CHUNK_BYTES`` each (views; one empty slice if empty)."""
+    step = max(1, CHUNK_BYTES // max(1, table.strides[0]))
+    return [table[i : i + step] for i in range(0, len(table), step)] or [table]
+
+
+def joined(chunks: Sequence[np.ndarray]) -> np.ndarray:
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+# An update on the wire: (keys, grad_in chunks, grad_out chunks, interactions, ts).
+WireUpdate = tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray, float | None]
+
+
+def to_wire(update: RowUpdate) -> WireUpdate:
+    return (update.keys, chunked(update.grad_in), chunked(update.grad_out), update.interactions, update.ts)
+
+
+class ParameterShardActor(ParameterShard):
+    """The pure shard plus the transport shapes above; no other behaviour."""
+
+    def push_wire(self, update: WireUpdate) -> int:
+        keys, grad_in, grad_out, interactions, ts = update
+        return self.push(keys, joined(grad_in), joined(grad_out), interactions, ts)
+
+    @ray.method(num_returns=2)
+    def push_pull(
+        self, update: WireUpdate | None, keys: np.ndarray
+    ) -> tuple[int | None, tuple[list[np.ndarray], list[np.ndarray]]]:
+        """Apply ``update`` (if any), then pull ``keys``: (new version or None, (input, output) chunks)."""
+        version = None if update is None else self.push_wire(update)
+        rows_in, rows_out = self.pull(keys)
+        return version, (chunked(rows_in), chunked(rows_out))
+
+
+ShardActor = ray.remote(ParameterShardActor)
 
 
 def init_ray(config: RayConfig) -> None:
@@ -58,14 +104,15 @@ def shard_name(group_id: str, shard: int, shards: int) -> str:
     return f"{group_id}-shard-{shard}-of-{shards}"
 
 
-class PulledRows(Sequence[tuple[np.ndarray, np.ndarray]]):
-    """(input rows, output rows) per shard, fetched from the object store on first access."""
+class PulledRows(Sequence[tuple[list[np.ndarray], list[np.ndarray]]]):
+    """(input row chunks, output row chunks) per shard, fetched from the object store on first access
+    (zero-copy: the trainer concatenates the chunks of all shards once)."""
 
     def __init__(self, refs: list[ray.ObjectRef]) -> None:
         self._refs = refs
-        self._rows: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._rows: list[tuple[list[np.ndarray], list[np.ndarray]]] | None = None
 
-    def _get(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _get(self) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
         if self._rows is None:
             self._rows = ray.get(self._refs)
         return self._rows
@@ -73,7 +120,7 @@ class PulledRows(Sequence[tuple[np.ndarray, np.ndarray]]):
     def __len__(self) -> int:
         return len(self._refs)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         return self._get()[i]
 
 
@@ -202,25 +249,46 @@ class RayShards:
             self.actors, self.fresh = _publisher_set(config, shared_by, options)
         else:
             self.actors, self.fresh = _wait_for_set(config, shared_by, wait_s), False
-        self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
+        self._pending: list[ray.ObjectRef] = []  # pushes sent, not yet acknowledged
+        self._unsent: list[WireUpdate] | None = None  # the last push, to travel with the next pull
 
     def pull(self, parts: list[np.ndarray]) -> PulledRows:
-        """Issue one pull per shard now; the rows are waited for at the first access, so the
-        trainer can compute on one batch while the shards serve the next one's pull."""
-        return PulledRows([actor.pull.remote(keys) for actor, keys in zip(self.actors, parts, strict=True)])
+        """Issue one call per shard now (carrying the waiting push, if any); the rows are waited for
+        at the first access, so the trainer can compute on one batch while the shards serve the next
+        one's pull."""
+        updates: Sequence[WireUpdate | None] = self._unsent or [None] * len(self.actors)
+        self._unsent = None
+        rows = []
+        for actor, update, keys in zip(self.actors, updates, parts, strict=True):
+            version, pulled = actor.push_pull.remote(update, keys)
+            if update is not None:
+                self._pending.append(version)
+            rows.append(pulled)
+        return PulledRows(rows)
 
     def push(self, updates: list[RowUpdate]) -> None:
-        self._pending.extend(actor.push.remote(*u) for actor, u in zip(self.actors, updates, strict=True))
+        """Keep the update to send with the next pull (or ``barrier``, or any other call)."""
+        self._send()
+        self._unsent = [to_wire(u) for u in updates]
+
+    def _send(self) -> None:
+        """Send the waiting push on its own; every call other than ``pull`` comes after it."""
+        if self._unsent is not None:
+            unsent, self._unsent = self._unsent, None
+            self._pending.extend(a.push_wire.remote(u) for a, u in zip(self.actors, unsent, strict=True))
 
     def barrier(self) -> list[int]:
-        """Wait until every push in flight is applied; returns the shard versions it reached."""
+        """Wait until every push is applied; returns the shard versions it reached."""
+        self._send()
         pending, self._pending = self._pending, []
         return ray.get(pending)
 
     def export(self, since: Sequence[int | None]) -> list[ShardExport]:
+        self._send()
         return ray.get([a.export.remote(s) for a, s in zip(self.actors, since, strict=True)])
 
     def set_initial(self, parts: list[tuple[np.ndarray, np.ndarray]], ts: float | None) -> list[int]:
+        self._send()
         return ray.get(
             [
                 a.set_initial.remote(keys, vecs, None, ts)
@@ -234,11 +302,13 @@ class RayShards:
         return ray.get([actor.state.remote() for actor in self.actors])
 
     def restore(self, states: Sequence[dict]) -> None:
+        self._send()
         if len(states) != len(self.actors):
             raise ValueError(f"shard states: {len(states)} saved, {len(self.actors)} shards configured")
         ray.get([actor.restore.remote(state) for actor, state in zip(self.actors, states, strict=True)])
 
     def stats(self) -> list[dict]:
+        self._send()
         return ray.get([actor.stats.remote() for actor in self.actors])
 
     def open(self) -> None:
@@ -259,6 +329,7 @@ class RayShards:
 
     def kill(self) -> None:
         """Kill every shard; a shared set's names are free again when this returns."""
+        self._unsent = None
         if self._shared_by is not None and (marker := _marker(self._config, self._shared_by)) is not None:
             ray.kill(marker)
         for actor in self.actors:

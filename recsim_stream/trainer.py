@@ -42,9 +42,12 @@ class RowUpdate(NamedTuple):
     ts: float | None
 
 
+# A shard's rows of one table: an array, or a list of row chunks to read as their concatenation (Ray
+# ships rows in pieces under 1 MiB, see ray_actors.CHUNK_BYTES).
+Rows = np.ndarray | list[np.ndarray]
 # pull([keys for shard 0, keys for shard 1, ...]) -> [(input rows, output rows) per shard]; the
 # sequence may be lazy (Ray: the calls are issued at once, waited for at the first access)
-PullFn = Callable[[list[np.ndarray]], Sequence[tuple[np.ndarray, np.ndarray]]]
+PullFn = Callable[[list[np.ndarray]], Sequence[tuple[Rows, Rows]]]
 # push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
 # push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
 PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
@@ -89,7 +92,7 @@ class _Prepared(NamedTuple):
     contexts: np.ndarray
     negatives: np.ndarray  # (pairs, negatives)
     weights: np.ndarray
-    pulled: Sequence[tuple[np.ndarray, np.ndarray]]  # may resolve lazily (Ray), see PullFn
+    pulled: Sequence[tuple[Rows, Rows]]  # may resolve lazily (Ray), see PullFn
 
 
 class SgnsTrainer:
@@ -171,8 +174,8 @@ class SgnsTrainer:
 
     def _train(self, batch: _Prepared, ts: float | None) -> tuple[SgnsLoss, Sequence[int] | None]:
         """SGNS on the pulled rows, then push the gradients; returns (summed loss, push result)."""
-        in_rows = _stack([rows_in for rows_in, _ in batch.pulled])
-        out_rows = _stack([rows_out for _, rows_out in batch.pulled])
+        in_rows = stack_rows([rows_in for rows_in, _ in batch.pulled])
+        out_rows = stack_rows([rows_out for _, rows_out in batch.pulled])
         grads = sgns_step(in_rows, out_rows, batch.centers, batch.contexts, batch.negatives, batch.weights)
         interactions = np.bincount(batch.centers, minlength=len(batch.keys)) + np.bincount(
             batch.contexts, minlength=len(batch.keys)
@@ -191,5 +194,7 @@ class SgnsTrainer:
         return grads.lazy_loss, self._push(updates)
 
 
-def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def stack_rows(parts: list[Rows]) -> np.ndarray:
+    """The shards' rows as one table: one copy at most, chunks included."""
+    flat = [chunk for part in parts for chunk in (part if isinstance(part, list) else [part])]
+    return flat[0] if len(flat) == 1 else np.concatenate(flat)

@@ -72,7 +72,7 @@ from recsim_stream.shard import ShardExport
 from recsim_stream.sharding import split_by_shard
 from recsim_stream.snapshot import SnapshotArrays
 from recsim_stream.snapshotter import Snapshotter
-from recsim_stream.trainer import PullFn
+from recsim_stream.trainer import PullFn, stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -712,8 +712,8 @@ class Updater:
         pulled = self.shards.pull([keys[p] for p in parts])
         back = np.argsort(np.concatenate(parts))
         return (
-            np.concatenate([rows_in for rows_in, _ in pulled])[back],
-            np.concatenate([rows_out for _, rows_out in pulled])[back],
+            stack_rows([rows_in for rows_in, _ in pulled])[back],
+            stack_rows([rows_out for _, rows_out in pulled])[back],
         )
 
     def observe_shards(self, stats: Sequence[dict]) -> None:
