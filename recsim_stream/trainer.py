@@ -4,8 +4,9 @@ The trainer never owns rows. It talks to a set of shards through two callables t
 entry per shard (index = shard number, as routed by ``sharding.shard_of``), so the same code runs
 against in-process ``ParameterShard`` objects (``local_shard_calls``) and against Ray actors (the
 caller issues the per-shard calls in parallel and waits for all of them): one pull and one push per
-shard per batch of ``learn.batch_pairs``, whatever the batch size. Keys are laid out grouped by shard,
-so the pulled rows are concatenated as they arrive and each shard's gradients are a slice (no copy).
+shard per batch of ``learn.batch_pairs``, whatever the batch size (over Ray a push travels with the
+next pull: one call). Keys are laid out grouped by shard, so the pulled rows are concatenated as they
+arrive (with their chunks, in one copy) and each shard's gradients are a slice (no copy).
 """
 
 from __future__ import annotations
