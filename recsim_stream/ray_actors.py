@@ -1,18 +1,17 @@
 """Ray wiring of the parameter-server shards: no maths here, only placement and batched calls.
 
-The actor is the tested pure ``ParameterShard`` with two methods that only reshape its arguments for
-transport (``ParameterShardActor``). A call costs about a millisecond and every array over 100 KB is one
-object-store put (~0.5 ms), so each shard gets one call per batch of thousands of pairs: a push
-waits in this process and travels with the shard's next pull (``push_pull``: the update as one
-argument, rows back as one object), issued to all shards before waiting for any. Ray runs one
-caller's calls to an actor in submission order, so the shard applies the push before serving the
-pull, exactly as two calls would; every other call (export, stats, state...) sends a waiting push
-first, so an export issued right after a push sees it and the snapshot barrier costs no stall. A
-pull returns at once with rows fetched at first use (``PulledRows``): with ``learn.stale_pulls`` the
-trainer requests the next batch's rows before it computes this one's, so the shards serve that pull
-while it computes (see trainer.py). ``barrier()`` sends any waiting push and waits for every push in
-flight (and raises if a shard failed); the updater calls it before committing offsets, so a commit
-still means "applied to the shards".
+The actor is the tested pure ``ParameterShard`` with two methods that only reshape its arguments and
+results for transport (``ParameterShardActor``). A call costs about a millisecond and every array over
+100 KB is one object-store put (~0.5 ms), so the trainer sends one pull and one push per shard per
+batch of thousands of pairs, issued to all shards before waiting for any; a push is one argument
+(one put, not one per array) and rows travel in chunks (``CHUNK_BYTES``). Ray runs one caller's calls
+to an actor in submission order, which makes an export issued right after a push see that push: the
+snapshot barrier costs no stall. The same order lets a push go without waiting (the shard applies it
+while this process windows the next events), and a pull returns at once with rows fetched at first
+use (``PulledRows``): with ``learn.stale_pulls`` the trainer requests the next batch's rows before it
+computes this one's, so the shards serve that pull while it computes (see trainer.py). ``barrier()``
+waits for every push in flight (and raises if a shard failed); the updater calls it before committing
+offsets, so a commit still means "applied to the shards".
 
 Several updaters joining one running cluster (``ray.address``) share named, detached shard actors
 per consumer group, and one ``SharedNames`` actor through which the publisher learns the item ids
@@ -69,14 +68,9 @@ class ParameterShardActor(ParameterShard):
         keys, grad_in, grad_out, interactions, ts = update
         return self.push(keys, joined(grad_in), joined(grad_out), interactions, ts)
 
-    @ray.method(num_returns=2)
-    def push_pull(
-        self, update: WireUpdate | None, keys: np.ndarray
-    ) -> tuple[int | None, tuple[list[np.ndarray], list[np.ndarray]]]:
-        """Apply ``update`` (if any), then pull ``keys``: (new version or None, (input, output) chunks)."""
-        version = None if update is None else self.push_wire(update)
+    def pull_chunks(self, keys: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         rows_in, rows_out = self.pull(keys)
-        return version, (chunked(rows_in), chunked(rows_out))
+        return chunked(rows_in), chunked(rows_out)
 
 
 ShardActor = ray.remote(ParameterShardActor)
@@ -249,46 +243,29 @@ class RayShards:
             self.actors, self.fresh = _publisher_set(config, shared_by, options)
         else:
             self.actors, self.fresh = _wait_for_set(config, shared_by, wait_s), False
-        self._pending: list[ray.ObjectRef] = []  # pushes sent, not yet acknowledged
-        self._unsent: list[WireUpdate] | None = None  # the last push, to travel with the next pull
+        self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
 
     def pull(self, parts: list[np.ndarray]) -> PulledRows:
-        """Issue one call per shard now (carrying the waiting push, if any); the rows are waited for
-        at the first access, so the trainer can compute on one batch while the shards serve the next
-        one's pull."""
-        updates: Sequence[WireUpdate | None] = self._unsent or [None] * len(self.actors)
-        self._unsent = None
-        rows = []
-        for actor, update, keys in zip(self.actors, updates, parts, strict=True):
-            version, pulled = actor.push_pull.remote(update, keys)
-            if update is not None:
-                self._pending.append(version)
-            rows.append(pulled)
-        return PulledRows(rows)
+        """Issue one pull per shard now; the rows are waited for at the first access, so the
+        trainer can compute on one batch while the shards serve the next one's pull."""
+        return PulledRows(
+            [actor.pull_chunks.remote(keys) for actor, keys in zip(self.actors, parts, strict=True)]
+        )
 
     def push(self, updates: list[RowUpdate]) -> None:
-        """Keep the update to send with the next pull (or ``barrier``, or any other call)."""
-        self._send()
-        self._unsent = [to_wire(u) for u in updates]
-
-    def _send(self) -> None:
-        """Send the waiting push on its own; every call other than ``pull`` comes after it."""
-        if self._unsent is not None:
-            unsent, self._unsent = self._unsent, None
-            self._pending.extend(a.push_wire.remote(u) for a, u in zip(self.actors, unsent, strict=True))
+        self._pending.extend(
+            actor.push_wire.remote(to_wire(u)) for actor, u in zip(self.actors, updates, strict=True)
+        )
 
     def barrier(self) -> list[int]:
-        """Wait until every push is applied; returns the shard versions it reached."""
-        self._send()
+        """Wait until every push in flight is applied; returns the shard versions it reached."""
         pending, self._pending = self._pending, []
         return ray.get(pending)
 
     def export(self, since: Sequence[int | None]) -> list[ShardExport]:
-        self._send()
         return ray.get([a.export.remote(s) for a, s in zip(self.actors, since, strict=True)])
 
     def set_initial(self, parts: list[tuple[np.ndarray, np.ndarray]], ts: float | None) -> list[int]:
-        self._send()
         return ray.get(
             [
                 a.set_initial.remote(keys, vecs, None, ts)
@@ -302,13 +279,11 @@ class RayShards:
         return ray.get([actor.state.remote() for actor in self.actors])
 
     def restore(self, states: Sequence[dict]) -> None:
-        self._send()
         if len(states) != len(self.actors):
             raise ValueError(f"shard states: {len(states)} saved, {len(self.actors)} shards configured")
         ray.get([actor.restore.remote(state) for actor, state in zip(self.actors, states, strict=True)])
 
     def stats(self) -> list[dict]:
-        self._send()
         return ray.get([actor.stats.remote() for actor in self.actors])
 
     def open(self) -> None:
@@ -329,7 +304,6 @@ class RayShards:
 
     def kill(self) -> None:
         """Kill every shard; a shared set's names are free again when this returns."""
-        self._unsent = None
         if self._shared_by is not None and (marker := _marker(self._config, self._shared_by)) is not None:
             ray.kill(marker)
         for actor in self.actors:
