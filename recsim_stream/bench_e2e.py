@@ -17,6 +17,7 @@ little without it. Everything started here is stopped on the way out, also on Ct
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import multiprocessing as mp
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -252,6 +255,47 @@ def _wait_for(what: str, ready: Callable[[], bool], children: Children, timeout_
 # --- the query process ----------------------------------------------------------------------------
 
 
+class _Answer(NamedTuple):
+    status_code: int
+    server_timing: str | None
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection of the query process, on the standard library's client.
+
+    This process shares the API's core in ``--api-cpus`` runs, so its own CPU per request is time the
+    API may wait for: httpx took 0.28-0.31 ms of CPU a request against 0.12-0.14 ms here (a scratch
+    measurement against the API, BENCHMARKS.md tenth session). Errors close the connection (the next
+    request reconnects) and return None, as a failed query."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, payload: object = None) -> _Answer | None:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=5.0)
+            self._conn.request(method, path, body, headers)
+            response = self._conn.getresponse()
+            return _Answer(response.status, response.getheader("server-timing"), response.read())
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def query_worker(
     api: str, inbox: mp.Queue, stop: mp.Event, shared: mp.Array, out_path: str, qps: float, seed: int
 ) -> None:
@@ -288,16 +332,17 @@ def query_worker(
                     served_set.add(item)
                     served.append(item)
 
-    def probe(client: httpx.Client, item: str) -> bool:
+    def probe(client: _Connection, item: str) -> bool:
         """Whether ``item`` is served with at least one learned interaction."""
-        response = _get(client, f"/items/{item}")
+        response = client.request("GET", f"/items/{quote(item, safe='')}")
         if response is None or response.status_code != 200:
             return False
         learn_served([item])
         return response.json()["interactions"] >= 1
 
     def probe_loop() -> None:
-        with httpx.Client(base_url=api) as client:
+        client = _Connection(api)
+        try:
             while not stop.is_set():
                 with lock:
                     waiting = list(pending.items())
@@ -309,35 +354,32 @@ def query_worker(
                             del pending[item]
                 for item in bootstrap:  # until the first results: find a few served items
                     probe(client, item)
-                response = _get(client, "/snapshot")
+                response = client.request("GET", "/snapshot")
                 if response is not None and response.status_code == 200:
                     info = response.json()
                     snapshots.setdefault(info["version"], (info["created_at"], info["loaded_at"]))
                     served_items.setdefault(info["version"], (info["loaded_at"], info["items"]))
                 shared[2], shared[3] = len(pending), len(fresh)
                 stop.wait(_PROBE_EVERY_S)
+        finally:
+            client.close()
 
-    def query(client: httpx.Client) -> None:
+    def query(client: _Connection) -> None:
         with lock:
             subjects = [rng.choice(served) for _ in range(3)]
             latest = list(clicked)[-1:]
         if rng.random() < 0.5:
             endpoint = "recommend"
             started = time.perf_counter()
-            try:
-                response = client.post("/recommend", json={"items": subjects + latest, "k": 20}, timeout=5.0)
-            except httpx.HTTPError:
-                response = None
+            response = client.request("POST", "/recommend", {"items": subjects + latest, "k": 20})
         else:
             endpoint = "similar"
             started = time.perf_counter()
-            response = _get(client, f"/items/{subjects[0]}/similar?k=20")
+            response = client.request("GET", f"/items/{quote(subjects[0], safe='')}/similar?k=20")
         ms = (time.perf_counter() - started) * 1000.0
         status = 0 if response is None else response.status_code
         queries.append((time.time(), endpoint, status, ms))
-        server_ms.append(
-            None if response is None else server_timing_ms(response.headers.get("server-timing"))
-        )
+        server_ms.append(None if response is None else server_timing_ms(response.server_timing))
         shared[0] += 1
         if status == 200:
             learn_served([r["item_id"] for r in response.json()["results"]])
@@ -347,7 +389,8 @@ def query_worker(
     prober = threading.Thread(target=probe_loop, daemon=True)
     prober.start()
     next_query = time.monotonic()
-    with httpx.Client(base_url=api) as client:
+    client = _Connection(api)
+    try:
         while not stop.is_set():
             while not inbox.empty():
                 clicks, first_clicks = inbox.get()
@@ -359,6 +402,8 @@ def query_worker(
                 next_query = max(next_query + 1.0 / qps, time.monotonic() - 1.0)
             delay = next_query - time.monotonic() if served else _SHIP_EVERY_S
             stop.wait(max(0.0, min(delay, _SHIP_EVERY_S)))
+    finally:
+        client.close()
     prober.join()
     with lock:
         record = {
