@@ -10,6 +10,7 @@ done they are moved out of the collector's sight and collections run a hundred t
 
 from __future__ import annotations
 
+import atexit
 import gc
 
 
@@ -17,10 +18,13 @@ def settle_heap(gen0_threshold: int) -> None:
     """Freeze what start-up allocated (imports, assembled parts) and collect every ``gen0_threshold``
     net allocations instead of 700; 0 leaves Python's default threshold (the freeze still applies).
 
-    Call once the process is assembled; calling again freezes what survived since.
+    Call once the process is assembled; calling again freezes what survived since. At exit the
+    objects are unfrozen, so that the interpreter's last collection still frees them (extension
+    modules such as triton's report the objects it could not free as leaks).
     """
     gc.collect()
     gc.freeze()
+    atexit.register(gc.unfreeze)
     if gen0_threshold:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0_threshold, gen1, gen2)
