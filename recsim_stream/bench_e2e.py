@@ -41,7 +41,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsim_stream.config import KafkaConfig, SimConfig
+from recsim_stream.config import ApiConfig, KafkaConfig, SimConfig
 from recsim_stream.events import ItemMeta
 from recsim_stream.kafka_io import RecordProducer, ensure_topics
 from recsim_stream.local_broker import free_port, private_broker
@@ -268,8 +268,8 @@ class _Connection:
     """One keep-alive HTTP/1.1 connection of the query process, on the standard library's client.
 
     This process shares the API's core in ``--api-cpus`` runs, so its own CPU per request is time the
-    API may wait for: httpx took 0.28-0.31 ms of CPU a request against 0.12-0.14 ms here (a scratch
-    measurement against the API, BENCHMARKS.md tenth session). Errors close the connection (the next
+    API may wait for: httpx took 0.28-0.41 ms of CPU a request against 0.12-0.16 ms here
+    (scripts/http_client_cost.py). Errors close the connection (the next
     request reconnects) and return None, as a failed query."""
 
     def __init__(self, base_url: str) -> None:
@@ -312,7 +312,7 @@ def query_worker(
     # whose answer came while the prober ran Python could wait the whole interval before its clock
     # stopped, the client's delay and not the API's. The API runs at api.gil_switch_ms for the same
     # reason.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(ApiConfig().gil_switch_ms / 1000.0)
     rng = random.Random(seed)
     lock = threading.Lock()
     clicked: deque[str] = deque(maxlen=4096)  # items seen in the stream so far, newest last

@@ -334,8 +334,8 @@ class IndexConfig:
     delta_seal_rows: int = 50_000
     # Niceness of the query API's background threads: its own index builds (cold rows; sealed delta
     # rows: IVF, seconds at 1M rows), the load of a new full snapshot and the watcher's appends. With
-    # the API on cores of its own, set 10, so that builds take what queries and swaps leave (1M items, bench e2e --api-cpus 1: query p99 40 ms at 0, 17-29 ms at
-    # 10). On cores shared with training keep 0: rows are scanned exactly per query until their
+    # the API on cores of its own, set 10, so that builds take what queries and swaps leave (1M items,
+    # bench e2e --api-cpus 1: query p99 40 ms at 0, 17-29 ms at 10). On cores shared with training keep 0: rows are scanned exactly per query until their
     # build is ready, and starved builds made queries slower (1M items: p50 30-60 ms while the
     # catalogue was listed; before, at 10, the IVF over 900k cold rows, 6 s at 0, was not ready
     # after 60 s at load ~5).
