@@ -232,12 +232,9 @@ class LearnConfig:
     # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
     negative_pool: int = 2048
     adagrad_initial: float = 0.1  # starting value of each row's squared-gradient accumulator
-    # The learner trains once this many batches are pending, so one train() call can overlap them...
+    # The learner trains once this many batches are pending: one train() call overlaps them (batch
+    # n+1's rows are pulled while batch n computes; exactly, see trainer.py).
     train_batches: int = 1
-    # ...when batch n+1's rows are pulled before batch n's gradients are pushed: the shards serve the
-    # pull while the trainer computes, and n+1 reads rows one batch stale (asynchronous SGD). Off by
-    # default: it cost HR@20 on MovieLens at 8,192 pairs per batch (BENCHMARKS.md, training speed).
-    stale_pulls: bool = False
 
     def __post_init__(self) -> None:
         _require(1 <= self.dim <= 1024, "learn.dim", "must be between 1 and 1024")

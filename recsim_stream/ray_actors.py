@@ -8,8 +8,8 @@ batch of thousands of pairs, issued to all shards before waiting for any; a push
 to an actor in submission order, which makes an export issued right after a push see that push: the
 snapshot barrier costs no stall. The same order lets a push go without waiting (the shard applies it
 while this process windows the next events), and a pull returns at once with rows fetched at first
-use (``PulledRows``): with ``learn.stale_pulls`` the trainer requests the next batch's rows before it
-computes this one's, so the shards serve that pull while it computes (see trainer.py). ``barrier()``
+use (``LazyPulls``): the trainer requests the next batch's rows before it computes this one's, so
+the shards serve that pull while it computes (exactly: see trainer.py). ``barrier()``
 waits for every push in flight (and raises if a shard failed); the updater calls it before committing
 offsets, so a commit still means "applied to the shards".
 
@@ -29,8 +29,8 @@ import ray
 
 from recsim_stream.config import LearnConfig, RayConfig
 from recsim_stream.item_names import NameLog
-from recsim_stream.shard import ParameterShard, ShardExport
-from recsim_stream.trainer import RowUpdate
+from recsim_stream.shard import ParameterShard, RowUpdate, ShardExport
+from recsim_stream.trainer import PulledRows
 
 NAMESPACE = "recsim"
 log = logging.getLogger(__name__)
@@ -53,24 +53,20 @@ def joined(chunks: Sequence[np.ndarray]) -> np.ndarray:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-# An update on the wire: (keys, grad_in chunks, grad_out chunks, interactions, ts).
-WireUpdate = tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray, float | None]
-
-
-def to_wire(update: RowUpdate) -> WireUpdate:
-    return (update.keys, chunked(update.grad_in), chunked(update.grad_out), update.interactions, update.ts)
+def to_wire(update: RowUpdate) -> RowUpdate:
+    """The update with its gradients in chunks (``joined`` on arrival)."""
+    return update._replace(grad_in=chunked(update.grad_in), grad_out=chunked(update.grad_out))
 
 
 class ParameterShardActor(ParameterShard):
     """The pure shard plus the transport shapes above; no other behaviour."""
 
-    def push_wire(self, update: WireUpdate) -> int:
-        keys, grad_in, grad_out, interactions, ts = update
-        return self.push(keys, joined(grad_in), joined(grad_out), interactions, ts)
+    def apply_wire(self, update: RowUpdate) -> int:
+        return self.apply(update._replace(grad_in=joined(update.grad_in), grad_out=joined(update.grad_out)))
 
-    def pull_chunks(self, keys: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        rows_in, rows_out = self.pull(keys)
-        return chunked(rows_in), chunked(rows_out)
+    def pull_chunks(self, in_keys: np.ndarray, out_keys: np.ndarray) -> PulledRows:
+        inputs, outputs, *rest = self.pull_for_update(in_keys, out_keys)
+        return PulledRows(chunked(inputs), chunked(outputs), *rest)
 
 
 ShardActor = ray.remote(ParameterShardActor)
@@ -98,15 +94,15 @@ def shard_name(group_id: str, shard: int, shards: int) -> str:
     return f"{group_id}-shard-{shard}-of-{shards}"
 
 
-class PulledRows(Sequence[tuple[list[np.ndarray], list[np.ndarray]]]):
-    """(input row chunks, output row chunks) per shard, fetched from the object store on first access
-    (zero-copy: the trainer concatenates the chunks of all shards once)."""
+class LazyPulls(Sequence[PulledRows]):
+    """(input row chunks, output row chunks, accumulators...) per shard, fetched from the object store
+    on first access (zero-copy: the trainer concatenates the chunks of all shards once)."""
 
     def __init__(self, refs: list[ray.ObjectRef]) -> None:
         self._refs = refs
-        self._rows: list[tuple[list[np.ndarray], list[np.ndarray]]] | None = None
+        self._rows: list[PulledRows] | None = None
 
-    def _get(self) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    def _get(self) -> list[PulledRows]:
         if self._rows is None:
             self._rows = ray.get(self._refs)
         return self._rows
@@ -114,7 +110,7 @@ class PulledRows(Sequence[tuple[list[np.ndarray], list[np.ndarray]]]):
     def __len__(self) -> int:
         return len(self._refs)
 
-    def __getitem__(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def __getitem__(self, i: int) -> PulledRows:
         return self._get()[i]
 
 
@@ -245,16 +241,16 @@ class RayShards:
             self.actors, self.fresh = _wait_for_set(config, shared_by, wait_s), False
         self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
 
-    def pull(self, parts: list[np.ndarray]) -> PulledRows:
+    def pull(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> LazyPulls:
         """Issue one pull per shard now; the rows are waited for at the first access, so the
         trainer can compute on one batch while the shards serve the next one's pull."""
-        return PulledRows(
-            [actor.pull_chunks.remote(keys) for actor, keys in zip(self.actors, parts, strict=True)]
+        return LazyPulls(
+            [actor.pull_chunks.remote(*keys) for actor, keys in zip(self.actors, parts, strict=True)]
         )
 
     def push(self, updates: list[RowUpdate]) -> None:
         self._pending.extend(
-            actor.push_wire.remote(to_wire(u)) for actor, u in zip(self.actors, updates, strict=True)
+            actor.apply_wire.remote(to_wire(u)) for actor, u in zip(self.actors, updates, strict=True)
         )
 
     def barrier(self) -> list[int]:

@@ -12,6 +12,7 @@ where items arrive at any time. Not thread-safe: one caller at a time (a Ray act
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,11 +21,24 @@ from recsim_stream.sharding import _GOLDEN, KeyIndex, mix64
 
 State = dict[str, np.ndarray | int | float]
 
-# Pulls whose rows a push of the same keys reuses: a trainer overlapping batches has two in flight.
-_RECENT_PULLS = 4
-
 # Per-row arrays, saved by state(); the vector tables are handled alongside them.
 _ROW_FIELDS = ("keys", "acc_in", "acc_out", "counts", "updated", "touched", "live")
+
+
+class RowUpdate(NamedTuple):
+    """One shard's share of a push (``ParameterShard.apply``): input-table gradients for the keys
+    that were centers, output-table gradients for the contexts and negatives."""
+
+    in_keys: np.ndarray
+    grad_in: np.ndarray  # (len(in_keys), dim)
+    out_keys: np.ndarray
+    grad_out: np.ndarray  # (len(out_keys), dim)
+    in_counts: np.ndarray  # positive pairs each key took part in as a center...
+    out_counts: np.ndarray  # ...and as a context
+    ts: float | None
+    # The shard's rows of the keys, as its pull returned them (it checks them; None = look them up)
+    in_rows: np.ndarray | None = None
+    out_rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,15 @@ def put_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     _records(table)[rows] = _records(np.ascontiguousarray(values, dtype=table.dtype))
 
 
+def adagrad_step(values: np.ndarray, acc: np.ndarray, grad: np.ndarray, learning_rate: float) -> None:
+    """Row-wise Adagrad on gathered rows, in place: each row's accumulator grows by its gradient's
+    mean square, then the row steps against the gradient by ``learning_rate / sqrt(accumulator)``.
+    The shard and the trainer (replaying a push on rows it carries to the next batch) both call this,
+    so their results agree to the bit."""
+    acc += np.einsum("nd,nd->n", grad, grad) / np.float32(grad.shape[1])
+    values -= (np.float32(learning_rate) / np.sqrt(acc))[:, None] * grad
+
+
 class ParameterShard:
     def __init__(self, config: LearnConfig, shard_id: int = 0) -> None:
         self._config = config
@@ -76,7 +99,6 @@ class ParameterShard:
         self._free = np.zeros(0, dtype=np.int64)
         self._removed_keys = np.zeros(0, dtype=np.int64)
         self._removed_versions = np.zeros(0, dtype=np.int64)
-        self._recent_pulls: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, rows), newest last
         self._allocate(1024)
 
     @property
@@ -86,11 +108,24 @@ class ParameterShard:
 
     def pull(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Input and output rows of ``keys`` (float32, len(keys) x dim), creating missing rows."""
-        keys = np.asarray(keys, dtype=np.int64)
-        rows = self._rows(keys)
-        # A trainer pushes the very keys it pulled: remember their rows to skip the lookup then.
-        self._recent_pulls = [*self._recent_pulls[1 - _RECENT_PULLS :], (keys.copy(), rows)]
+        rows = self._rows(np.asarray(keys, dtype=np.int64))
         return take_rows(self._input, rows), take_rows(self._output, rows)
+
+    def pull_for_update(
+        self, in_keys: np.ndarray, out_keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What a trainer reads to update rows: input rows of ``in_keys``, output rows of
+        ``out_keys``, their Adagrad accumulators (to work out what a push leaves, ``adagrad_step``)
+        and their row numbers (handed back with the push to skip the lookup). Creates missing rows."""
+        in_rows, out_rows = self._rows_of(np.asarray(in_keys, np.int64), np.asarray(out_keys, np.int64))
+        return (
+            take_rows(self._input, in_rows),
+            take_rows(self._output, out_rows),
+            self._acc_in[in_rows],
+            self._acc_out[out_rows],
+            in_rows,
+            out_rows,
+        )
 
     def push(
         self,
@@ -100,39 +135,54 @@ class ParameterShard:
         interactions: np.ndarray | None = None,
         ts: float | None = None,
     ) -> int:
+        """``apply`` with the same keys in both tables; ``interactions`` counts each key once."""
+        keys = np.asarray(keys, dtype=np.int64)
+        counts = np.zeros(len(keys), np.int64) if interactions is None else interactions
+        return self.apply(RowUpdate(keys, grad_in, keys, grad_out, counts, np.zeros(len(keys), np.int64), ts))
+
+    def apply(self, update: RowUpdate) -> int:
         """Apply loss gradients to rows (duplicate keys summed); returns the new shard version.
 
         A row whose gradient is all zero in one table keeps that table's row and accumulator (a key
-        that only served as a negative has no input gradient). ``interactions`` adds to each row's
-        count of positive pairs; ``ts`` (event time of the batch) marks the rows as touched.
+        that only served as a negative has no input gradient). The counts add to each row's count of
+        positive pairs; ``ts`` (event time of the batch) marks the rows as touched.
         """
-        keys = np.asarray(keys, dtype=np.int64)
-        n, dim = len(keys), self._config.dim
-        for name, grad in (("grad_in", grad_in), ("grad_out", grad_out)):
+        dim = self._config.dim
+        sides = []
+        for side, keys, grad, counts, hint in (
+            ("in", update.in_keys, update.grad_in, update.in_counts, update.in_rows),
+            ("out", update.out_keys, update.grad_out, update.out_counts, update.out_rows),
+        ):
+            keys = np.asarray(keys, dtype=np.int64)
+            n = len(keys)
             if grad.shape != (n, dim):
                 raise ValueError(
-                    f"ParameterShard.push: {name} must have shape ({n}, {dim}), got {grad.shape}"
+                    f"ParameterShard.apply: grad_{side} must have shape ({n}, {dim}), got {grad.shape}"
                 )
-        interactions = np.zeros(n, np.int64) if interactions is None else np.asarray(interactions, np.int64)
-        if interactions.shape != (n,):
-            raise ValueError(
-                f"ParameterShard.push: interactions must have shape ({n},), got {interactions.shape}"
-            )
-        rows = self._pulled_rows(keys)
-        if self._has_duplicates(rows):
-            rows, which = np.unique(rows, return_inverse=True)
-            grad_in, grad_out, interactions = (
-                self._sum_by(which, len(rows), a) for a in (grad_in, grad_out, interactions)
-            )
-        changed_in = self._adagrad(self._input, self._acc_in, rows, grad_in)
-        changed_out = self._adagrad(self._output, self._acc_out, rows, grad_out)
-        self._counts[rows] += interactions
+            counts = np.asarray(counts, dtype=np.int64)
+            if counts.shape != (n,):
+                raise ValueError(
+                    f"ParameterShard.apply: {side}_counts must have shape ({n},), got {counts.shape}"
+                )
+            rows = self._hinted_rows(keys, hint)
+            if self._has_duplicates(rows):
+                rows, which = np.unique(rows, return_inverse=True)
+                grad, counts = self._sum_by(which, len(rows), grad), self._sum_by(which, len(rows), counts)
+            sides.append((rows, grad, counts))
+        (in_rows, grad_in, in_counts), (out_rows, grad_out, out_counts) = sides
+        changed_in = self._adagrad(self._input, self._acc_in, in_rows, grad_in)
+        changed_out = self._adagrad(self._output, self._acc_out, out_rows, grad_out)
+        self._counts[in_rows] += in_counts
+        self._counts[out_rows] += out_counts
         self._version += 1
         self._pushes += 1
-        self._updated[rows[changed_in | changed_out | (interactions > 0)]] = self._version
-        if ts is not None:
-            self._clock = max(self._clock, float(ts))
-            self._touched[rows] = np.maximum(self._touched[rows], float(ts))
+        self._updated[in_rows[changed_in | (in_counts > 0)]] = self._version
+        self._updated[out_rows[changed_out | (out_counts > 0)]] = self._version
+        if update.ts is not None:
+            ts = float(update.ts)
+            self._clock = max(self._clock, ts)
+            for rows in (in_rows, out_rows):
+                self._touched[rows] = np.maximum(self._touched[rows], ts)
         return self._version
 
     def set_initial(
@@ -269,11 +319,17 @@ class ParameterShard:
 
     def _rows(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, creating rows for missing keys."""
-        keys = np.asarray(keys, dtype=np.int64)
-        rows = self._index.get(keys)
-        missing = rows < 0
-        if missing.any():
-            new_keys, first, which = np.unique(keys[missing], return_index=True, return_inverse=True)
+        return self._rows_of(keys)[0]
+
+    def _rows_of(self, *key_arrays: np.ndarray) -> list[np.ndarray]:
+        """Row of each key (one array per argument), creating rows for missing keys: in ascending
+        key order across all the arrays, so the layout does not depend on how they are split."""
+        found = [self._index.get(np.asarray(keys, dtype=np.int64)) for keys in key_arrays]
+        missing = [rows < 0 for rows in found]
+        if any(m.any() for m in missing):
+            new_keys = np.unique(
+                np.concatenate([keys[m] for keys, m in zip(key_arrays, missing, strict=True)])
+            )
             new_rows = self._take_rows(len(new_keys))
             self._index.insert(new_keys, new_rows)
             self._keys[new_rows] = new_keys
@@ -285,19 +341,18 @@ class ParameterShard:
             self._updated[new_rows] = self._version
             self._touched[new_rows] = self._clock
             self._live[new_rows] = True
-            rows[missing] = new_rows[which]
-        return rows
+            for keys, rows, m in zip(key_arrays, found, missing, strict=True):
+                rows[m] = new_rows[np.searchsorted(new_keys, keys[m])]
+        return found
 
-    def _pulled_rows(self, keys: np.ndarray) -> np.ndarray:
-        """``_rows(keys)`` from a recent pull of the same keys when its rows still hold them (an
-        expiry or a restore in between may have recycled them: then look the keys up again)."""
-        for i, (pulled, rows) in enumerate(self._recent_pulls):
-            if np.array_equal(pulled, keys):
-                del self._recent_pulls[i]
-                valid = len(rows) == 0 or rows.max() < self._used
-                if valid and self._live[rows].all() and np.array_equal(self._keys[rows], keys):
-                    return rows
-                break
+    def _hinted_rows(self, keys: np.ndarray, hint: np.ndarray | None) -> np.ndarray:
+        """The rows of ``keys``: ``hint`` (a pull's answer) when they still hold them (an expiry or a
+        restore in between may have recycled them: then look the keys up again)."""
+        if hint is not None and len(hint) == len(keys):
+            hint = np.asarray(hint, dtype=np.int64)
+            valid = len(hint) == 0 or (hint.min() >= 0 and hint.max() < self._used)
+            if valid and self._live[hint].all() and np.array_equal(self._keys[hint], keys):
+                return hint
         return self._rows(keys)
 
     def _take_rows(self, n: int) -> np.ndarray:
@@ -353,9 +408,8 @@ class ParameterShard:
         changed = grad.any(axis=1)
         if not changed.all():
             rows, grad = rows[changed], grad[changed]
-        acc[rows] += np.einsum("nd,nd->n", grad, grad) / np.float32(grad.shape[1])
-        step = np.float32(self._config.learning_rate) / np.sqrt(acc[rows])
-        updated = take_rows(table, rows)
-        updated -= step[:, None] * grad
-        put_rows(table, rows, updated)
+        values, row_acc = take_rows(table, rows), acc[rows]
+        adagrad_step(values, row_acc, grad, self._config.learning_rate)
+        acc[rows] = row_acc
+        put_rows(table, rows, values)
         return changed

@@ -4,9 +4,9 @@ The trainer never owns rows. It talks to a set of shards through two callables t
 entry per shard (index = shard number, as routed by ``sharding.shard_of``), so the same code runs
 against in-process ``ParameterShard`` objects (``local_shard_calls``) and against Ray actors (the
 caller issues the per-shard calls in parallel and waits for all of them): one pull and one push per
-shard per batch of ``learn.batch_pairs``, whatever the batch size (over Ray a push travels with the
-next pull: one call). Keys are laid out grouped by shard, so the pulled rows are concatenated as they
-arrive (with their chunks, in one copy) and each shard's gradients are a slice (no copy).
+shard per batch of ``learn.batch_pairs``, whatever the batch size. Keys are laid out grouped by
+shard, so the pulled rows are concatenated as they arrive (with their chunks, in one copy) and each
+shard's gradients are a slice (no copy).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 
 from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
-from recsim_stream.sgns import SgnsLoss, sgns_step
-from recsim_stream.shard import ParameterShard
+from recsim_stream.sgns import SgnsGradients, SgnsLoss, sgns_step
+from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_step, put_rows, take_rows
 from recsim_stream.sharding import shard_of
 
 
@@ -33,22 +33,25 @@ class PairArrays(Protocol):
     weights: np.ndarray  # float32 (pairs,)
 
 
-class RowUpdate(NamedTuple):
-    """The arguments of one ``ParameterShard.push`` call, in order: ``shard.push(*update)``."""
-
-    keys: np.ndarray
-    grad_in: np.ndarray
-    grad_out: np.ndarray
-    interactions: np.ndarray
-    ts: float | None
-
-
 # A shard's rows of one table: an array, or a list of row chunks to read as their concatenation (Ray
 # ships rows in pieces under 1 MiB, see ray_actors.CHUNK_BYTES).
 Rows = np.ndarray | list[np.ndarray]
-# pull([keys for shard 0, keys for shard 1, ...]) -> [(input rows, output rows) per shard]; the
-# sequence may be lazy (Ray: the calls are issued at once, waited for at the first access)
-PullFn = Callable[[list[np.ndarray]], Sequence[tuple[Rows, Rows]]]
+
+
+class PulledRows(NamedTuple):
+    """A shard's answer to a pull (``ParameterShard.pull_for_update``)."""
+
+    inputs: Rows  # input rows of the in-keys
+    outputs: Rows  # output rows of the out-keys
+    acc_in: np.ndarray  # their Adagrad accumulators
+    acc_out: np.ndarray
+    in_rows: np.ndarray  # the shard's row of each key, handed back with the push
+    out_rows: np.ndarray
+
+
+# pull([(in-keys, out-keys) for shard 0, for shard 1, ...]) -> [PulledRows per shard]; the sequence
+# may be lazy (Ray: the calls are issued at once, waited for at the first access)
+PullFn = Callable[[list[tuple[np.ndarray, np.ndarray]]], Sequence[PulledRows]]
 # push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
 # push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
 PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
@@ -57,7 +60,7 @@ PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
 @dataclass(frozen=True)
 class StepResult:
     pairs: int
-    rows: int  # distinct keys pulled and pushed
+    rows: int  # input and output rows trained
     versions: tuple[int, ...]  # per shard, after the push (empty when the push is asynchronous)
     piece_losses: tuple[SgnsLoss, ...] = ()  # summed only if ``loss`` is read (sgns.SgnsLoss)
 
@@ -75,25 +78,77 @@ class StepResult:
 def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]:
     """Pull/push callables over in-process shards (tests, single-process runs)."""
 
-    def pull(parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [shard.pull(keys) for shard, keys in zip(shards, parts, strict=True)]
+    def pull(parts: list[tuple[np.ndarray, np.ndarray]]) -> list[PulledRows]:
+        return [PulledRows(*shard.pull_for_update(*keys)) for shard, keys in zip(shards, parts, strict=True)]
 
     def push(updates: list[RowUpdate]) -> list[int]:
-        return [shard.push(*update) for shard, update in zip(shards, updates, strict=True)]
+        return [shard.apply(update) for shard, update in zip(shards, updates, strict=True)]
 
     return pull, push
 
 
-class _Prepared(NamedTuple):
-    """One batch with its rows requested: keys grouped by shard, pair ends as row numbers."""
+class _Side(NamedTuple):
+    """One table's keys in a piece, grouped by shard, and where their rows come from: pulled, or
+    carried over from the previous piece (the keys both pieces train)."""
 
-    keys: np.ndarray  # distinct keys, shard 0's first, then shard 1's, ...
+    keys: np.ndarray  # distinct, shard 0's first (ascending), then shard 1's, ...
     bounds: np.ndarray  # shard s owns keys[bounds[s] : bounds[s + 1]]
-    centers: np.ndarray  # rows (positions in keys) of each pair's center
-    contexts: np.ndarray
-    negatives: np.ndarray  # (pairs, negatives)
+    fetched: np.ndarray  # positions in keys of the pulled rows, ascending (the order they arrive)
+    carried: np.ndarray  # positions in keys of the carried rows
+    source: np.ndarray  # ...and their positions in the previous piece's keys
+
+    def shard_keys(self, s: int) -> np.ndarray:
+        """Shard s's keys to pull (``fetched`` holds each shard's keys as one run)."""
+        lo, hi = np.searchsorted(self.fetched, self.bounds[s : s + 2])
+        return self.keys[self.fetched[lo:hi]]
+
+
+def _side(raw: np.ndarray, shards: int, previous: _Side | None) -> tuple[_Side, np.ndarray]:
+    """The side of ``raw`` keys, and each raw key's position in it."""
+    keys, which = np.unique(raw, return_inverse=True)
+    # Grouped by shard, each shard's rows and gradients are one contiguous slice: the pulled rows
+    # are concatenated as they come, the pushes are views, nothing is re-sorted.
+    owner = shard_of(keys, shards)
+    if shards > 1:
+        order = np.concatenate([np.flatnonzero(owner == s) for s in range(shards)])
+        position = np.empty(len(keys), dtype=np.int64)
+        position[order] = np.arange(len(keys))
+        keys, which = keys[order], position[which]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=shards))])
+    if previous is None:
+        everything = np.arange(len(keys))
+        return _Side(keys, bounds, everything, everything[:0], everything[:0]), which
+    fetched, carried, source = [], [], []
+    for s in range(shards):
+        mine = keys[bounds[s] : bounds[s + 1]]
+        theirs = previous.keys[previous.bounds[s] : previous.bounds[s + 1]]
+        at = np.minimum(np.searchsorted(theirs, mine), max(len(theirs) - 1, 0))
+        found = theirs[at] == mine if len(theirs) else np.zeros(len(mine), dtype=bool)
+        fetched.append(bounds[s] + np.flatnonzero(~found))
+        carried.append(bounds[s] + np.flatnonzero(found))
+        source.append(previous.bounds[s] + at[found])
+    return _Side(keys, bounds, *map(np.concatenate, (fetched, carried, source))), which
+
+
+class _Prepared(NamedTuple):
+    """One piece of a batch with its rows requested."""
+
+    inputs: _Side  # the centers' keys
+    outputs: _Side  # the contexts' and negatives' keys
+    centers: np.ndarray  # position in inputs.keys of each pair's center
+    contexts: np.ndarray  # position in outputs.keys of each pair's context
+    negatives: np.ndarray  # (pairs, negatives), positions in outputs.keys
     weights: np.ndarray
-    pulled: Sequence[tuple[Rows, Rows]]  # may resolve lazily (Ray), see PullFn
+    pulled: Sequence[PulledRows]  # per shard; may resolve lazily (Ray), see PullFn
+
+
+class _Table(NamedTuple):
+    """One table's rows of a piece as the shards hold them before its push, with their Adagrad
+    accumulators and the shards' row numbers."""
+
+    values: np.ndarray
+    acc: np.ndarray
+    rows: np.ndarray
 
 
 class SgnsTrainer:
@@ -112,10 +167,12 @@ class SgnsTrainer:
         are drawn (word2vec counts tokens, not pairs). ``ts``: the batch's newest event time, which
         marks the rows as touched (for expiry).
 
-        With ``learn.stale_pulls`` the rows of piece n+1 are requested before piece n's gradients
-        are pushed, so the shards serve that pull while this process computes: piece n+1 reads rows
-        without piece n's update (asynchronous SGD's usual one-step staleness). Every push has been
-        issued when this returns.
+        Only the rows a piece reads move: input rows of its centers, output rows of its contexts
+        and negatives. The rows of piece n+1 are requested before piece n's gradients are pushed,
+        so the shards serve that pull while this process computes (over Ray). That stays exact:
+        piece n+1 pulls only the keys piece n does not train, and takes the others from piece n,
+        updated by the same Adagrad step the shards apply (``shard.adagrad_step``). The result is
+        the pieces' one after another, to the bit. Every push has been issued when this returns.
         """
         centers = np.asarray(batch.centers, dtype=np.int64)
         contexts = np.asarray(batch.contexts, dtype=np.int64)
@@ -134,65 +191,125 @@ class SgnsTrainer:
         # paying a round trip for a sliver (and trains exactly as one batch of that size would).
         pieces = max(1, int(n / self._config.batch_pairs + 0.5))
         bounds = [n * i // pieces for i in range(pieces + 1)]
-        stale = self._config.stale_pulls
 
-        def prepare(i: int) -> _Prepared:
+        def prepare(i: int, previous: _Prepared | None) -> _Prepared:
             piece = slice(bounds[i], bounds[i + 1])
-            return self._prepare(centers[piece], contexts[piece], weights[piece])
+            return self._prepare(centers[piece], contexts[piece], weights[piece], previous)
 
         losses, rows, versions = [], 0, ()
-        ahead = prepare(0)
+        ahead, carry = prepare(0, None), None
         for i in range(pieces):
             current = ahead
             more = i + 1 < pieces
-            if more and stale:
-                ahead = prepare(i + 1)
-            piece_loss, pushed = self._train(current, ts)
-            if more and not stale:
-                ahead = prepare(i + 1)
-            losses.append(piece_loss)
-            rows += len(current.keys)
+            if more:
+                ahead = prepare(i + 1, current)
+            inputs, outputs = self._tables(current, carry)
+            grads = sgns_step(
+                inputs.values,
+                outputs.values,
+                current.centers,
+                current.contexts,
+                current.negatives,
+                current.weights,
+            )
+            pushed = self._push_gradients(current, inputs, outputs, grads, ts)
+            if more:
+                carry = (
+                    self._carried(inputs, grads.grad_in, ahead.inputs.source),
+                    self._carried(outputs, grads.grad_out, ahead.outputs.source),
+                )
+            losses.append(grads.lazy_loss)
+            rows += len(current.inputs.keys) + len(current.outputs.keys)
             if pushed is not None:
                 versions = tuple(int(v) for v in pushed)
         return StepResult(pairs=n, rows=rows, versions=versions, piece_losses=tuple(losses))
 
-    def _prepare(self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray) -> _Prepared:
-        """Draw negatives, find the distinct keys and request their rows from the shards."""
+    def _prepare(
+        self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray, previous: _Prepared | None
+    ) -> _Prepared:
+        """Draw negatives, find the distinct keys and request the rows ``previous`` does not carry."""
         n, cfg = len(centers), self._config
         pool, pick = self.sampler.sample_pool(n, cfg.negatives, cfg.negative_pool)
-        keys, which = np.unique(np.concatenate([centers, contexts, pool]), return_inverse=True)
-        # Group the keys by shard, so each shard's rows and gradients are one contiguous slice:
-        # the pulled rows are concatenated as they come, the pushes are views, nothing is re-sorted.
-        owner = shard_of(keys, cfg.shards)
-        if cfg.shards > 1:
-            order = np.concatenate([np.flatnonzero(owner == s) for s in range(cfg.shards)])
-            position = np.empty(len(keys), dtype=np.int64)
-            position[order] = np.arange(len(keys))
-            keys, which = keys[order], position[which]
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=cfg.shards))])
-        pulled = self._pull([keys[bounds[s] : bounds[s + 1]] for s in range(cfg.shards)])
-        return _Prepared(keys, bounds, which[:n], which[n : 2 * n], which[2 * n :][pick], weights, pulled)
-
-    def _train(self, batch: _Prepared, ts: float | None) -> tuple[SgnsLoss, Sequence[int] | None]:
-        """SGNS on the pulled rows, then push the gradients; returns (summed loss, push result)."""
-        in_rows = stack_rows([rows_in for rows_in, _ in batch.pulled])
-        out_rows = stack_rows([rows_out for _, rows_out in batch.pulled])
-        grads = sgns_step(in_rows, out_rows, batch.centers, batch.contexts, batch.negatives, batch.weights)
-        interactions = np.bincount(batch.centers, minlength=len(batch.keys)) + np.bincount(
-            batch.contexts, minlength=len(batch.keys)
+        inputs, which_in = _side(centers, cfg.shards, None if previous is None else previous.inputs)
+        outputs, which_out = _side(
+            np.concatenate([contexts, pool]), cfg.shards, None if previous is None else previous.outputs
         )
-        b = batch.bounds
-        updates = [
-            RowUpdate(
-                batch.keys[b[s] : b[s + 1]],
-                grads.grad_in[b[s] : b[s + 1]],
-                grads.grad_out[b[s] : b[s + 1]],
-                interactions[b[s] : b[s + 1]],
-                ts,
+        pulled = self._pull([(inputs.shard_keys(s), outputs.shard_keys(s)) for s in range(cfg.shards)])
+        return _Prepared(inputs, outputs, which_in, which_out[:n], which_out[n:][pick], weights, pulled)
+
+    def _tables(self, piece: _Prepared, carry: tuple[_Table, _Table] | None) -> tuple[_Table, _Table]:
+        """The piece's input and output tables: pulled rows (waited for here) and carried ones."""
+        pulled = piece.pulled
+        tables = (
+            _Table(
+                stack_rows([p.inputs for p in pulled]),
+                np.concatenate([p.acc_in for p in pulled]),
+                np.concatenate([p.in_rows for p in pulled]),
+            ),
+            _Table(
+                stack_rows([p.outputs for p in pulled]),
+                np.concatenate([p.acc_out for p in pulled]),
+                np.concatenate([p.out_rows for p in pulled]),
+            ),
+        )
+        if carry is None:
+            return tables
+        return tuple(  # type: ignore[return-value]
+            _merged(side, fetched, carried)
+            for side, fetched, carried in zip((piece.inputs, piece.outputs), tables, carry, strict=True)
+        )
+
+    def _push_gradients(
+        self, piece: _Prepared, inputs: _Table, outputs: _Table, grads: SgnsGradients, ts: float | None
+    ) -> Sequence[int] | None:
+        """One update per shard: its slices of keys, gradients, counts and row numbers."""
+        in_counts = np.bincount(piece.centers, minlength=len(piece.inputs.keys))
+        out_counts = np.bincount(piece.contexts, minlength=len(piece.outputs.keys))
+        updates = []
+        for s in range(self._config.shards):
+            i = slice(piece.inputs.bounds[s], piece.inputs.bounds[s + 1])
+            o = slice(piece.outputs.bounds[s], piece.outputs.bounds[s + 1])
+            updates.append(
+                RowUpdate(
+                    piece.inputs.keys[i],
+                    grads.grad_in[i],
+                    piece.outputs.keys[o],
+                    grads.grad_out[o],
+                    in_counts[i],
+                    out_counts[o],
+                    ts,
+                    inputs.rows[i],
+                    outputs.rows[o],
+                )
             )
-            for s in range(len(b) - 1)
-        ]
-        return grads.lazy_loss, self._push(updates)
+        return self._push(updates)
+
+    def _carried(self, table: _Table, grad: np.ndarray, source: np.ndarray) -> _Table:
+        """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards: the shard's
+        own ``adagrad_step``, on the rows whose gradient is not zero (as the shard does)."""
+        values, acc, grad = take_rows(table.values, source), table.acc[source], grad[source]
+        changed = grad.any(axis=1)
+        if changed.all():
+            adagrad_step(values, acc, grad, self._config.learning_rate)
+        else:
+            moved_values, moved_acc = values[changed], acc[changed]
+            adagrad_step(moved_values, moved_acc, grad[changed], self._config.learning_rate)
+            values[changed], acc[changed] = moved_values, moved_acc
+        return _Table(values, acc, table.rows[source])
+
+
+def _merged(side: _Side, fetched: _Table, carried: _Table) -> _Table:
+    """A side's table from its pulled rows and its carried rows, in the order of its keys."""
+    if len(side.carried) == 0:
+        return fetched
+    size = len(side.keys)
+    values = np.empty((size, fetched.values.shape[1]), dtype=np.float32)
+    put_rows(values, side.fetched, fetched.values)
+    put_rows(values, side.carried, carried.values)
+    acc, rows = np.empty(size, dtype=np.float32), np.empty(size, dtype=np.int64)
+    acc[side.fetched], acc[side.carried] = fetched.acc, carried.acc
+    rows[side.fetched], rows[side.carried] = fetched.rows, carried.rows
+    return _Table(values, acc, rows)
 
 
 def stack_rows(parts: list[Rows]) -> np.ndarray:

@@ -709,11 +709,11 @@ class Updater:
         """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
         keys = np.fromiter((self.learner.items.key(i) for i in ids), dtype=np.int64, count=len(ids))
         parts = split_by_shard(keys, self.config.learn.shards)
-        pulled = self.shards.pull([keys[p] for p in parts])
+        pulled = self.shards.pull([(keys[p], keys[p]) for p in parts])
         back = np.argsort(np.concatenate(parts))
         return (
-            stack_rows([rows_in for rows_in, _ in pulled])[back],
-            stack_rows([rows_out for _, rows_out in pulled])[back],
+            stack_rows([rows.inputs for rows in pulled])[back],
+            stack_rows([rows.outputs for rows in pulled])[back],
         )
 
     def observe_shards(self, stats: Sequence[dict]) -> None:

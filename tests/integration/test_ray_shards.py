@@ -1,5 +1,6 @@
 """The Ray shard actors train exactly as in-process shards: same rows after the same batches, with
-each push one argument and rows that travel in chunks under Ray's 1 MiB copy threshold."""
+each push one argument, rows that travel in chunks under Ray's 1 MiB copy threshold, and batches
+overlapped (each pulled while the one before computes, shared rows carried over)."""
 
 from collections.abc import Iterator
 
@@ -27,14 +28,18 @@ def ray_shards(ray_cluster: None) -> Iterator[RayShards]:
     shards.kill()
 
 
-def train(pull: PullFn, push: PushFn, batches: int = 4) -> None:
+def train(pull: PullFn, push: PushFn, batches: int = 4, per_step: int = 1) -> None:
+    """``batches`` batches of 8,192 pairs, ``per_step`` of them in one ``step`` call (overlapped)."""
     rng = np.random.default_rng(0)
     sampler = NegativeSampler(CONFIG)
     sampler.observe(np.arange(ITEMS))
     trainer = SgnsTrainer(CONFIG, sampler, pull, push)
-    for _ in range(batches):
-        centers, contexts = rng.integers(0, ITEMS, (2, 8192))
-        trainer.step(PairBatch(centers, contexts, np.ones(8192, np.float32)), ts=1.0)
+    centers, contexts = rng.integers(0, ITEMS, (2, batches * 8192))
+    size = per_step * 8192
+    for s in range(0, len(centers), size):
+        trainer.step(
+            PairBatch(centers[s : s + size], contexts[s : s + size], np.ones(size, np.float32)), ts=1.0
+        )
 
 
 def by_key(export: ShardExport) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -45,7 +50,7 @@ def by_key(export: ShardExport) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def test_ray_shards_train_exactly_as_in_process_shards(ray_shards: RayShards) -> None:
     local = [ParameterShard(CONFIG, i) for i in range(CONFIG.shards)]
     train(*local_shard_calls(local))
-    train(ray_shards.pull, ray_shards.push)
+    train(ray_shards.pull, ray_shards.push, per_step=2)
     assert 8192 * 64 * 4 > CHUNK_BYTES  # the batches' row tables are chunked on the way
     # No barrier first: an export is ordered after the pushes this process sent.
     for remote, mine in zip(ray_shards.export([None, None]), local, strict=True):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recsim_stream.config import LearnConfig
-from recsim_stream.shard import ParameterShard, initial_input
+from recsim_stream.shard import ParameterShard, RowUpdate, initial_input
 
 CONFIG = LearnConfig(dim=4, learning_rate=0.5, adagrad_initial=0.25, expire_after_s=100.0)
 
@@ -140,13 +140,46 @@ def test_restore_refuses_a_state_of_another_dimension():
         ParameterShard(LearnConfig(dim=8)).restore(ParameterShard(CONFIG).state())
 
 
-def test_push_after_an_expiry_recycled_the_pulled_rows_updates_the_pushed_keys():
+def test_an_update_whose_pulled_rows_an_expiry_recycled_updates_its_own_keys():
     shard = ParameterShard(CONFIG)
-    shard.pull(np.array([1, 2]))  # remembered for the push of the same keys
+    *_, in_rows, out_rows = shard.pull_for_update(np.array([1, 2]), np.array([1, 2]))
     shard.push(np.array([9]), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), ts=1000.0)
     shard.expire(1000.0)  # rows of 1 and 2 (touched at -inf) are freed...
     others_before, _ = shard.pull(np.array([3, 4]))  # ...and recycled for 3 and 4
-    shard.push(np.array([1, 2]), _grad([1, 0, 0, 0], [1, 0, 0, 0]), np.zeros((2, 4), np.float32))
+    keys, zeros = np.array([1, 2]), np.zeros(2, np.int64)
+    grad = _grad([1, 0, 0, 0], [1, 0, 0, 0])
+    shard.apply(
+        RowUpdate(keys, grad, keys, np.zeros((2, 4), np.float32), zeros, zeros, None, in_rows, out_rows)
+    )
     others_after, _ = shard.pull(np.array([3, 4]))
     assert np.array_equal(others_after, others_before)
     assert sorted(shard.export().keys.tolist()) == [1, 2, 3, 4, 9]
+
+
+def test_an_update_uses_the_rows_its_pull_returned():
+    shard = ParameterShard(CONFIG)
+    _, _, acc_in, _, in_rows, out_rows = shard.pull_for_update(np.array([5, 6]), np.array([6, 7]))
+    assert acc_in.tolist() == [CONFIG.adagrad_initial] * 2 and len(set(in_rows) | set(out_rows)) == 3
+    shard._index = None  # type: ignore[assignment]  # a lookup would fail: the rows handed back are used
+    grad = _grad([1, 0, 0, 0], [0, 0, 0, 0])
+    shard.apply(
+        RowUpdate(
+            np.array([5, 6]),
+            grad,
+            np.array([6, 7]),
+            grad,
+            np.array([1, 0]),
+            np.array([0, 1]),
+            2.0,
+            in_rows,
+            out_rows,
+        )
+    )
+    assert shard._counts[in_rows].tolist() == [1, 0] and shard._counts[out_rows].tolist() == [0, 1]
+
+
+def test_pull_for_update_creates_rows_in_key_order_whatever_the_split():
+    one, two = ParameterShard(CONFIG), ParameterShard(CONFIG)
+    one.pull(np.array([1, 2, 3, 4]))
+    two.pull_for_update(np.array([4, 2]), np.array([3, 1, 2]))
+    assert one._keys[:4].tolist() == two._keys[:4].tolist() == [1, 2, 3, 4]

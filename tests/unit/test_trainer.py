@@ -1,4 +1,8 @@
+import itertools
+
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsim_stream.config import LearnConfig
 from recsim_stream.pairs import PairBatch
@@ -93,10 +97,8 @@ def _recording_calls(shards: list[ParameterShard], log: list[str]):
     return recorded_pull, recorded_push
 
 
-def test_with_stale_pulls_each_piece_is_pulled_before_the_previous_one_is_pushed():
-    config = LearnConfig(
-        dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=True
-    )
+def test_each_piece_is_pulled_before_the_previous_one_is_pushed():
+    config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10)
     log: list[str] = []
     shards = [ParameterShard(config, i) for i in range(2)]
     trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
@@ -106,16 +108,22 @@ def test_with_stale_pulls_each_piece_is_pulled_before_the_previous_one_is_pushed
     assert result.pairs == 5
 
 
-def test_without_stale_pulls_each_piece_is_pushed_before_the_next_pull():
-    config = LearnConfig(
-        dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=False
-    )
-    log: list[str] = []
+def test_a_piece_pulls_only_the_rows_it_reads_that_the_previous_piece_does_not_train():
+    """Input rows of centers, output rows of contexts and negatives; shared ones are carried."""
+    config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=0, sampler_table_size=1 << 10)
     shards = [ParameterShard(config, i) for i in range(2)]
-    trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
-    batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
-    trainer.step(batch, tokens=np.arange(1, 6))
-    assert log == ["pull", "push", "pull", "push", "pull", "push"]
+    pull, push = local_shard_calls(shards)
+    pulled: list[tuple[set[int], set[int]]] = []
+
+    def recorded_pull(parts):
+        pulled.append(tuple({int(k) for keys in part for k in keys} for part in zip(*parts, strict=True)))
+        return pull(parts)
+
+    sampler = NegativeSampler(config)
+    sampler.observe(np.array([100]))  # every negative is key 100
+    batch = PairBatch(np.array([1, 2, 2, 4]), np.array([2, 3, 5, 6]), np.ones(4, np.float32))
+    SgnsTrainer(config, sampler, recorded_pull, push).step(batch)
+    assert pulled == [({1, 2}, {2, 3, 100}), ({4}, {5, 6})]
 
 
 def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
@@ -128,20 +136,41 @@ def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
     assert log == ["pull", "push"]
 
 
-def test_without_stale_pulls_one_big_batch_equals_its_pieces_one_by_one():
-    """12 pairs at batch_pairs 3: four pieces of 3."""
+@settings(max_examples=40, deadline=None)
+@given(
+    keys=st.integers(4, 60),
+    pairs=st.integers(1, 80),
+    batch_pairs=st.integers(1, 12),
+    shards=st.integers(1, 3),
+    pool=st.sampled_from([0, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_one_big_batch_equals_its_pieces_one_by_one(keys, pairs, batch_pairs, shards, pool, seed):
+    """Pieces overlap (each pulled before the previous push; shared rows carried and replayed), yet
+    the tables end bit for bit as if every piece had been its own step."""
     config = LearnConfig(
-        dim=8, shards=2, batch_pairs=3, negative_pool=4, sampler_table_size=1 << 10, stale_pulls=False
+        dim=8, shards=shards, batch_pairs=batch_pairs, negative_pool=pool, sampler_table_size=1 << 10
     )
-    batch = PairBatch(np.arange(12) % 7, (np.arange(12) + 1) % 7, np.ones(12, np.float32))
-    whole = [ParameterShard(config, i) for i in range(2)]
-    SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(whole)).step(batch, tokens=batch.centers)
-    pieces = [ParameterShard(config, i) for i in range(2)]
-    trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(pieces))
-    trainer.sampler.observe(batch.centers)
-    for s in range(0, len(batch.centers), 3):
-        part = slice(s, s + 3)
-        trainer.step(PairBatch(batch.centers[part], batch.contexts[part], batch.weights[part]))
-    a, b = _merged(whole), _merged(pieces)
+    rng = np.random.default_rng(seed)
+    centers = rng.integers(0, keys, pairs)
+    contexts = (centers + rng.integers(1, keys, pairs)) % keys
+    batch = PairBatch(centers, contexts, rng.choice(np.array([0.5, 1.0, 2.0], np.float32), pairs))
+    whole = [ParameterShard(config, i) for i in range(shards)]
+    whole_trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(whole))
+    for _ in range(2):  # the second step starts from trained rows
+        whole_trainer.step(batch, tokens=batch.centers, ts=1.0)
+    one_by_one = [ParameterShard(config, i) for i in range(shards)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(one_by_one))
+    pieces = max(1, int(pairs / batch_pairs + 0.5))
+    bounds = [pairs * i // pieces for i in range(pieces + 1)]
+    for _ in range(2):
+        trainer.sampler.observe(batch.centers)
+        for lo, hi in itertools.pairwise(bounds):
+            trainer.step(PairBatch(centers[lo:hi], contexts[lo:hi], batch.weights[lo:hi]), ts=1.0)
+    a, b = _merged(whole), _merged(one_by_one)
     assert a[0].tolist() == b[0].tolist()
-    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert a[1].tobytes() == b[1].tobytes() and a[2].tobytes() == b[2].tobytes()
+    accumulators = [[s._acc_in[: s._used].tobytes(), s._acc_out[: s._used].tobytes()] for s in whole]
+    assert accumulators == [
+        [s._acc_in[: s._used].tobytes(), s._acc_out[: s._used].tobytes()] for s in one_by_one
+    ]
