@@ -77,12 +77,26 @@ def put_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     _records(table)[rows] = _records(np.ascontiguousarray(values, dtype=table.dtype))
 
 
-def adagrad_step(values: np.ndarray, acc: np.ndarray, grad: np.ndarray, learning_rate: float) -> None:
+def gradient_squares(grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which rows of ``grad`` are not all zero, each row's sum of squares). The sums answer for
+    most rows (a third of the cost of ``grad.any(axis=1)``); rows whose squares underflow to zero
+    are looked at element by element."""
+    squares = np.einsum("nd,nd->n", grad, grad)
+    changed = squares > 0
+    if not changed.all():
+        zero = np.flatnonzero(~changed)
+        changed[zero] = grad[zero].any(axis=1)
+    return changed, squares
+
+
+def adagrad_step(
+    values: np.ndarray, acc: np.ndarray, grad: np.ndarray, squares: np.ndarray, learning_rate: float
+) -> None:
     """Row-wise Adagrad on gathered rows, in place: each row's accumulator grows by its gradient's
-    mean square, then the row steps against the gradient by ``learning_rate / sqrt(accumulator)``.
-    The shard and the trainer (replaying a push on rows it carries to the next batch) both call this,
-    so their results agree to the bit."""
-    acc += np.einsum("nd,nd->n", grad, grad) / np.float32(grad.shape[1])
+    mean square (``squares`` / dim), then the row steps against the gradient by ``learning_rate /
+    sqrt(accumulator)``. The shard and the trainer (replaying a push on rows it carries to the next
+    batch) both call this, so their results agree to the bit."""
+    acc += squares / np.float32(grad.shape[1])
     values -= (np.float32(learning_rate) / np.sqrt(acc))[:, None] * grad
 
 
@@ -405,11 +419,11 @@ class ParameterShard:
     def _adagrad(self, table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Row-wise Adagrad on ``table[rows]``; returns which of ``rows`` had a nonzero gradient."""
         grad = np.asarray(grad, dtype=np.float32)
-        changed = grad.any(axis=1)
+        changed, squares = gradient_squares(grad)
         if not changed.all():
-            rows, grad = rows[changed], grad[changed]
+            rows, grad, squares = rows[changed], grad[changed], squares[changed]
         values, row_acc = take_rows(table, rows), acc[rows]
-        adagrad_step(values, row_acc, grad, self._config.learning_rate)
+        adagrad_step(values, row_acc, grad, squares, self._config.learning_rate)
         acc[rows] = row_acc
         put_rows(table, rows, values)
         return changed

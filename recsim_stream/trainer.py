@@ -21,7 +21,7 @@ import numpy as np
 from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.sgns import SgnsGradients, SgnsLoss, sgns_step
-from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_step, put_rows, take_rows
+from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_step, gradient_squares, put_rows, take_rows
 from recsim_stream.sharding import shard_of
 
 
@@ -288,12 +288,12 @@ class SgnsTrainer:
         """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards: the shard's
         own ``adagrad_step``, on the rows whose gradient is not zero (as the shard does)."""
         values, acc, grad = take_rows(table.values, source), table.acc[source], grad[source]
-        changed = grad.any(axis=1)
+        changed, squares = gradient_squares(grad)
         if changed.all():
-            adagrad_step(values, acc, grad, self._config.learning_rate)
+            adagrad_step(values, acc, grad, squares, self._config.learning_rate)
         else:
             moved_values, moved_acc = values[changed], acc[changed]
-            adagrad_step(moved_values, moved_acc, grad[changed], self._config.learning_rate)
+            adagrad_step(moved_values, moved_acc, grad[changed], squares[changed], self._config.learning_rate)
             values[changed], acc[changed] = moved_values, moved_acc
         return _Table(values, acc, table.rows[source])
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recsim_stream.config import LearnConfig
-from recsim_stream.shard import ParameterShard, RowUpdate, initial_input
+from recsim_stream.shard import ParameterShard, RowUpdate, gradient_squares, initial_input
 
 CONFIG = LearnConfig(dim=4, learning_rate=0.5, adagrad_initial=0.25, expire_after_s=100.0)
 
@@ -183,3 +183,9 @@ def test_pull_for_update_creates_rows_in_key_order_whatever_the_split():
     one.pull(np.array([1, 2, 3, 4]))
     two.pull_for_update(np.array([4, 2]), np.array([3, 1, 2]))
     assert one._keys[:4].tolist() == two._keys[:4].tolist() == [1, 2, 3, 4]
+
+
+def test_a_gradient_whose_squares_underflow_still_counts_as_a_change():
+    grad = np.array([[0, 0, 0, 0], [1e-30, 0, 0, 0], [0, -0.0, 0, 0], [0.5, 0, 0, 0]], np.float32)
+    changed, squares = gradient_squares(grad)
+    assert changed.tolist() == [False, True, False, True] and squares[1] == 0
