@@ -25,7 +25,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.pairs import PairBatch
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.shard import ParameterShard
-from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, local_shard_calls
+from recsim_stream.trainer import ExchangeFn, PullFn, PushFn, SgnsTrainer, local_shard_calls
 
 if TYPE_CHECKING:
     from recsim_stream.ray_actors import RayShards
@@ -79,6 +79,7 @@ class Speed(NamedTuple):
 class ShardCalls(NamedTuple):
     pull: PullFn
     push: PushFn
+    exchange: ExchangeFn | None
     barrier: Callable[[], object]  # returns once every push is applied
     cpu_s: Callable[[], float]  # CPU seconds the shards have used outside this process so far
 
@@ -97,7 +98,7 @@ def sgns_speed(
     sampler = NegativeSampler(config)
     sampler.observe(tokens)
     calls = make_calls()
-    trainer = SgnsTrainer(config, sampler, calls.pull, calls.push)
+    trainer = SgnsTrainer(config, sampler, calls.pull, calls.push, calls.exchange)
     size = config.batch_pairs * config.train_batches
     n = len(centers) if pairs is None else min(len(centers), pairs)
     ones = np.ones(size, dtype=np.float32)
@@ -128,7 +129,7 @@ def gensim_speed(sessions: list[np.ndarray], seed: int) -> Speed:
 def local_calls(config: LearnConfig) -> ShardCalls:
     pull, push = local_shard_calls([ParameterShard(config, i) for i in range(config.shards)])
     # In process: nothing to wait for, and this process's CPU time already counts the shards.
-    return ShardCalls(pull, push, lambda: None, lambda: 0.0)
+    return ShardCalls(pull, push, None, lambda: None, lambda: 0.0)
 
 
 def ray_calls(shards: RayShards) -> ShardCalls:
@@ -139,7 +140,7 @@ def ray_calls(shards: RayShards) -> ShardCalls:
             ray.get([a.__ray_call__.remote(lambda _shard: time.process_time()) for a in shards.actors])
         )
 
-    return ShardCalls(shards.pull, shards.push, shards.barrier, cpu_s)
+    return ShardCalls(shards.pull, shards.push, shards.exchange, shards.barrier, cpu_s)
 
 
 def run(repeats: int = 3, with_ray: bool = True, log: Callable[[str], None] = print) -> dict:

@@ -232,9 +232,11 @@ class LearnConfig:
     # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
     negative_pool: int = 2048
     adagrad_initial: float = 0.1  # starting value of each row's squared-gradient accumulator
-    # The learner trains once this many batches are pending: one train() call overlaps them (batch
-    # n+1's rows are pulled while batch n computes; exactly, see trainer.py).
-    train_batches: int = 1
+    # The learner trains once this many batches are pending (or when it publishes), in one train()
+    # call that pipelines them over the shards: when training runs, not what it computes (each batch
+    # is cut and trained as with 1, to the bit; learner.py, trainer.py). 8: the measured plateau of
+    # the Ray path's speed (BENCHMARKS.md, training speed).
+    train_batches: int = 8
 
     def __post_init__(self) -> None:
         _require(1 <= self.dim <= 1024, "learn.dim", "must be between 1 and 1024")

@@ -7,7 +7,9 @@ Item ids become stable 64-bit keys here, once per event, and stay keys until a s
 
 from __future__ import annotations
 
+import itertools
 from array import array
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,7 +20,7 @@ from recsim_stream.sampler import NegativeSampler
 from recsim_stream.scoring import Share
 from recsim_stream.sessions import Arrival, SessionWindows
 from recsim_stream.sharding import item_key
-from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, StepResult
+from recsim_stream.trainer import ExchangeFn, PullFn, PushFn, Segment, SgnsTrainer, StepResult
 
 
 class ItemKeys:
@@ -69,18 +71,30 @@ class ItemKeys:
         return items
 
 
+class _Cut(NamedTuple):
+    """The end of a batch among the pending pairs: pairs and tokens so far, newest event time."""
+
+    pairs: int
+    tokens: int
+    ts: float
+
+
 class Learner:
     """Accumulates pairs per event and trains them in batches of ``learn.batch_pairs``."""
 
-    def __init__(self, config: Config, pull: PullFn, push: PushFn) -> None:
+    def __init__(
+        self, config: Config, pull: PullFn, push: PushFn, exchange: ExchangeFn | None = None
+    ) -> None:
         self.config = config
         self.windows: SessionWindows[int] = SessionWindows(config.sessions)
         self.items = ItemKeys()
         self.pairs = PairBuffer(config.pairs)
         self.sampler = NegativeSampler(config.learn)
-        self.trainer = SgnsTrainer(config.learn, self.sampler, pull, push)
-        self._train_at = config.learn.batch_pairs * config.learn.train_batches  # pairs pending
+        self.trainer = SgnsTrainer(config.learn, self.sampler, pull, push, exchange)
         self._tokens = array("q")  # keys of the non-repeat events behind the pending pairs
+        # Where a learner training every batch would have trained: train() trains each segment as
+        # that call would have, so ``train_batches`` changes when training runs, not what it computes.
+        self._cuts: list[_Cut] = []
         self.newest_ts = float("-inf")
         self.pairs_trained = 0
         self.events_added = 0
@@ -93,7 +107,9 @@ class Learner:
         self.new_items = Share()  # after an item the served state had learned
         self.new_items_after_cold = Share()  # after an item it had not
         self._fresh: set[int] = set()  # keys first seen since ``mark_published``
-        self.last_batch: PairBatch | None = None  # what the content tower trains on next
+        # What the content tower takes next: the batches of the last train() call, one per segment
+        # (as many as separate calls would have trained, so its sample does not depend on batching)
+        self.last_batches: list[PairBatch] = []
 
     def add(self, event: EventFields, partition: int = 0) -> Arrival[int] | BadEvent:
         """Window one event and make its pairs; a late event comes back as a BadEvent."""
@@ -156,14 +172,34 @@ class Learner:
         self._fresh.clear()
 
     def ready(self) -> bool:
-        """Enough pairs for ``learn.train_batches`` batches (trained overlapped, see SgnsTrainer)."""
-        return len(self.pairs) >= self._train_at
+        """Call where training may run: whether ``learn.train_batches`` batches are pending. A batch
+        is cut here once ``learn.batch_pairs`` pairs have come since the last cut, where a learner
+        with ``train_batches`` 1 would train; ``train`` then trains the batches overlapped, each as
+        that learner would have (see SgnsTrainer), so ``train_batches`` only changes when training
+        runs (and how much of it overlaps), not what it computes."""
+        if len(self.pairs) - (self._cuts[-1].pairs if self._cuts else 0) >= self.config.learn.batch_pairs:
+            self._cuts.append(_Cut(len(self.pairs), len(self._tokens), self.newest_ts))
+        return len(self._cuts) >= self.config.learn.train_batches
 
     def train(self) -> StepResult:
-        """Train everything pending (one pull and one push per shard and batch)."""
-        batch = self.last_batch = self.pairs.take()
+        """Train everything pending: each cut batch, then the rest."""
+        batch = self.pairs.take()
         tokens = np.frombuffer(self._tokens, dtype=np.int64)
-        self._tokens = array("q")
-        result = self.trainer.step(batch, tokens=tokens, ts=self.newest_ts if len(batch) else None)
+        segments, pairs, used = [], 0, 0
+        for cut in self._cuts:
+            segments.append(Segment(cut.pairs, tokens[used : cut.tokens], cut.ts))
+            pairs, used = cut.pairs, cut.tokens
+        if len(batch) > pairs or len(tokens) > used or not segments:
+            segments.append(
+                Segment(len(batch), tokens[used:], self.newest_ts if len(batch) > pairs else None)
+            )
+        self._tokens, self._cuts = array("q"), []
+        starts = [0, *(segment.end for segment in segments)]
+        self.last_batches = [
+            PairBatch(batch.centers[a:b], batch.contexts[a:b], batch.weights[a:b])
+            for a, b in itertools.pairwise(starts)
+            if b > a
+        ]
+        result = self.trainer.step(batch, segments=segments)
         self.pairs_trained += result.pairs
         return result

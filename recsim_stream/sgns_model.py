@@ -65,9 +65,9 @@ class SgnsStreamModel:
     def _train(self) -> None:
         """Train the pending pairs; the cold start keeps a sample of them to train the tower on."""
         self.learner.train()
-        batch = self.learner.last_batch
-        if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
-            self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
+        if self.cold_start is not None and self.cold_start.metadata:
+            for batch in self.learner.last_batches:
+                self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
 
     def publish(self) -> None:
         self._train()

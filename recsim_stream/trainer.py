@@ -11,6 +11,7 @@ shard's gradients are a slice (no copy).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,6 +56,10 @@ PullFn = Callable[[list[tuple[np.ndarray, np.ndarray]]], Sequence[PulledRows]]
 # push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
 # push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
 PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
+# exchange(updates, parts): push, then pull, in one call per shard -> (push's result, pull's result)
+ExchangeFn = Callable[
+    [list[RowUpdate], list[tuple[np.ndarray, np.ndarray]]], tuple[Sequence[int] | None, Sequence[PulledRows]]
+]
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,17 @@ def _side(raw: np.ndarray, shards: int, previous: _Side | None) -> tuple[_Side, 
     return _Side(keys, bounds, *map(np.concatenate, (fetched, carried, source))), which
 
 
-class _Prepared(NamedTuple):
-    """One piece of a batch with its rows requested."""
+class Segment(NamedTuple):
+    """Pairs up to ``end`` of a batch (from the previous segment's end), to train exactly as a
+    ``step`` call of their own would: ``tokens`` counted by the sampler first, rows touched at ``ts``."""
+
+    end: int
+    tokens: np.ndarray
+    ts: float | None
+
+
+class _Piece(NamedTuple):
+    """One piece of a batch: its keys per table and its pairs as positions in them."""
 
     inputs: _Side  # the centers' keys
     outputs: _Side  # the contexts' and negatives' keys
@@ -139,7 +153,10 @@ class _Prepared(NamedTuple):
     contexts: np.ndarray  # position in outputs.keys of each pair's context
     negatives: np.ndarray  # (pairs, negatives), positions in outputs.keys
     weights: np.ndarray
-    pulled: Sequence[PulledRows]  # per shard; may resolve lazily (Ray), see PullFn
+    ts: float | None
+
+    def to_pull(self, shards: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self.inputs.shard_keys(s), self.outputs.shard_keys(s)) for s in range(shards)]
 
 
 class _Table(NamedTuple):
@@ -152,27 +169,45 @@ class _Table(NamedTuple):
 
 
 class SgnsTrainer:
-    def __init__(self, config: LearnConfig, sampler: NegativeSampler, pull: PullFn, push: PushFn) -> None:
+    def __init__(
+        self,
+        config: LearnConfig,
+        sampler: NegativeSampler,
+        pull: PullFn,
+        push: PushFn,
+        exchange: ExchangeFn | None = None,
+    ) -> None:
+        """``exchange``: a push and the next pull in one call per shard (Ray: half the calls);
+        without it, a push then a pull."""
         self._config = config
         self.sampler = sampler
         self._pull = pull
         self._push = push
+        self._exchange = exchange or (lambda updates, parts: (push(updates), pull(parts)))
 
     def step(
-        self, batch: PairArrays, *, tokens: np.ndarray | None = None, ts: float | None = None
+        self,
+        batch: PairArrays,
+        *,
+        tokens: np.ndarray | None = None,
+        ts: float | None = None,
+        segments: Sequence[Segment] | None = None,
     ) -> StepResult:
         """Train on one batch of pairs, in pieces of about ``learn.batch_pairs``.
 
         ``tokens``: keys of the events behind this batch, counted by the sampler before negatives
         are drawn (word2vec counts tokens, not pairs). ``ts``: the batch's newest event time, which
-        marks the rows as touched (for expiry).
+        marks the rows as touched (for expiry). ``segments`` instead: the batch is several calls'
+        worth, each trained as its own call would be (the learner batches calls this way).
 
         Only the rows a piece reads move: input rows of its centers, output rows of its contexts
-        and negatives. The rows of piece n+1 are requested before piece n's gradients are pushed,
-        so the shards serve that pull while this process computes (over Ray). That stays exact:
-        piece n+1 pulls only the keys piece n does not train, and takes the others from piece n,
-        updated by the same Adagrad step the shards apply (``shard.adagrad_step``). The result is
-        the pieces' one after another, to the bit. Every push has been issued when this returns.
+        and negatives. The pieces are pipelined two deep: piece n+2's rows are requested with piece
+        n's push (one exchange per shard), so the shards serve them while this process computes
+        piece n+1 (over Ray). That stays exact: a piece pulls only the keys the piece before it does
+        not train, and takes the others from that piece, updated by the same Adagrad step the shards
+        apply (``shard.adagrad_step``); the rest were last changed by pushes the shards applied
+        before the pull. The result is the pieces' one after another, to the bit. Every push has
+        been issued when this returns.
         """
         centers = np.asarray(batch.centers, dtype=np.int64)
         contexts = np.asarray(batch.contexts, dtype=np.int64)
@@ -183,63 +218,93 @@ class SgnsTrainer:
                 f"SgnsTrainer.step: centers, contexts and weights must have one length, "
                 f"got {centers.shape}, {contexts.shape}, {weights.shape}"
             )
-        if tokens is not None:
-            self.sampler.observe(tokens)
-        if n == 0:
-            return StepResult(pairs=0, rows=0, versions=())
-        # Equal pieces of about batch_pairs: a batch a few pairs over it stays whole rather than
-        # paying a round trip for a sliver (and trains exactly as one batch of that size would).
-        pieces = max(1, int(n / self._config.batch_pairs + 0.5))
-        bounds = [n * i // pieces for i in range(pieces + 1)]
+        if segments is None:
+            segments = [Segment(n, np.zeros(0, np.int64) if tokens is None else tokens, ts)]
+        elif (
+            not segments
+            or segments[-1].end != n
+            or any(a.end > b.end for a, b in itertools.pairwise(segments))
+        ):
+            raise ValueError(f"SgnsTrainer.step: segment ends must rise to the batch's {n} pairs")
+        # Equal pieces of about batch_pairs per segment: a segment a few pairs over it stays whole
+        # rather than paying a round trip for a sliver (and trains as one batch of that size would).
+        bounds: list[tuple[int, int, int]] = []  # (first pair, end, segment)
+        start = 0
+        for k, segment in enumerate(segments):
+            size = segment.end - start
+            count = max(1, int(size / self._config.batch_pairs + 0.5)) if size else 0
+            bounds += [(start + size * i // count, start + size * (i + 1) // count, k) for i in range(count)]
+            start = segment.end
+        observed = 0  # segments whose tokens the sampler has counted
 
-        def prepare(i: int, previous: _Prepared | None) -> _Prepared:
-            piece = slice(bounds[i], bounds[i + 1])
-            return self._prepare(centers[piece], contexts[piece], weights[piece], previous)
+        def observe(through: int) -> None:
+            nonlocal observed
+            for segment in segments[observed : through + 1]:
+                self.sampler.observe(segment.tokens)
+            observed = max(observed, through + 1)
 
-        losses, rows, versions = [], 0, ()
-        ahead, carry = prepare(0, None), None
-        for i in range(pieces):
-            current = ahead
-            more = i + 1 < pieces
-            if more:
-                ahead = prepare(i + 1, current)
-            inputs, outputs = self._tables(current, carry)
+        def plan(i: int) -> _Piece:
+            lo, hi, k = bounds[i]
+            observe(k)
+            previous = pieces[i - 1] if i else None
+            return self._plan(centers[lo:hi], contexts[lo:hi], weights[lo:hi], segments[k].ts, previous)
+
+        shards = self._config.shards
+        pieces: list[_Piece] = []
+        pulls: list[Sequence[PulledRows] | None] = []
+        for i in range(min(2, len(bounds))):
+            pieces.append(plan(i))
+            pulls.append(self._pull(pieces[i].to_pull(shards)))
+        losses, rows, versions, carry = [], 0, (), None
+        for i in range(len(bounds)):
+            piece, pulled = pieces[i], pulls[i]
+            assert pulled is not None
+            pulls[i] = None  # the rows go with the tables below
+            inputs, outputs = self._tables(piece, pulled, carry)
             grads = sgns_step(
-                inputs.values,
-                outputs.values,
-                current.centers,
-                current.contexts,
-                current.negatives,
-                current.weights,
+                inputs.values, outputs.values, piece.centers, piece.contexts, piece.negatives, piece.weights
             )
-            pushed = self._push_gradients(current, inputs, outputs, grads, ts)
-            if more:
+            updates = self._updates(piece, inputs, outputs, grads)
+            if i + 2 < len(bounds):
+                pieces.append(plan(i + 2))
+                pushed, next_rows = self._exchange(updates, pieces[i + 2].to_pull(shards))
+                pulls.append(next_rows)
+            else:
+                pushed = self._push(updates)
+            if i + 1 < len(bounds):
+                after = pieces[i + 1]
                 carry = (
-                    self._carried(inputs, grads.grad_in, ahead.inputs.source),
-                    self._carried(outputs, grads.grad_out, ahead.outputs.source),
+                    self._carried(inputs, grads.grad_in, after.inputs.source),
+                    self._carried(outputs, grads.grad_out, after.outputs.source),
                 )
             losses.append(grads.lazy_loss)
-            rows += len(current.inputs.keys) + len(current.outputs.keys)
+            rows += len(piece.inputs.keys) + len(piece.outputs.keys)
             if pushed is not None:
                 versions = tuple(int(v) for v in pushed)
+        observe(len(segments) - 1)  # trailing segments without pairs
         return StepResult(pairs=n, rows=rows, versions=versions, piece_losses=tuple(losses))
 
-    def _prepare(
-        self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray, previous: _Prepared | None
-    ) -> _Prepared:
-        """Draw negatives, find the distinct keys and request the rows ``previous`` does not carry."""
+    def _plan(
+        self,
+        centers: np.ndarray,
+        contexts: np.ndarray,
+        weights: np.ndarray,
+        ts: float | None,
+        previous: _Piece | None,
+    ) -> _Piece:
+        """Draw negatives, find the distinct keys and which of them ``previous`` carries over."""
         n, cfg = len(centers), self._config
         pool, pick = self.sampler.sample_pool(n, cfg.negatives, cfg.negative_pool)
         inputs, which_in = _side(centers, cfg.shards, None if previous is None else previous.inputs)
         outputs, which_out = _side(
             np.concatenate([contexts, pool]), cfg.shards, None if previous is None else previous.outputs
         )
-        pulled = self._pull([(inputs.shard_keys(s), outputs.shard_keys(s)) for s in range(cfg.shards)])
-        return _Prepared(inputs, outputs, which_in, which_out[:n], which_out[n:][pick], weights, pulled)
+        return _Piece(inputs, outputs, which_in, which_out[:n], which_out[n:][pick], weights, ts)
 
-    def _tables(self, piece: _Prepared, carry: tuple[_Table, _Table] | None) -> tuple[_Table, _Table]:
+    def _tables(
+        self, piece: _Piece, pulled: Sequence[PulledRows], carry: tuple[_Table, _Table] | None
+    ) -> tuple[_Table, _Table]:
         """The piece's input and output tables: pulled rows (waited for here) and carried ones."""
-        pulled = piece.pulled
         tables = (
             _Table(
                 stack_rows([p.inputs for p in pulled]),
@@ -259,9 +324,9 @@ class SgnsTrainer:
             for side, fetched, carried in zip((piece.inputs, piece.outputs), tables, carry, strict=True)
         )
 
-    def _push_gradients(
-        self, piece: _Prepared, inputs: _Table, outputs: _Table, grads: SgnsGradients, ts: float | None
-    ) -> Sequence[int] | None:
+    def _updates(
+        self, piece: _Piece, inputs: _Table, outputs: _Table, grads: SgnsGradients
+    ) -> list[RowUpdate]:
         """One update per shard: its slices of keys, gradients, counts and row numbers."""
         in_counts = np.bincount(piece.centers, minlength=len(piece.inputs.keys))
         out_counts = np.bincount(piece.contexts, minlength=len(piece.outputs.keys))
@@ -277,12 +342,12 @@ class SgnsTrainer:
                     grads.grad_out[o],
                     in_counts[i],
                     out_counts[o],
-                    ts,
+                    piece.ts,
                     inputs.rows[i],
                     outputs.rows[o],
                 )
             )
-        return self._push(updates)
+        return updates
 
     def _carried(self, table: _Table, grad: np.ndarray, source: np.ndarray) -> _Table:
         """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards: the shard's

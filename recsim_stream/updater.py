@@ -622,9 +622,9 @@ class Updater:
         started = time.perf_counter()
         result = self.learner.train()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        batch = self.learner.last_batch
-        if self.cold_start is not None and self.cold_start.metadata and batch is not None and len(batch):
-            self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
+        if self.cold_start is not None and self.cold_start.metadata:
+            for batch in self.learner.last_batches:
+                self.cold_start.remember_pairs(batch.centers, batch.contexts, self.learner.items.names)
         self.metrics.pairs_trained.inc(result.pairs)
         totals = self.totals
         totals.pairs += result.pairs

@@ -129,7 +129,7 @@ def assemble(config: Config, producer: RecordProducer, metrics: _Metrics) -> _Pa
     shared = bool(config.ray.address)  # several updaters may train these shards
     publisher = config.snapshot.enabled
     shards = RayShards(config.learn, shared_by=config.kafka.group_id if shared else None, create=publisher)
-    learner = Learner(config, shards.pull, shards.push)
+    learner = Learner(config, shards.pull, shards.push, shards.exchange)
     consumer = EventConsumer(config.kafka, metrics=metrics.kafka)
     snapshots = SnapshotStore(config.snapshot)
     snapshotter = (

@@ -1,6 +1,6 @@
 """The Ray shard actors train exactly as in-process shards: same rows after the same batches, with
 each push one argument, rows that travel in chunks under Ray's 1 MiB copy threshold, and batches
-overlapped (each pulled while the one before computes, shared rows carried over)."""
+pipelined (each pulled with the push two before it, shared rows carried over)."""
 
 from collections.abc import Iterator
 
@@ -12,7 +12,7 @@ from recsim_stream.pairs import PairBatch
 from recsim_stream.ray_actors import CHUNK_BYTES, RayShards
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.shard import ParameterShard, ShardExport
-from recsim_stream.trainer import PullFn, PushFn, SgnsTrainer, local_shard_calls
+from recsim_stream.trainer import ExchangeFn, PullFn, PushFn, SgnsTrainer, local_shard_calls
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +28,14 @@ def ray_shards(ray_cluster: None) -> Iterator[RayShards]:
     shards.kill()
 
 
-def train(pull: PullFn, push: PushFn, batches: int = 4, per_step: int = 1) -> None:
+def train(
+    pull: PullFn, push: PushFn, exchange: ExchangeFn | None = None, batches: int = 4, per_step: int = 1
+) -> None:
     """``batches`` batches of 8,192 pairs, ``per_step`` of them in one ``step`` call (overlapped)."""
     rng = np.random.default_rng(0)
     sampler = NegativeSampler(CONFIG)
     sampler.observe(np.arange(ITEMS))
-    trainer = SgnsTrainer(CONFIG, sampler, pull, push)
+    trainer = SgnsTrainer(CONFIG, sampler, pull, push, exchange)
     centers, contexts = rng.integers(0, ITEMS, (2, batches * 8192))
     size = per_step * 8192
     for s in range(0, len(centers), size):
@@ -50,7 +52,7 @@ def by_key(export: ShardExport) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def test_ray_shards_train_exactly_as_in_process_shards(ray_shards: RayShards) -> None:
     local = [ParameterShard(CONFIG, i) for i in range(CONFIG.shards)]
     train(*local_shard_calls(local))
-    train(ray_shards.pull, ray_shards.push, per_step=2)
+    train(ray_shards.pull, ray_shards.push, ray_shards.exchange, per_step=4)
     assert 8192 * 64 * 4 > CHUNK_BYTES  # the batches' row tables are chunked on the way
     # No barrier first: an export is ordered after the pushes this process sent.
     for remote, mine in zip(ray_shards.export([None, None]), local, strict=True):
