@@ -93,19 +93,17 @@ def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]
 
 
 class _Side(NamedTuple):
-    """One table's keys in a piece, grouped by shard, and where their rows come from: pulled, or
-    carried over from the previous piece (the keys both pieces train)."""
+    """One table's keys in a piece, grouped by shard, and those the previous piece also trains: the
+    pull fetches them before that piece's push lands, so their rows are replaced by the previous
+    piece's rows as that push leaves them (``SgnsTrainer._carried``)."""
 
     keys: np.ndarray  # distinct, shard 0's first (ascending), then shard 1's, ...
     bounds: np.ndarray  # shard s owns keys[bounds[s] : bounds[s + 1]]
-    fetched: np.ndarray  # positions in keys of the pulled rows, ascending (the order they arrive)
-    carried: np.ndarray  # positions in keys of the carried rows
+    carried: np.ndarray  # positions in keys of the keys the previous piece trains
     source: np.ndarray  # ...and their positions in the previous piece's keys
 
     def shard_keys(self, s: int) -> np.ndarray:
-        """Shard s's keys to pull (``fetched`` holds each shard's keys as one run)."""
-        lo, hi = np.searchsorted(self.fetched, self.bounds[s : s + 2])
-        return self.keys[self.fetched[lo:hi]]
+        return self.keys[self.bounds[s] : self.bounds[s + 1]]
 
 
 def _side(raw: np.ndarray, shards: int, previous: _Side | None) -> tuple[_Side, np.ndarray]:
@@ -121,18 +119,17 @@ def _side(raw: np.ndarray, shards: int, previous: _Side | None) -> tuple[_Side, 
         keys, which = keys[order], position[which]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=shards))])
     if previous is None:
-        everything = np.arange(len(keys))
-        return _Side(keys, bounds, everything, everything[:0], everything[:0]), which
-    fetched, carried, source = [], [], []
+        none = np.zeros(0, dtype=np.int64)
+        return _Side(keys, bounds, none, none), which
+    carried, source = [], []
     for s in range(shards):
         mine = keys[bounds[s] : bounds[s + 1]]
         theirs = previous.keys[previous.bounds[s] : previous.bounds[s + 1]]
         at = np.minimum(np.searchsorted(theirs, mine), max(len(theirs) - 1, 0))
         found = theirs[at] == mine if len(theirs) else np.zeros(len(mine), dtype=bool)
-        fetched.append(bounds[s] + np.flatnonzero(~found))
         carried.append(bounds[s] + np.flatnonzero(found))
         source.append(previous.bounds[s] + at[found])
-    return _Side(keys, bounds, *map(np.concatenate, (fetched, carried, source))), which
+    return _Side(keys, bounds, np.concatenate(carried), np.concatenate(source)), which
 
 
 class Segment(NamedTuple):
@@ -166,6 +163,13 @@ class _Table(NamedTuple):
     values: np.ndarray
     acc: np.ndarray
     rows: np.ndarray
+
+
+class _Carried(NamedTuple):
+    """Rows of a piece (and their accumulators) as its push leaves them, for the next piece."""
+
+    values: np.ndarray
+    acc: np.ndarray
 
 
 class SgnsTrainer:
@@ -302,27 +306,27 @@ class SgnsTrainer:
         return _Piece(inputs, outputs, which_in, which_out[:n], which_out[n:][pick], weights, ts)
 
     def _tables(
-        self, piece: _Piece, pulled: Sequence[PulledRows], carry: tuple[_Table, _Table] | None
+        self, piece: _Piece, pulled: Sequence[PulledRows], carry: tuple[_Carried, _Carried] | None
     ) -> tuple[_Table, _Table]:
-        """The piece's input and output tables: pulled rows (waited for here) and carried ones."""
+        """The piece's input and output tables: pulled rows (waited for here), those the previous
+        piece trains replaced by the rows its push leaves."""
         tables = (
             _Table(
-                stack_rows([p.inputs for p in pulled]),
+                _writable(stack_rows([p.inputs for p in pulled])),
                 np.concatenate([p.acc_in for p in pulled]),
                 np.concatenate([p.in_rows for p in pulled]),
             ),
             _Table(
-                stack_rows([p.outputs for p in pulled]),
+                _writable(stack_rows([p.outputs for p in pulled])),
                 np.concatenate([p.acc_out for p in pulled]),
                 np.concatenate([p.out_rows for p in pulled]),
             ),
         )
-        if carry is None:
-            return tables
-        return tuple(  # type: ignore[return-value]
-            _merged(side, fetched, carried)
-            for side, fetched, carried in zip((piece.inputs, piece.outputs), tables, carry, strict=True)
-        )
+        if carry is not None:
+            for side, table, carried in zip((piece.inputs, piece.outputs), tables, carry, strict=True):
+                put_rows(table.values, side.carried, carried.values)
+                table.acc[side.carried] = carried.acc
+        return tables
 
     def _updates(
         self, piece: _Piece, inputs: _Table, outputs: _Table, grads: SgnsGradients
@@ -349,7 +353,7 @@ class SgnsTrainer:
             )
         return updates
 
-    def _carried(self, table: _Table, grad: np.ndarray, source: np.ndarray) -> _Table:
+    def _carried(self, table: _Table, grad: np.ndarray, source: np.ndarray) -> _Carried:
         """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards: the shard's
         own ``adagrad_step``, on the rows whose gradient is not zero (as the shard does)."""
         values, acc, grad = take_rows(table.values, source), table.acc[source], grad[source]
@@ -360,21 +364,12 @@ class SgnsTrainer:
             moved_values, moved_acc = values[changed], acc[changed]
             adagrad_step(moved_values, moved_acc, grad[changed], squares[changed], self._config.learning_rate)
             values[changed], acc[changed] = moved_values, moved_acc
-        return _Table(values, acc, table.rows[source])
+        return _Carried(values, acc)
 
 
-def _merged(side: _Side, fetched: _Table, carried: _Table) -> _Table:
-    """A side's table from its pulled rows and its carried rows, in the order of its keys."""
-    if len(side.carried) == 0:
-        return fetched
-    size = len(side.keys)
-    values = np.empty((size, fetched.values.shape[1]), dtype=np.float32)
-    put_rows(values, side.fetched, fetched.values)
-    put_rows(values, side.carried, carried.values)
-    acc, rows = np.empty(size, dtype=np.float32), np.empty(size, dtype=np.int64)
-    acc[side.fetched], acc[side.carried] = fetched.acc, carried.acc
-    rows[side.fetched], rows[side.carried] = fetched.rows, carried.rows
-    return _Table(values, acc, rows)
+def _writable(rows: np.ndarray) -> np.ndarray:
+    """``rows``, or a copy when it is a read-only view (one chunk of a Ray object)."""
+    return rows if rows.flags.writeable else rows.copy()
 
 
 def stack_rows(parts: list[Rows]) -> np.ndarray:

@@ -108,8 +108,8 @@ def test_each_piece_is_pulled_before_the_previous_one_is_pushed():
     assert result.pairs == 5
 
 
-def test_a_piece_pulls_only_the_rows_it_reads_that_the_previous_piece_does_not_train():
-    """Input rows of centers, output rows of contexts and negatives; shared ones are carried."""
+def test_a_piece_pulls_only_the_rows_it_reads():
+    """Input rows of centers, output rows of contexts and negatives."""
     config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=0, sampler_table_size=1 << 10)
     shards = [ParameterShard(config, i) for i in range(2)]
     pull, push = local_shard_calls(shards)
@@ -123,7 +123,7 @@ def test_a_piece_pulls_only_the_rows_it_reads_that_the_previous_piece_does_not_t
     sampler.observe(np.array([100]))  # every negative is key 100
     batch = PairBatch(np.array([1, 2, 2, 4]), np.array([2, 3, 5, 6]), np.ones(4, np.float32))
     SgnsTrainer(config, sampler, recorded_pull, push).step(batch)
-    assert pulled == [({1, 2}, {2, 3, 100}), ({4}, {5, 6})]
+    assert pulled == [({1, 2}, {2, 3, 100}), ({2, 4}, {5, 6, 100})]
 
 
 def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
