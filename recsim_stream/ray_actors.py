@@ -1,17 +1,17 @@
 """Ray wiring of the parameter-server shards: no maths here, only placement and batched calls.
 
-The actor is the tested pure ``ParameterShard`` with two methods that only reshape its arguments and
-results for transport (``ParameterShardActor``). A call costs about a millisecond and every array over
-100 KB is one object-store put (~0.5 ms), so the trainer sends one pull and one push per shard per
-batch of thousands of pairs, issued to all shards before waiting for any; a push is one argument
-(one put, not one per array) and rows travel in chunks (``CHUNK_BYTES``). Ray runs one caller's calls
+The actor is the tested pure ``ParameterShard`` with methods that only reshape its arguments and
+results for transport (``ParameterShardActor``). A call costs about a millisecond of CPU across the
+processes and every object over 100 KB one object-store put (~0.5 ms), whatever their size, so the
+trainer makes one call per shard per batch of thousands of pairs, issued to all shards before
+waiting for any: an exchange (this batch's push, then the rows of the batch after next) whose rows
+travel in chunks (``CHUNK_BYTES``); a push is one object for all shards. Ray runs one caller's calls
 to an actor in submission order, which makes an export issued right after a push see that push: the
 snapshot barrier costs no stall. The same order lets a push go without waiting (the shard applies it
-while this process windows the next events), and a pull returns at once with rows fetched at first
-use (``LazyPulls``): the trainer requests the next batch's rows before it computes this one's, so
-the shards serve that pull while it computes (exactly: see trainer.py). ``barrier()``
-waits for every push in flight (and raises if a shard failed); the updater calls it before committing
-offsets, so a commit still means "applied to the shards".
+while this process computes or windows the next events), and pulled rows are fetched at first use
+(``LazyPulls``), so the shards serve a pull while the trainer computes (exactly: see trainer.py).
+``barrier()`` waits for every push in flight (and raises if a shard failed); the updater calls it
+before committing offsets, so a commit still means "applied to the shards".
 
 Several updaters joining one running cluster (``ray.address``) share named, detached shard actors
 per consumer group, and one ``SharedNames`` actor through which the publisher learns the item ids

@@ -1,12 +1,12 @@
 """One training step over a batch of pairs of keys: negatives -> pull -> SGNS -> push.
 
-The trainer never owns rows. It talks to a set of shards through two callables that take one
-entry per shard (index = shard number, as routed by ``sharding.shard_of``), so the same code runs
-against in-process ``ParameterShard`` objects (``local_shard_calls``) and against Ray actors (the
-caller issues the per-shard calls in parallel and waits for all of them): one pull and one push per
-shard per batch of ``learn.batch_pairs``, whatever the batch size. Keys are laid out grouped by
-shard, so the pulled rows are concatenated as they arrive (with their chunks, in one copy) and each
-shard's gradients are a slice (no copy).
+The trainer never owns rows. It talks to a set of shards through callables that take one entry per
+shard (index = shard number, as routed by ``sharding.shard_of``), so the same code runs against
+in-process ``ParameterShard`` objects (``local_shard_calls``) and against Ray actors (the caller
+issues the per-shard calls in parallel and waits for all of them): about one call per shard per
+batch of ``learn.batch_pairs``, a push together with a later batch's pull (``ExchangeFn``). Keys
+are laid out grouped by shard, so the pulled rows are concatenated as they arrive (with their
+chunks, in one copy) and each shard's gradients are a slice (no copy).
 """
 
 from __future__ import annotations
