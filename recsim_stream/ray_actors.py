@@ -30,7 +30,7 @@ import ray
 from recsim_stream.config import LearnConfig, RayConfig
 from recsim_stream.item_names import NameLog
 from recsim_stream.shard import ParameterShard, RowUpdate, ShardExport
-from recsim_stream.trainer import PulledRows
+from recsim_stream.trainer import PulledRows, PullParts
 
 NAMESPACE = "recsim"
 log = logging.getLogger(__name__)
@@ -61,20 +61,26 @@ def to_wire(update: RowUpdate) -> RowUpdate:
 class ParameterShardActor(ParameterShard):
     """The pure shard plus the transport shapes above; no other behaviour."""
 
-    def apply_wire(self, updates: list[RowUpdate], shard: int) -> int:
-        """Apply ``updates[shard]``: every shard gets the one object holding all of them."""
-        update = updates[shard]
-        return self.apply(update._replace(grad_in=joined(update.grad_in), grad_out=joined(update.grad_out)))
+    def apply_wire(self, batches: list[list[RowUpdate]], shard: int) -> int:
+        """Apply this shard's update of each batch, in order (every shard gets the one object
+        holding all of them); returns the version after the last."""
+        version = self.version
+        for updates in batches:
+            update = updates[shard]
+            version = self.apply(
+                update._replace(grad_in=joined(update.grad_in), grad_out=joined(update.grad_out))
+            )
+        return version
 
     def exchange_wire(
-        self, updates: list[RowUpdate], shard: int, in_keys: np.ndarray, out_keys: np.ndarray
+        self, updates: list[list[RowUpdate]], shard: int, pieces: list[tuple[np.ndarray, np.ndarray]]
     ) -> tuple[int, PulledRows]:
         """``apply_wire`` then ``pull_chunks``: one call instead of two (two returns: the version is
         acknowledged at the barrier, the rows are fetched when the trainer reaches them)."""
-        return self.apply_wire(updates, shard), self.pull_chunks(in_keys, out_keys)
+        return self.apply_wire(updates, shard), self.pull_chunks(pieces)
 
-    def pull_chunks(self, in_keys: np.ndarray, out_keys: np.ndarray) -> PulledRows:
-        inputs, outputs, *rest = self.pull_for_update(in_keys, out_keys)
+    def pull_chunks(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> PulledRows:
+        inputs, outputs, *rest = self.pull_for_update(pieces)
         return PulledRows(chunked(inputs), chunked(outputs), *rest)
 
 
@@ -250,28 +256,26 @@ class RayShards:
             self.actors, self.fresh = _wait_for_set(config, shared_by, wait_s), False
         self._pending: list[ray.ObjectRef] = []  # pushes not yet acknowledged
 
-    def pull(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> LazyPulls:
+    def pull(self, parts: PullParts) -> LazyPulls:
         """Issue one pull per shard now; the rows are waited for at the first access, so the
         trainer can compute on one batch while the shards serve the next one's pull."""
         return LazyPulls(
-            [actor.pull_chunks.remote(*keys) for actor, keys in zip(self.actors, parts, strict=True)]
+            [actor.pull_chunks.remote(pieces) for actor, pieces in zip(self.actors, parts, strict=True)]
         )
 
-    def push(self, updates: list[RowUpdate]) -> None:
+    def push(self, updates: list[list[RowUpdate]]) -> None:
         """Send the updates without waiting (acknowledged at ``barrier``): one object-store put for
         all shards (each put costs ~0.5 ms whatever its size), each shard reads its own."""
-        shared = ray.put([to_wire(u) for u in updates])
+        shared = ray.put([[to_wire(u) for u in batch] for batch in updates])
         self._pending.extend(actor.apply_wire.remote(shared, s) for s, actor in enumerate(self.actors))
 
-    def exchange(
-        self, updates: list[RowUpdate], parts: list[tuple[np.ndarray, np.ndarray]]
-    ) -> tuple[None, LazyPulls]:
+    def exchange(self, updates: list[list[RowUpdate]], parts: PullParts) -> tuple[None, LazyPulls]:
         """``push`` then ``pull`` in one call per shard (a call costs ~1 ms of CPU across the
         processes, whatever it carries)."""
-        shared = ray.put([to_wire(u) for u in updates])
+        shared = ray.put([[to_wire(u) for u in batch] for batch in updates])
         rows = []
-        for s, (actor, keys) in enumerate(zip(self.actors, parts, strict=True)):
-            version, pulled = actor.exchange_wire.options(num_returns=2).remote(shared, s, *keys)
+        for s, (actor, pieces) in enumerate(zip(self.actors, parts, strict=True)):
+            version, pulled = actor.exchange_wire.options(num_returns=2).remote(shared, s, pieces)
             self._pending.append(version)
             rows.append(pulled)
         return None, LazyPulls(rows)

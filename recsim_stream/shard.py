@@ -11,6 +11,7 @@ where items arrive at any time. Not thread-safe: one caller at a time (a Ray act
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -126,12 +127,15 @@ class ParameterShard:
         return take_rows(self._input, rows), take_rows(self._output, rows)
 
     def pull_for_update(
-        self, in_keys: np.ndarray, out_keys: np.ndarray
+        self, pieces: Sequence[tuple[np.ndarray, np.ndarray]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """What a trainer reads to update rows: input rows of ``in_keys``, output rows of
-        ``out_keys``, their Adagrad accumulators (to work out what a push leaves, ``adagrad_step``)
-        and their row numbers (handed back with the push to skip the lookup). Creates missing rows."""
-        in_rows, out_rows = self._rows_of(np.asarray(in_keys, np.int64), np.asarray(out_keys, np.int64))
+        """What a trainer reads to update rows, for pieces of (input keys, output keys): input rows
+        of the first, output rows of the second, their Adagrad accumulators (to work out what a push
+        leaves, ``adagrad_step``) and their row numbers (handed back with the push to skip the
+        lookup), piece after piece. Creates missing rows piece by piece, as separate pulls would."""
+        found = [self._rows_of(np.asarray(i, np.int64), np.asarray(o, np.int64)) for i, o in pieces]
+        in_rows = np.concatenate([rows for rows, _ in found]) if found else np.zeros(0, np.int64)
+        out_rows = np.concatenate([rows for _, rows in found]) if found else np.zeros(0, np.int64)
         return (
             take_rows(self._input, in_rows),
             take_rows(self._output, out_rows),

@@ -50,16 +50,19 @@ class PulledRows(NamedTuple):
     out_rows: np.ndarray
 
 
-# pull([(in-keys, out-keys) for shard 0, for shard 1, ...]) -> [PulledRows per shard]; the sequence
-# may be lazy (Ray: the calls are issued at once, waited for at the first access)
-PullFn = Callable[[list[tuple[np.ndarray, np.ndarray]]], Sequence[PulledRows]]
-# push([update for shard 0, update for shard 1, ...]) -> [new version per shard], or None when the
-# push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
-PushFn = Callable[[list[RowUpdate]], Sequence[int] | None]
+# Per shard, the (input keys, output keys) of each piece of a pull.
+PullParts = list[list[tuple[np.ndarray, np.ndarray]]]
+# pull(parts) -> [PulledRows per shard, the pieces' rows one after another]; the sequence may be lazy
+# (Ray: the calls are issued at once, waited for at the first access)
+PullFn = Callable[[PullParts], Sequence[PulledRows]]
+# push([[update for shard 0, for shard 1, ...] per piece, in order]) -> [new version per shard], or
+# None when the push is asynchronous (Ray: acknowledged later at a barrier, see ray_actors.RayShards)
+PushFn = Callable[[list[list[RowUpdate]]], Sequence[int] | None]
 # exchange(updates, parts): push, then pull, in one call per shard -> (push's result, pull's result)
-ExchangeFn = Callable[
-    [list[RowUpdate], list[tuple[np.ndarray, np.ndarray]]], tuple[Sequence[int] | None, Sequence[PulledRows]]
-]
+ExchangeFn = Callable[[list[list[RowUpdate]], PullParts], tuple[Sequence[int] | None, Sequence[PulledRows]]]
+# Pieces whose pushes, and whose pulls, travel in one call per shard: a call costs ~1 ms of CPU across
+# the processes whatever it carries (BENCHMARKS.md, training speed).
+PIECES_PER_CALL = 2
 
 
 @dataclass(frozen=True)
@@ -83,53 +86,54 @@ class StepResult:
 def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]:
     """Pull/push callables over in-process shards (tests, single-process runs)."""
 
-    def pull(parts: list[tuple[np.ndarray, np.ndarray]]) -> list[PulledRows]:
-        return [PulledRows(*shard.pull_for_update(*keys)) for shard, keys in zip(shards, parts, strict=True)]
+    def pull(parts: PullParts) -> list[PulledRows]:
+        return [
+            PulledRows(*shard.pull_for_update(pieces)) for shard, pieces in zip(shards, parts, strict=True)
+        ]
 
-    def push(updates: list[RowUpdate]) -> list[int]:
-        return [shard.apply(update) for shard, update in zip(shards, updates, strict=True)]
+    def push(batches: list[list[RowUpdate]]) -> list[int]:
+        versions: list[int] = []
+        for updates in batches:
+            versions = [shard.apply(update) for shard, update in zip(shards, updates, strict=True)]
+        return versions
 
     return pull, push
 
 
 class _Side(NamedTuple):
-    """One table's keys in a piece, grouped by shard, and those the previous piece also trains: the
-    pull fetches them before that piece's push lands, so their rows are replaced by the previous
-    piece's rows as that push leaves them (``SgnsTrainer._carried``)."""
+    """One table's keys in a piece, grouped by shard (shard s owns keys[bounds[s] : bounds[s + 1]],
+    ascending): each shard's rows and gradients are one contiguous slice, so the pulled rows are
+    concatenated as they come and the pushes are views."""
 
-    keys: np.ndarray  # distinct, shard 0's first (ascending), then shard 1's, ...
-    bounds: np.ndarray  # shard s owns keys[bounds[s] : bounds[s + 1]]
-    carried: np.ndarray  # positions in keys of the keys the previous piece trains
-    source: np.ndarray  # ...and their positions in the previous piece's keys
+    keys: np.ndarray
+    bounds: np.ndarray
 
     def shard_keys(self, s: int) -> np.ndarray:
         return self.keys[self.bounds[s] : self.bounds[s + 1]]
 
 
-def _side(raw: np.ndarray, shards: int, previous: _Side | None) -> tuple[_Side, np.ndarray]:
+def _side(raw: np.ndarray, shards: int) -> tuple[_Side, np.ndarray]:
     """The side of ``raw`` keys, and each raw key's position in it."""
     keys, which = np.unique(raw, return_inverse=True)
-    # Grouped by shard, each shard's rows and gradients are one contiguous slice: the pulled rows
-    # are concatenated as they come, the pushes are views, nothing is re-sorted.
     owner = shard_of(keys, shards)
     if shards > 1:
         order = np.concatenate([np.flatnonzero(owner == s) for s in range(shards)])
         position = np.empty(len(keys), dtype=np.int64)
         position[order] = np.arange(len(keys))
         keys, which = keys[order], position[which]
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=shards))])
-    if previous is None:
-        none = np.zeros(0, dtype=np.int64)
-        return _Side(keys, bounds, none, none), which
-    carried, source = [], []
-    for s in range(shards):
-        mine = keys[bounds[s] : bounds[s + 1]]
-        theirs = previous.keys[previous.bounds[s] : previous.bounds[s + 1]]
-        at = np.minimum(np.searchsorted(theirs, mine), max(len(theirs) - 1, 0))
-        found = theirs[at] == mine if len(theirs) else np.zeros(len(mine), dtype=bool)
-        carried.append(bounds[s] + np.flatnonzero(found))
-        source.append(previous.bounds[s] + at[found])
-    return _Side(keys, bounds, np.concatenate(carried), np.concatenate(source)), which
+    return _Side(keys, np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=shards))])), which
+
+
+def _shared(mine: _Side, theirs: _Side) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``mine``, positions in ``theirs``) of the keys both sides hold."""
+    here, there = [], []
+    for s in range(len(mine.bounds) - 1):
+        a, b = mine.shard_keys(s), theirs.shard_keys(s)
+        at = np.minimum(np.searchsorted(b, a), max(len(b) - 1, 0))
+        found = b[at] == a if len(b) else np.zeros(len(a), dtype=bool)
+        here.append(mine.bounds[s] + np.flatnonzero(found))
+        there.append(theirs.bounds[s] + at[found])
+    return np.concatenate(here), np.concatenate(there)
 
 
 class Segment(NamedTuple):
@@ -152,9 +156,6 @@ class _Piece(NamedTuple):
     weights: np.ndarray
     ts: float | None
 
-    def to_pull(self, shards: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(self.inputs.shard_keys(s), self.outputs.shard_keys(s)) for s in range(shards)]
-
 
 class _Table(NamedTuple):
     """One table's rows of a piece as the shards hold them before its push, with their Adagrad
@@ -166,10 +167,28 @@ class _Table(NamedTuple):
 
 
 class _Carried(NamedTuple):
-    """Rows of a piece (and their accumulators) as its push leaves them, for the next piece."""
+    """Rows of a piece (and their accumulators) as its push leaves them, for a later piece."""
 
     values: np.ndarray
     acc: np.ndarray
+
+
+class _Trained(NamedTuple):
+    """A piece with the tables it read and its gradients: what a later piece pulled before this
+    piece's push needs to replay it."""
+
+    piece: _Piece
+    inputs: _Table
+    outputs: _Table
+    grads: SgnsGradients
+
+
+class _GroupPull(NamedTuple):
+    """One pull for several pieces: each shard's keys are the pieces' keys one after another."""
+
+    rows: Sequence[PulledRows]  # per shard; may resolve lazily (Ray)
+    in_starts: list[list[int]]  # [shard][piece]: where each piece's input rows start (and the end)
+    out_starts: list[list[int]]
 
 
 class SgnsTrainer:
@@ -250,83 +269,111 @@ class SgnsTrainer:
         def plan(i: int) -> _Piece:
             lo, hi, k = bounds[i]
             observe(k)
-            previous = pieces[i - 1] if i else None
-            return self._plan(centers[lo:hi], contexts[lo:hi], weights[lo:hi], segments[k].ts, previous)
+            return self._plan(centers[lo:hi], contexts[lo:hi], weights[lo:hi], segments[k].ts)
 
-        shards = self._config.shards
+        # Pieces travel in groups: group g+2's pull goes with group g's push, so group g+1's
+        # pieces, and the earlier pieces of a piece's own group, are the ones pushed after its pull.
+        groups = [
+            range(i, min(i + PIECES_PER_CALL, len(bounds))) for i in range(0, len(bounds), PIECES_PER_CALL)
+        ]
         pieces: list[_Piece] = []
-        pulls: list[Sequence[PulledRows] | None] = []
-        for i in range(min(2, len(bounds))):
-            pieces.append(plan(i))
-            pulls.append(self._pull(pieces[i].to_pull(shards)))
-        losses, rows, versions, carry = [], 0, (), None
-        for i in range(len(bounds)):
-            piece, pulled = pieces[i], pulls[i]
-            assert pulled is not None
-            pulls[i] = None  # the rows go with the tables below
-            inputs, outputs = self._tables(piece, pulled, carry)
-            grads = sgns_step(
-                inputs.values, outputs.values, piece.centers, piece.contexts, piece.negatives, piece.weights
-            )
-            updates = self._updates(piece, inputs, outputs, grads)
-            if i + 2 < len(bounds):
-                pieces.append(plan(i + 2))
-                pushed, next_rows = self._exchange(updates, pieces[i + 2].to_pull(shards))
-                pulls.append(next_rows)
+        group_pulls: dict[int, _GroupPull] = {}
+
+        def request(g: int) -> tuple[PullParts, Callable[[Sequence[PulledRows]], _GroupPull]]:
+            """Plan group g's pieces: the keys to pull, and how to read the answer."""
+            pieces.extend(plan(i) for i in groups[g])
+            return self._group_keys([pieces[i] for i in groups[g]])
+
+        for g in range(min(2, len(groups))):
+            parts, answer = request(g)
+            group_pulls[g] = answer(self._pull(parts))
+        losses, rows, versions = [], 0, ()
+        trained: dict[int, _Trained] = {}
+        for g, members in enumerate(groups):
+            pulled = group_pulls.pop(g)
+            since = groups[g - 1].start if g else 0  # pieces pushed after this group's pull
+            updates = []
+            for k, i in enumerate(members):
+                piece = pieces[i]
+                inputs, outputs = self._tables(piece, pulled, k, [trained[q] for q in range(since, i)])
+                grads = sgns_step(
+                    inputs.values,
+                    outputs.values,
+                    piece.centers,
+                    piece.contexts,
+                    piece.negatives,
+                    piece.weights,
+                )
+                updates.append(self._updates(piece, inputs, outputs, grads))
+                trained[i] = _Trained(piece, inputs, outputs, grads)
+                losses.append(grads.lazy_loss)
+                rows += len(piece.inputs.keys) + len(piece.outputs.keys)
+            for q in range(since, members.start):
+                del trained[q]  # no later piece was pulled before its push
+            if g + 2 < len(groups):
+                parts, answer = request(g + 2)
+                pushed, next_rows = self._exchange(updates, parts)
+                group_pulls[g + 2] = answer(next_rows)
             else:
                 pushed = self._push(updates)
-            if i + 1 < len(bounds):
-                after = pieces[i + 1]
-                carry = (
-                    self._carried(inputs, grads.grad_in, after.inputs.source),
-                    self._carried(outputs, grads.grad_out, after.outputs.source),
-                )
-            losses.append(grads.lazy_loss)
-            rows += len(piece.inputs.keys) + len(piece.outputs.keys)
             if pushed is not None:
                 versions = tuple(int(v) for v in pushed)
         observe(len(segments) - 1)  # trailing segments without pairs
         return StepResult(pairs=n, rows=rows, versions=versions, piece_losses=tuple(losses))
 
+    def _group_keys(
+        self, group: list[_Piece]
+    ) -> tuple[PullParts, Callable[[Sequence[PulledRows]], _GroupPull]]:
+        """Per shard, each piece's (input keys, output keys); and the reader of the shards' answer,
+        which knows where each piece's rows start."""
+        shards = range(self._config.shards)
+        parts = [[(p.inputs.shard_keys(s), p.outputs.shard_keys(s)) for p in group] for s in shards]
+
+        def starts(side: int) -> list[list[int]]:
+            return [np.cumsum([0, *(len(piece[side]) for piece in pieces)]).tolist() for pieces in parts]
+
+        in_starts, out_starts = starts(0), starts(1)
+        return parts, lambda rows: _GroupPull(rows, in_starts, out_starts)
+
     def _plan(
-        self,
-        centers: np.ndarray,
-        contexts: np.ndarray,
-        weights: np.ndarray,
-        ts: float | None,
-        previous: _Piece | None,
+        self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray, ts: float | None
     ) -> _Piece:
-        """Draw negatives, find the distinct keys and which of them ``previous`` carries over."""
+        """Draw negatives and find the distinct keys of each table."""
         n, cfg = len(centers), self._config
         pool, pick = self.sampler.sample_pool(n, cfg.negatives, cfg.negative_pool)
-        inputs, which_in = _side(centers, cfg.shards, None if previous is None else previous.inputs)
-        outputs, which_out = _side(
-            np.concatenate([contexts, pool]), cfg.shards, None if previous is None else previous.outputs
-        )
+        inputs, which_in = _side(centers, cfg.shards)
+        outputs, which_out = _side(np.concatenate([contexts, pool]), cfg.shards)
         return _Piece(inputs, outputs, which_in, which_out[:n], which_out[n:][pick], weights, ts)
 
     def _tables(
-        self, piece: _Piece, pulled: Sequence[PulledRows], carry: tuple[_Carried, _Carried] | None
+        self, piece: _Piece, pulled: _GroupPull, k: int, pushed_since: list[_Trained]
     ) -> tuple[_Table, _Table]:
-        """The piece's input and output tables: pulled rows (waited for here), those the previous
-        piece trains replaced by the rows its push leaves."""
-        tables = (
-            _Table(
-                _writable(stack_rows([p.inputs for p in pulled])),
-                np.concatenate([p.acc_in for p in pulled]),
-                np.concatenate([p.in_rows for p in pulled]),
-            ),
-            _Table(
-                _writable(stack_rows([p.outputs for p in pulled])),
-                np.concatenate([p.acc_out for p in pulled]),
-                np.concatenate([p.out_rows for p in pulled]),
-            ),
-        )
-        if carry is not None:
-            for side, table, carried in zip((piece.inputs, piece.outputs), tables, carry, strict=True):
-                put_rows(table.values, side.carried, carried.values)
-                table.acc[side.carried] = carried.acc
-        return tables
+        """Piece ``k`` of a group pull: its input and output tables (waited for here), where the
+        rows of the pieces pushed after the pull, in their order, replace the pulled ones."""
+        answer = pulled.rows
+        tables = []
+        for side, starts, values_of, acc_of, rows_of in (
+            ("inputs", pulled.in_starts, lambda p: p.inputs, lambda p: p.acc_in, lambda p: p.in_rows),
+            ("outputs", pulled.out_starts, lambda p: p.outputs, lambda p: p.acc_out, lambda p: p.out_rows),
+        ):
+            spans = [slice(starts[s][k], starts[s][k + 1]) for s in range(len(answer))]
+            table = _Table(
+                _writable(
+                    stack_rows([_rows_in(values_of(p), span) for p, span in zip(answer, spans, strict=True)])
+                ),
+                np.concatenate([acc_of(p)[span] for p, span in zip(answer, spans, strict=True)]),
+                np.concatenate([rows_of(p)[span] for p, span in zip(answer, spans, strict=True)]),
+            )
+            mine = getattr(piece, side)
+            for earlier in pushed_since:
+                here, there = _shared(mine, getattr(earlier.piece, side))
+                if len(here):
+                    grad = earlier.grads.grad_in if side == "inputs" else earlier.grads.grad_out
+                    carried = self._carried(getattr(earlier, side), grad, there)
+                    put_rows(table.values, here, carried.values)
+                    table.acc[here] = carried.acc
+            tables.append(table)
+        return tables[0], tables[1]
 
     def _updates(
         self, piece: _Piece, inputs: _Table, outputs: _Table, grads: SgnsGradients
@@ -365,6 +412,18 @@ class SgnsTrainer:
             adagrad_step(moved_values, moved_acc, grad[changed], squares[changed], self._config.learning_rate)
             values[changed], acc[changed] = moved_values, moved_acc
         return _Carried(values, acc)
+
+
+def _rows_in(rows: Rows, span: slice) -> list[np.ndarray]:
+    """Rows ``span`` of a table sent as a list of chunks (or an array), as views."""
+    chunks = rows if isinstance(rows, list) else [rows]
+    picked, offset = [], 0
+    for chunk in chunks:
+        lo, hi = max(span.start - offset, 0), min(span.stop - offset, len(chunk))
+        if lo < hi:
+            picked.append(chunk[lo:hi])
+        offset += len(chunk)
+    return picked or [chunks[0][:0]]
 
 
 def _writable(rows: np.ndarray) -> np.ndarray:

@@ -709,7 +709,7 @@ class Updater:
         """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
         keys = np.fromiter((self.learner.items.key(i) for i in ids), dtype=np.int64, count=len(ids))
         parts = split_by_shard(keys, self.config.learn.shards)
-        pulled = self.shards.pull([(keys[p], keys[p]) for p in parts])
+        pulled = self.shards.pull([[(keys[p], keys[p])] for p in parts])
         back = np.argsort(np.concatenate(parts))
         return (
             stack_rows([rows.inputs for rows in pulled])[back],

@@ -142,7 +142,7 @@ def test_restore_refuses_a_state_of_another_dimension():
 
 def test_an_update_whose_pulled_rows_an_expiry_recycled_updates_its_own_keys():
     shard = ParameterShard(CONFIG)
-    *_, in_rows, out_rows = shard.pull_for_update(np.array([1, 2]), np.array([1, 2]))
+    *_, in_rows, out_rows = shard.pull_for_update([(np.array([1, 2]), np.array([1, 2]))])
     shard.push(np.array([9]), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), ts=1000.0)
     shard.expire(1000.0)  # rows of 1 and 2 (touched at -inf) are freed...
     others_before, _ = shard.pull(np.array([3, 4]))  # ...and recycled for 3 and 4
@@ -158,7 +158,7 @@ def test_an_update_whose_pulled_rows_an_expiry_recycled_updates_its_own_keys():
 
 def test_an_update_uses_the_rows_its_pull_returned():
     shard = ParameterShard(CONFIG)
-    _, _, acc_in, _, in_rows, out_rows = shard.pull_for_update(np.array([5, 6]), np.array([6, 7]))
+    _, _, acc_in, _, in_rows, out_rows = shard.pull_for_update([(np.array([5, 6]), np.array([6, 7]))])
     assert acc_in.tolist() == [CONFIG.adagrad_initial] * 2 and len(set(in_rows) | set(out_rows)) == 3
     shard._index = None  # type: ignore[assignment]  # a lookup would fail: the rows handed back are used
     grad = _grad([1, 0, 0, 0], [0, 0, 0, 0])
@@ -178,11 +178,12 @@ def test_an_update_uses_the_rows_its_pull_returned():
     assert shard._counts[in_rows].tolist() == [1, 0] and shard._counts[out_rows].tolist() == [0, 1]
 
 
-def test_pull_for_update_creates_rows_in_key_order_whatever_the_split():
+def test_pull_for_update_creates_rows_piece_by_piece_in_key_order_whatever_the_split():
     one, two = ParameterShard(CONFIG), ParameterShard(CONFIG)
     one.pull(np.array([1, 2, 3, 4]))
-    two.pull_for_update(np.array([4, 2]), np.array([3, 1, 2]))
-    assert one._keys[:4].tolist() == two._keys[:4].tolist() == [1, 2, 3, 4]
+    one.pull(np.array([0, 5]))
+    two.pull_for_update([(np.array([4, 2]), np.array([3, 1, 2])), (np.array([5]), np.array([0, 1]))])
+    assert one._keys[:6].tolist() == two._keys[:6].tolist() == [1, 2, 3, 4, 0, 5]
 
 
 def test_a_gradient_whose_squares_underflow_still_counts_as_a_change():

@@ -8,7 +8,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.pairs import PairBatch
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.shard import ParameterShard
-from recsim_stream.trainer import SgnsTrainer, local_shard_calls
+from recsim_stream.trainer import PIECES_PER_CALL, SgnsTrainer, local_shard_calls
 
 CLUSTERS, PER_CLUSTER = 8, 25
 
@@ -87,25 +87,27 @@ def _recording_calls(shards: list[ParameterShard], log: list[str]):
     pull, push = local_shard_calls(shards)
 
     def recorded_pull(parts):
-        log.append("pull")
+        log.append(f"pull {sum(len(i) for pieces in parts for i, _ in pieces)}")  # centers: one a piece here
         return pull(parts)
 
     def recorded_push(updates):
-        log.append("push")
+        log.append(f"push {len(updates)}")
         return push(updates)
 
     return recorded_pull, recorded_push
 
 
-def test_each_piece_is_pulled_before_the_previous_one_is_pushed():
-    config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=4, sampler_table_size=1 << 10)
+def test_pieces_go_in_pairs_each_pair_pulled_before_the_pair_before_it_is_pushed():
+    """Five pieces of one pair: (0, 1) and (2, 3) pulled at once, (4) pulled with (0, 1)'s push."""
+    config = LearnConfig(dim=8, shards=2, batch_pairs=1, negative_pool=4, sampler_table_size=1 << 10)
     log: list[str] = []
     shards = [ParameterShard(config, i) for i in range(2)]
     trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
     batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
     result = trainer.step(batch, tokens=np.arange(1, 6))
-    assert log == ["pull", "pull", "push", "pull", "push", "push"]
-    assert result.pairs == 5
+    assert PIECES_PER_CALL == 2
+    assert log == ["pull 2", "pull 2", "push 2", "pull 1", "push 2", "push 1"]
+    assert (result.pairs, [s.version for s in shards]) == (5, [5, 5])
 
 
 def test_a_piece_pulls_only_the_rows_it_reads():
@@ -116,14 +118,15 @@ def test_a_piece_pulls_only_the_rows_it_reads():
     pulled: list[tuple[set[int], set[int]]] = []
 
     def recorded_pull(parts):
-        pulled.append(tuple({int(k) for keys in part for k in keys} for part in zip(*parts, strict=True)))
+        pieces = [piece for shard in parts for piece in shard]
+        pulled.append(({int(k) for i, _ in pieces for k in i}, {int(k) for _, o in pieces for k in o}))
         return pull(parts)
 
     sampler = NegativeSampler(config)
     sampler.observe(np.array([100]))  # every negative is key 100
     batch = PairBatch(np.array([1, 2, 2, 4]), np.array([2, 3, 5, 6]), np.ones(4, np.float32))
     SgnsTrainer(config, sampler, recorded_pull, push).step(batch)
-    assert pulled == [({1, 2}, {2, 3, 100}), ({2, 4}, {5, 6, 100})]
+    assert pulled == [({1, 2, 4}, {2, 3, 5, 6, 100})]  # both pieces in one pull
 
 
 def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
@@ -133,7 +136,7 @@ def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
     trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
     batch = PairBatch(np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 5, 1]), np.ones(5, np.float32))
     trainer.step(batch, tokens=np.arange(1, 6))
-    assert log == ["pull", "push"]
+    assert log == ["pull 5", "push 1"]
 
 
 @settings(max_examples=40, deadline=None)
