@@ -224,11 +224,12 @@ class SgnsTrainer:
         worth, each trained as its own call would be (the learner batches calls this way).
 
         Only the rows a piece reads move: input rows of its centers, output rows of its contexts
-        and negatives. The pieces are pipelined two deep: piece n+2's rows are requested with piece
-        n's push (one exchange per shard), so the shards serve them while this process computes
-        piece n+1 (over Ray). That stays exact: a piece pulls only the keys the piece before it does
-        not train, and takes the others from that piece, updated by the same Adagrad step the shards
-        apply (``shard.adagrad_step``); the rest were last changed by pushes the shards applied
+        and negatives. Pieces travel in groups of ``PIECES_PER_CALL``, pipelined two deep: a group's
+        rows are requested with the push of the group before last (one exchange per shard), so the
+        shards serve them while this process computes the group between (over Ray). That stays
+        exact: a piece's rows that pieces pushed after its pull also train are replaced, in order,
+        by those pieces' rows as their pushes leave them (the shards' own Adagrad step,
+        ``shard.adagrad_step``, replayed); the others were last changed by pushes the shards applied
         before the pull. The result is the pieces' one after another, to the bit. Every push has
         been issued when this returns.
         """
