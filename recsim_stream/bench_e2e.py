@@ -79,6 +79,10 @@ class E2EOptions:
     # After the run (queries stopped), wait up to this long for the API to serve the whole listed
     # catalogue, so that ``catalogue_served_s`` is measured even when it takes longer than the run.
     catalogue_wait_s: float = 0.0
+    # Before the paced phase, wait up to this long for the API to serve the whole listed catalogue:
+    # the steady state of a deployment whose catalogue was listed long before, instead of a stream
+    # that starts while the updater still takes in (and encodes) the listing. 0 = start at once.
+    catalogue_first_s: float = 0.0
     # Niceness of the training side: the updater (and its Ray workers, which inherit it) and the
     # simulator producing in this process; the broker, the query API and the query process keep
     # theirs. As a deployment isolates the query service from training on shared cores.
@@ -101,6 +105,7 @@ class E2EOptions:
             "drain_timeout_s": self.drain_timeout_s > 0,
             "fresh_grace_s": self.fresh_grace_s >= 0,
             "catalogue_wait_s": self.catalogue_wait_s >= 0,
+            "catalogue_first_s": self.catalogue_first_s >= 0,
             "training_niceness": 0 <= self.training_niceness <= 19,
             "api_cpus": not self.api_cpus or _split_cpus(self.api_cpus) is not None,
         }
@@ -428,6 +433,7 @@ class _Produced:
     listing_started: float = 0.0  # wall time the first item of the catalogue was produced
     catalogue_listed: float = 0.0  # wall time the last item of the initial catalogue was produced
     started: float = 0.0  # wall time of the first event
+    catalogue_first_waited_s: float = 0.0  # how long the stream waited for the catalogue (catalogue_first_s)
     paced_end: float = 0.0  # wall time the paced phase ended
     at_paced_end: dict[str, float] | None = None  # the updater's metrics then, if a full-speed phase ran
     ended: float = 0.0  # wall time the last record was acknowledged
@@ -481,6 +487,7 @@ def _produce(
     children: Children,
     progress: Callable[[str, _Produced], None],
     updater_metrics: Callable[[], dict[str, float]],
+    catalogue_served: Callable[[], bool],
 ) -> _Produced:
     """The simulator into Kafka: ``duration`` s at ``rate``, then ``full_speed_s`` s unpaced."""
     sim_config = SimConfig(items=options.items, seed=options.seed, rate=options.rate)
@@ -506,6 +513,12 @@ def _produce(
                 listed_new.add(record.item_id)
             continue
         if out.events == 0:
+            if options.catalogue_first_s:
+                waited = time.monotonic()
+                _wait_for(
+                    "the listed catalogue to be served", catalogue_served, children, options.catalogue_first_s
+                )
+                out.catalogue_first_waited_s = time.monotonic() - waited
             out.started = time.time()
             phase_end = time.monotonic() + options.duration
         if phase == "paced":
@@ -625,6 +638,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                     children,
                     lambda phase, out: log(_progress_line(out, probe, shared, phase)),
                     probe.updater,
+                    lambda: (probe.served().get("items") or 0) >= options.items,
                 )
             finally:
                 producer.close()
@@ -782,6 +796,7 @@ def summarise(
         **_server_percentiles(queried["server_ms"]),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
         **catalogue_served(produced, catalogue_size, queried["served_items"]),
+        "catalogue_first_waited_s": _round(produced.catalogue_first_waited_s, 2),
         **written_to_served(queried["snapshots"]),
         "swaps": int(api.get("recsim_index_swaps_total", 0)),
         "snapshot_loads_refused": int(api.get("recsim_snapshot_loads_refused_total", 0)),

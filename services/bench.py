@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the run, wait up to this long for the whole listed catalogue to be served",
     )
     e2e.add_argument(
+        "--catalogue-first-s",
+        type=float,
+        default=0.0,
+        help="before the stream, wait up to this long for the whole listed catalogue to be served",
+    )
+    e2e.add_argument(
         "--training-niceness",
         type=int,
         default=0,
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 plot=args.plot,
                 keep_logs=args.keep_logs,
                 catalogue_wait_s=args.catalogue_wait_s,
+                catalogue_first_s=args.catalogue_first_s,
                 training_niceness=args.training_niceness,
                 api_cpus=args.api_cpus,
             )
