@@ -45,6 +45,11 @@ def test_options_refuse_a_negative_rate() -> None:
         E2EOptions(rate=-1.0)
 
 
+def test_options_refuse_a_negative_wait_for_the_catalogue() -> None:
+    with pytest.raises(ValueError, match="catalogue_first_s=-1"):
+        E2EOptions(catalogue_first_s=-1.0)
+
+
 @pytest.mark.parametrize("cpus", ["", "x", "0-", "99"])
 def test_options_refuse_api_cpus_that_leave_no_cpu_to_either_side(cpus: str) -> None:
     allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
