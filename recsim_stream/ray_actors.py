@@ -58,6 +58,12 @@ def to_wire(update: RowUpdate) -> RowUpdate:
     return update._replace(grad_in=chunked(update.grad_in), grad_out=chunked(update.grad_out))
 
 
+def _put_updates(updates: list[list[RowUpdate]]) -> ray.ObjectRef:
+    """Every shard's updates of every batch as one object-store put (a put costs ~0.5 ms whatever its
+    size); each shard reads its own (``ParameterShardActor.apply_wire``)."""
+    return ray.put([[to_wire(u) for u in batch] for batch in updates])
+
+
 class ParameterShardActor(ParameterShard):
     """The pure shard plus the transport shapes above; no other behaviour."""
 
@@ -266,13 +272,13 @@ class RayShards:
     def push(self, updates: list[list[RowUpdate]]) -> None:
         """Send the updates without waiting (acknowledged at ``barrier``): one object-store put for
         all shards (each put costs ~0.5 ms whatever its size), each shard reads its own."""
-        shared = ray.put([[to_wire(u) for u in batch] for batch in updates])
+        shared = _put_updates(updates)
         self._pending.extend(actor.apply_wire.remote(shared, s) for s, actor in enumerate(self.actors))
 
     def exchange(self, updates: list[list[RowUpdate]], parts: PullParts) -> tuple[None, LazyPulls]:
         """``push`` then ``pull`` in one call per shard (a call costs ~1 ms of CPU across the
         processes, whatever it carries)."""
-        shared = ray.put([[to_wire(u) for u in batch] for batch in updates])
+        shared = _put_updates(updates)
         rows = []
         for s, (actor, pieces) in enumerate(zip(self.actors, parts, strict=True)):
             version, pulled = actor.exchange_wire.options(num_returns=2).remote(shared, s, pieces)

@@ -90,15 +90,27 @@ def gradient_squares(grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return changed, squares
 
 
-def adagrad_step(
-    values: np.ndarray, acc: np.ndarray, grad: np.ndarray, squares: np.ndarray, learning_rate: float
-) -> None:
-    """Row-wise Adagrad on gathered rows, in place: each row's accumulator grows by its gradient's
-    mean square (``squares`` / dim), then the row steps against the gradient by ``learning_rate /
-    sqrt(accumulator)``. The shard and the trainer (replaying a push on rows it carries to the next
-    batch) both call this, so their results agree to the bit."""
-    acc += squares / np.float32(grad.shape[1])
-    values -= (np.float32(learning_rate) / np.sqrt(acc))[:, None] * grad
+def adagrad_rows(values: np.ndarray, acc: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
+    """Row-wise Adagrad on gathered rows and their accumulators, in place; returns which rows had a
+    nonzero gradient (the others are left exactly as they were). Each changed row's accumulator grows
+    by its gradient's mean square, then the row steps against the gradient by ``learning_rate /
+    sqrt(accumulator)``. The shard and the trainer (replaying a push on rows a later batch pulled
+    before it) both call this, so their results agree to the bit."""
+    changed, squares = gradient_squares(grad)
+    if changed.all():
+        moved_values, moved_acc, grad = values, acc, grad
+    else:
+        moved_values, moved_acc, grad, squares = (
+            values[changed],
+            acc[changed],
+            grad[changed],
+            squares[changed],
+        )
+    moved_acc += squares / np.float32(grad.shape[1])
+    moved_values -= (np.float32(learning_rate) / np.sqrt(moved_acc))[:, None] * grad
+    if not changed.all():
+        values[changed], acc[changed] = moved_values, moved_acc
+    return changed
 
 
 class ParameterShard:
@@ -131,7 +143,7 @@ class ParameterShard:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """What a trainer reads to update rows, for pieces of (input keys, output keys): input rows
         of the first, output rows of the second, their Adagrad accumulators (to work out what a push
-        leaves, ``adagrad_step``) and their row numbers (handed back with the push to skip the
+        leaves, ``adagrad_rows``) and their row numbers (handed back with the push to skip the
         lookup), piece after piece. Creates missing rows piece by piece, as separate pulls would."""
         found = [self._rows_of(np.asarray(i, np.int64), np.asarray(o, np.int64)) for i, o in pieces]
         in_rows = np.concatenate([rows for rows, _ in found]) if found else np.zeros(0, np.int64)
@@ -422,12 +434,12 @@ class ParameterShard:
 
     def _adagrad(self, table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Row-wise Adagrad on ``table[rows]``; returns which of ``rows`` had a nonzero gradient."""
-        grad = np.asarray(grad, dtype=np.float32)
-        changed, squares = gradient_squares(grad)
-        if not changed.all():
-            rows, grad, squares = rows[changed], grad[changed], squares[changed]
         values, row_acc = take_rows(table, rows), acc[rows]
-        adagrad_step(values, row_acc, grad, squares, self._config.learning_rate)
+        changed = adagrad_rows(
+            values, row_acc, np.asarray(grad, dtype=np.float32), self._config.learning_rate
+        )
+        if not changed.all():
+            rows, values, row_acc = rows[changed], values[changed], row_acc[changed]
         acc[rows] = row_acc
         put_rows(table, rows, values)
         return changed

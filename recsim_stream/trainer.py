@@ -22,7 +22,7 @@ import numpy as np
 from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.sgns import SgnsGradients, SgnsLoss, sgns_step
-from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_step, gradient_squares, put_rows, take_rows
+from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_rows, put_rows, take_rows
 from recsim_stream.sharding import shard_of
 
 
@@ -184,11 +184,16 @@ class _Trained(NamedTuple):
 
 
 class _GroupPull(NamedTuple):
-    """One pull for several pieces: each shard's keys are the pieces' keys one after another."""
+    """One pull for several pieces: each shard's answer holds the pieces' rows one after another."""
 
     rows: Sequence[PulledRows]  # per shard; may resolve lazily (Ray)
-    in_starts: list[list[int]]  # [shard][piece]: where each piece's input rows start (and the end)
-    out_starts: list[list[int]]
+    parts: PullParts  # what was asked: per shard, each piece's (input keys, output keys)
+
+    def span(self, shard: int, piece: int, side: int) -> slice:
+        """Where ``piece``'s rows of one table (0: input, 1: output) lie in ``shard``'s answer."""
+        asked = self.parts[shard]
+        start = sum(len(keys[side]) for keys in asked[:piece])
+        return slice(start, start + len(asked[piece][side]))
 
 
 class SgnsTrainer:
@@ -229,7 +234,7 @@ class SgnsTrainer:
         shards serve them while this process computes the group between (over Ray). That stays
         exact: a piece's rows that pieces pushed after its pull also train are replaced, in order,
         by those pieces' rows as their pushes leave them (the shards' own Adagrad step,
-        ``shard.adagrad_step``, replayed); the others were last changed by pushes the shards applied
+        ``shard.adagrad_rows``, replayed); the others were last changed by pushes the shards applied
         before the pull. The result is the pieces' one after another, to the bit. Every push has
         been issued when this returns.
         """
@@ -280,14 +285,17 @@ class SgnsTrainer:
         pieces: list[_Piece] = []
         group_pulls: dict[int, _GroupPull] = {}
 
-        def request(g: int) -> tuple[PullParts, Callable[[Sequence[PulledRows]], _GroupPull]]:
-            """Plan group g's pieces: the keys to pull, and how to read the answer."""
+        def request(g: int) -> PullParts:
+            """Plan group g's pieces: per shard, each piece's (input keys, output keys)."""
             pieces.extend(plan(i) for i in groups[g])
-            return self._group_keys([pieces[i] for i in groups[g]])
+            return [
+                [(pieces[i].inputs.shard_keys(s), pieces[i].outputs.shard_keys(s)) for i in groups[g]]
+                for s in range(self._config.shards)
+            ]
 
         for g in range(min(2, len(groups))):
-            parts, answer = request(g)
-            group_pulls[g] = answer(self._pull(parts))
+            parts = request(g)
+            group_pulls[g] = _GroupPull(self._pull(parts), parts)
         losses, rows, versions = [], 0, ()
         trained: dict[int, _Trained] = {}
         for g, members in enumerate(groups):
@@ -312,29 +320,15 @@ class SgnsTrainer:
             for q in range(since, members.start):
                 del trained[q]  # no later piece was pulled before its push
             if g + 2 < len(groups):
-                parts, answer = request(g + 2)
+                parts = request(g + 2)
                 pushed, next_rows = self._exchange(updates, parts)
-                group_pulls[g + 2] = answer(next_rows)
+                group_pulls[g + 2] = _GroupPull(next_rows, parts)
             else:
                 pushed = self._push(updates)
             if pushed is not None:
                 versions = tuple(int(v) for v in pushed)
         observe(len(segments) - 1)  # trailing segments without pairs
         return StepResult(pairs=n, rows=rows, versions=versions, piece_losses=tuple(losses))
-
-    def _group_keys(
-        self, group: list[_Piece]
-    ) -> tuple[PullParts, Callable[[Sequence[PulledRows]], _GroupPull]]:
-        """Per shard, each piece's (input keys, output keys); and the reader of the shards' answer,
-        which knows where each piece's rows start."""
-        shards = range(self._config.shards)
-        parts = [[(p.inputs.shard_keys(s), p.outputs.shard_keys(s)) for p in group] for s in shards]
-
-        def starts(side: int) -> list[list[int]]:
-            return [np.cumsum([0, *(len(piece[side]) for piece in pieces)]).tolist() for pieces in parts]
-
-        in_starts, out_starts = starts(0), starts(1)
-        return parts, lambda rows: _GroupPull(rows, in_starts, out_starts)
 
     def _plan(
         self, centers: np.ndarray, contexts: np.ndarray, weights: np.ndarray, ts: float | None
@@ -351,26 +345,20 @@ class SgnsTrainer:
     ) -> tuple[_Table, _Table]:
         """Piece ``k`` of a group pull: its input and output tables (waited for here), where the
         rows of the pieces pushed after the pull, in their order, replace the pulled ones."""
-        answer = pulled.rows
         tables = []
-        for side, starts, values_of, acc_of, rows_of in (
-            ("inputs", pulled.in_starts, lambda p: p.inputs, lambda p: p.acc_in, lambda p: p.in_rows),
-            ("outputs", pulled.out_starts, lambda p: p.outputs, lambda p: p.acc_out, lambda p: p.out_rows),
-        ):
-            spans = [slice(starts[s][k], starts[s][k + 1]) for s in range(len(answer))]
+        for side in (0, 1):  # the input table, the output table
+            answer = [(p, pulled.span(s, k, side)) for s, p in enumerate(pulled.rows)]
             table = _Table(
-                _writable(
-                    stack_rows([_rows_in(values_of(p), span) for p, span in zip(answer, spans, strict=True)])
-                ),
-                np.concatenate([acc_of(p)[span] for p, span in zip(answer, spans, strict=True)]),
-                np.concatenate([rows_of(p)[span] for p, span in zip(answer, spans, strict=True)]),
+                _writable(stack_rows([_rows_in((p.inputs, p.outputs)[side], span) for p, span in answer])),
+                np.concatenate([(p.acc_in, p.acc_out)[side][span] for p, span in answer]),
+                np.concatenate([(p.in_rows, p.out_rows)[side][span] for p, span in answer]),
             )
-            mine = getattr(piece, side)
+            keys = (piece.inputs, piece.outputs)[side]
             for earlier in pushed_since:
-                here, there = _shared(mine, getattr(earlier.piece, side))
+                here, there = _shared(keys, (earlier.piece.inputs, earlier.piece.outputs)[side])
                 if len(here):
-                    grad = earlier.grads.grad_in if side == "inputs" else earlier.grads.grad_out
-                    carried = self._carried(getattr(earlier, side), grad, there)
+                    grad = (earlier.grads.grad_in, earlier.grads.grad_out)[side]
+                    carried = self._carried((earlier.inputs, earlier.outputs)[side], grad, there)
                     put_rows(table.values, here, carried.values)
                     table.acc[here] = carried.acc
             tables.append(table)
@@ -402,16 +390,10 @@ class SgnsTrainer:
         return updates
 
     def _carried(self, table: _Table, grad: np.ndarray, source: np.ndarray) -> _Carried:
-        """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards: the shard's
-        own ``adagrad_step``, on the rows whose gradient is not zero (as the shard does)."""
-        values, acc, grad = take_rows(table.values, source), table.acc[source], grad[source]
-        changed, squares = gradient_squares(grad)
-        if changed.all():
-            adagrad_step(values, acc, grad, squares, self._config.learning_rate)
-        else:
-            moved_values, moved_acc = values[changed], acc[changed]
-            adagrad_step(moved_values, moved_acc, grad[changed], squares[changed], self._config.learning_rate)
-            values[changed], acc[changed] = moved_values, moved_acc
+        """Rows ``source`` of ``table`` as the push of ``grad`` leaves them on the shards (the shard's
+        own ``adagrad_rows``)."""
+        values, acc = take_rows(table.values, source), table.acc[source]
+        adagrad_rows(values, acc, grad[source], self._config.learning_rate)
         return _Carried(values, acc)
 
 
