@@ -24,9 +24,10 @@ A delta carries the rows whose interaction count moved (and new rows), not those
 negative samples (``snapshot.deltas_skip_negative_only_rows``), which the next full snapshot brings.
 
 A full snapshot is due every ``snapshot.full_every`` snapshots, and sooner once the rows changed since
-the last one reach ``snapshot.full_after_changed`` of it: the API searches changed rows exactly.
+the last one reach ``snapshot.full_after_changed`` of it: the API searches changed rows exactly. That
+one, and the approximate build of an exact full, are due even when nothing else changes.
 
-Nothing is published when no shard version moved and the cold start added no row. A failed write is
+Otherwise nothing is published when no shard version moved and the cold start added no row. A failed write is
 counted and the chain is dropped, so the next snapshot is a full one and serving never depends on it.
 """
 
@@ -234,17 +235,23 @@ class Snapshotter:
         small fulls through whenever the encoding caught up with the listing (124-168k rows, then
         300k-row catch-up deltas, in the slow 1M runs of the seventh session)."""
         rows_for_full = self.config.full_after_changed * self._full_rows
-        grown = len(self._changed) >= rows_for_full > 0
         coming = coming_rows + LISTING_AHEAD * listed_rows
         listing = coming >= rows_for_full > 0 and self._since_full < LISTING_WAIT * self.config.full_every
         full_due = (
             self._build is None
-            and not self._idle
             and not listing
-            and (self._since_full >= self.config.full_every or grown or self._base_exact)
+            and (self._full_owed() or (not self._idle and self._since_full >= self.config.full_every))
         )
         self._plan = FULL if self._since is None or full_due else DELTA
         return [None] * self._shards if self._plan == FULL else list(self._since)
+
+    def _full_owed(self) -> bool:
+        """Whether the served chain needs a full snapshot whatever comes next, idle or not: its base
+        has exact indexes only (at 1M items every query scans the million rows), or the rows changed
+        since it reach ``full_after_changed`` of it (the API searches them exactly). A catalogue listed
+        before any traffic would otherwise be served so until the first event."""
+        rows_for_full = self.config.full_after_changed * self._full_rows
+        return self._base_exact or len(self._changed) >= rows_for_full > 0
 
     def take(
         self,
@@ -304,7 +311,7 @@ class Snapshotter:
         if self._chain is not None or plan == DELTA:
             since = self._since if plan == FULL else None  # a delta export holds only changed rows
             changed = complete(self._delta_rows(exports, names, cold_keys, since), False)
-        if plan == FULL and (changed is None or moved or changed.count):
+        if plan == FULL and (changed is None or moved or changed.count or self._full_owed()):
             return self._prepare_full(exports, names, cold_keys, versions, changed, meta, complete)
         build = self._build
         if build is not None:

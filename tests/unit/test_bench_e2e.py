@@ -15,6 +15,7 @@ from recsim_stream.bench_e2e import (
     percentile,
     server_timing_ms,
     slow_query_shares,
+    steady_state,
     written_to_served,
 )
 
@@ -48,6 +49,24 @@ def test_options_refuse_a_negative_rate() -> None:
 def test_options_refuse_a_negative_wait_for_the_catalogue() -> None:
     with pytest.raises(ValueError, match="catalogue_first_s=-1"):
         E2EOptions(catalogue_first_s=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("served", "steady"),
+    [
+        ({"items": 1_000_000, "delta_rows": 5, "index_kind": "hnsw"}, True),
+        ({"items": 1_000_000, "delta_rows": 5, "index_kind": "flat"}, False),  # approximate build due
+        ({"items": 1_000_000, "delta_rows": 999_990, "index_kind": "hnsw"}, False),  # mostly a delta
+        ({"items": 999_999, "delta_rows": 0, "index_kind": "hnsw"}, False),  # still listing
+        ({}, False),  # nothing served yet
+    ],
+)
+def test_steady_state_is_the_catalogue_served_from_an_approximate_full_snapshot(served, steady) -> None:
+    assert steady_state(served, 1_000_000, exact_below=50_000) is steady
+
+
+def test_a_small_catalogue_is_steady_on_its_exact_index() -> None:
+    assert steady_state({"items": 1_000, "delta_rows": 0, "index_kind": "flat"}, 1_000, exact_below=50_000)
 
 
 @pytest.mark.parametrize("cpus", ["", "x", "0-", "99"])

@@ -323,3 +323,23 @@ def test_a_large_cut_on_a_small_base_is_published_exact_then_with_its_approximat
     _take(snapshotter, shard)  # v7: the approximate full, v8: row 4 on it
     kinds = [(store.read_manifest(v).index or {}).get("kind") for v in (4, 7)]
     assert (kinds, store.latest_version(), store.read_manifest(8).parent_version) == (["flat", "hnsw"], 8, 7)
+
+
+def test_an_exact_full_gets_its_approximate_index_though_nothing_changes_after_it(tmp_path):
+    """A catalogue listed before any traffic: served exactly only until the approximate build."""
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(50))
+    _take(snapshotter, shard)  # v1: 50 rows, flat (the API builds it)
+    shard.train(range(50, 500))
+    _take(snapshotter, shard)  # v2: a delta of 450 rows, then nothing changes any more
+    for _ in range(6):
+        _take(snapshotter, shard)
+        assert snapshotter.wait_for_index(timeout=60)
+    fulls = [store.read_manifest(v) for v in store.versions() if store.read_manifest(v).parent_version is None]
+    kinds = [((m.index or {}).get("kind"), m.count) for m in fulls]
+    assert kinds == [(None, 50), ("flat", 500), ("hnsw", 500)]
+    assert store.latest_version() == fulls[-1].version
+    published = snapshotter.published
+    _take(snapshotter, shard)
+    assert snapshotter.published == published  # and then it stays idle
