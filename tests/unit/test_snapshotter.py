@@ -336,7 +336,9 @@ def test_an_exact_full_gets_its_approximate_index_though_nothing_changes_after_i
     for _ in range(6):
         _take(snapshotter, shard)
         assert snapshotter.wait_for_index(timeout=60)
-    fulls = [store.read_manifest(v) for v in store.versions() if store.read_manifest(v).parent_version is None]
+    fulls = [
+        store.read_manifest(v) for v in store.versions() if store.read_manifest(v).parent_version is None
+    ]
     kinds = [((m.index or {}).get("kind"), m.count) for m in fulls]
     assert kinds == [(None, 50), ("flat", 500), ("hnsw", 500)]
     assert store.latest_version() == fulls[-1].version
