@@ -154,12 +154,33 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def metric_totals(text: str) -> dict[str, float]:
-    """Prometheus exposition text -> sample name -> value summed over its labels."""
+    """Prometheus exposition text -> sample name -> value summed over its labels; also, per label
+    value of a sample with one label besides a histogram's ``le``, ``name{label=value}``."""
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+            value = float(sample.value)
+            totals[sample.name] = totals.get(sample.name, 0.0) + value
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            if len(labels) == 1 and "le" not in sample.labels:
+                ((label, label_value),) = labels.items()
+                key = f"{sample.name}{{{label}={label_value}}}"
+                totals[key] = totals.get(key, 0.0) + value
     return totals
+
+
+def snapshot_pauses(updater: dict[str, float]) -> dict[str, dict[str, float | int]]:
+    """How long the updater's loop was held per snapshot kind, over its whole run (catalogue included)."""
+    out: dict[str, dict[str, float | int]] = {}
+    for kind in ("full", "delta"):
+        count = int(updater.get(f"recsim_snapshot_pause_seconds_count{{kind={kind}}}", 0))
+        total = updater.get(f"recsim_snapshot_pause_seconds_sum{{kind={kind}}}", 0.0)
+        out[kind] = {
+            "count": count,
+            "sum_s": round(total, 2),
+            "mean_s": round(total / count, 3) if count else 0.0,
+        }
+    return out
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -786,6 +807,7 @@ def summarise(
         "ingest_events_per_s": round(trained / window, 1),
         "train_pairs_per_s": round(updater.get("recsim_pairs_trained_total", 0.0) / window, 1),
         "drain_after_produce_s": round(drained_at - produced.ended, 2),
+        "snapshot_pauses": snapshot_pauses(updater),
         **_full_speed_rates(produced, drained_at, updater),
         "new_items_clicked": produced.new_items_clicked,
         "freshness_measured": len(freshness),

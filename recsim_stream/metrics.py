@@ -135,6 +135,14 @@ class SnapshotMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.pause_seconds = Histogram(
+            "recsim_snapshot_pause_seconds",
+            "Time the updater's loop spends on one snapshot (exporting the shards, completing the rows):"
+            " training and every other snapshot wait meanwhile.",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=registry,
+        )
         self.published = Counter(
             "recsim_snapshots_published_total", "Snapshots published.", registry=registry
         )

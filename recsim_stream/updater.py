@@ -644,9 +644,12 @@ class Updater:
     def snapshot(self) -> None:
         """Export every shard now (a consistent cut: the loop is between batches) and publish it."""
         assert self.snapshotter is not None
+        started = time.perf_counter()
         coming = 0 if self.cold_start is None else self.cold_start.listed_unencoded
         listed, self._listed_since_snapshot = self._listed_since_snapshot, 0
-        exports = self.shards.export(self.snapshotter.since(coming, listed))
+        since = self.snapshotter.since(coming, listed)
+        kind = "full" if all(version is None for version in since) else "delta"
+        exports = self.shards.export(since)
         names = self.learner.items.names
         newest = self.learner.newest_ts if np.isfinite(self.learner.newest_ts) else None
         cold_start = self.cold_start
@@ -669,6 +672,10 @@ class Updater:
             },
         )
         self.learner.mark_published()
+        paused = time.perf_counter() - started
+        self.snapshotter.metrics.pause_seconds.labels(kind).observe(paused)
+        if kind == "full":
+            log.info("snapshot: a full export held the loop for %.2f s", paused)
 
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no

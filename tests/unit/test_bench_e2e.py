@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from recsim_stream.bench_e2e import (
     E2EOptions,
@@ -15,9 +16,11 @@ from recsim_stream.bench_e2e import (
     percentile,
     server_timing_ms,
     slow_query_shares,
+    snapshot_pauses,
     steady_state,
     written_to_served,
 )
+from recsim_stream.metrics import SnapshotMetrics
 
 
 def test_percentile_interpolates_between_samples() -> None:
@@ -39,6 +42,19 @@ def test_metric_totals_sums_over_labels() -> None:
         'recsim_events_dead_lettered_total{reason="late"} 3.0\n'
     )
     assert metric_totals(text)["recsim_events_dead_lettered_total"] == 5.0
+    assert metric_totals(text)["recsim_events_dead_lettered_total{reason=late}"] == 3.0
+
+
+def test_snapshot_pauses_per_kind_from_the_updaters_histogram() -> None:
+    registry = CollectorRegistry()
+    metrics = SnapshotMetrics(registry)
+    for kind, seconds in (("full", 4.0), ("full", 2.0), ("delta", 0.1)):
+        metrics.pause_seconds.labels(kind).observe(seconds)
+    pauses = snapshot_pauses(metric_totals(generate_latest(registry).decode()))
+    assert pauses == {
+        "full": {"count": 2, "sum_s": 6.0, "mean_s": 3.0},
+        "delta": {"count": 1, "sum_s": 0.1, "mean_s": 0.1},
+    }
 
 
 def test_options_refuse_a_negative_rate() -> None:
