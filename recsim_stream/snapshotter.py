@@ -55,9 +55,24 @@ LISTING_AHEAD = 5  # snapshots' worth of a flowing listing expected to come (see
 LISTING_WAIT = 5  # times snapshot.full_every: the longest a listing holds back a full snapshot
 
 Names = Callable[[np.ndarray], list[str | None]]  # key -> item id (None when unknown here)
+
+
+@dataclass(frozen=True)
+class DeferredArrays:
+    """A full snapshot's rows whose tables a build thread assembles, off the caller's loop."""
+
+    count: int
+    assemble: Callable[[], SnapshotArrays]
+
+
+def _assembled(arrays: SnapshotArrays | DeferredArrays) -> SnapshotArrays:
+    return arrays.assemble() if isinstance(arrays, DeferredArrays) else arrays
+
+
 # (rows from the shards, whether they are a full export) -> the rows to publish: the cold start adds
-# content-only rows and blends low-count ones (Updater.complete_rows). Runs on the caller's thread.
-Complete = Callable[[SnapshotArrays, bool], SnapshotArrays]
+# content-only rows and blends low-count ones (Updater.complete_rows). Runs on the caller's thread;
+# for a full export it may defer the bulk of the work to the full snapshot's build thread.
+Complete = Callable[[SnapshotArrays, bool], SnapshotArrays | DeferredArrays]
 
 
 def snapshot_arrays(
@@ -154,7 +169,7 @@ class _Meta:
 @dataclass(frozen=True)
 class _Write:
     version: int
-    arrays: SnapshotArrays
+    arrays: SnapshotArrays | DeferredArrays  # deferred only while its build runs (_FullBuild)
     parent: int | None  # None for a full snapshot
     meta: _Meta
     make_latest: bool = True
@@ -168,7 +183,7 @@ class _FullBuild:
     """A full snapshot whose indexes and files a build thread is making, and the rows changed since
     its cut."""
 
-    arrays: SnapshotArrays
+    arrays: SnapshotArrays | DeferredArrays  # assembled by the build thread first
     meta: _Meta
     catch_up: SnapshotArrays
     thread: threading.Thread | None = None
@@ -346,10 +361,14 @@ class Snapshotter:
         if whole.count == 0 and self._chain is None:
             return []  # nothing learned and no metadata yet: nothing worth serving
         self._since, self._idle = versions, False
+        if whole.count < self.index.exact_below or self._chain is None:
+            whole = _assembled(whole)  # small, or the first snapshot: written at once
         if whole.count < self.index.exact_below:  # a flat index is cheap: the API builds it
             return [self._full(whole, meta)]
+        like = whole if isinstance(whole, SnapshotArrays) else changed  # a deferred full has a chain
+        assert like is not None
         empty = SnapshotArrays(
-            *(a[:0] for a in (whole.ids, whole.input_vectors, whole.output_vectors, whole.counts, whole.cold))
+            *(a[:0] for a in (like.ids, like.input_vectors, like.output_vectors, like.counts, like.cold))
         )
         # With a chain on a small base, this cut is first published with exact indexes, built and
         # written off the writer like an approximate one (writing it held every delta for 8 s at
@@ -424,9 +443,9 @@ class Snapshotter:
         """Build and gate the indexes, then write the snapshot's files (hundreds of MB at 100k rows),
         all off the writer thread, so deltas go on being published meanwhile."""
         ThreadPriority(self.index.build_niceness).apply()
-        arrays = build.arrays
-        with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
         try:
+            arrays = build.arrays = _assembled(build.arrays)
+            with_new_items = serves_new_items(build.meta.scoring, arrays.content_vectors is not None)
             if build.exact:
                 indexes = exact_main_indexes(
                     arrays.input_vectors, arrays.output_vectors, arrays.counts, self.index

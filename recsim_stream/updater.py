@@ -58,7 +58,7 @@ import numpy as np
 
 from recsim_stream.checkpoint import Checkpoint, CheckpointError
 from recsim_stream.checkpointer import Checkpointer
-from recsim_stream.cold_start import ColdStart
+from recsim_stream.cold_start import ColdStart, ServedRows
 from recsim_stream.config import Config
 from recsim_stream.events import BadEvent, ItemMeta, decode_event, decode_item
 from recsim_stream.handoff import Handoff, HandoffStore, Outcome, decide, session_keys
@@ -71,7 +71,7 @@ from recsim_stream.sessions import Arrival
 from recsim_stream.shard import ShardExport
 from recsim_stream.sharding import split_by_shard
 from recsim_stream.snapshot import SnapshotArrays
-from recsim_stream.snapshotter import Snapshotter
+from recsim_stream.snapshotter import DeferredArrays, Snapshotter
 from recsim_stream.trainer import PullFn, stack_rows
 
 log = logging.getLogger(__name__)
@@ -677,12 +677,13 @@ class Updater:
         if kind == "full":
             log.info("snapshot: a full export held the loop for %.2f s", paused)
 
-    def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
+    def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no
         learned row (in a delta, only those whose content vector changed since the last snapshot,
         so a delta costs what changed, not the catalogue), low-count rows blended with content, cold
         flags and content vectors. A learned row's content vector is refreshed when the row is next
-        exported: between full snapshots it may be a few tower steps old."""
+        exported: between full snapshots it may be a few tower steps old. A full snapshot's tables
+        are left for its build thread to assemble (``cold_start.ServedRowsPlan``)."""
         assert self.cold_start is not None
         learned = arrays.ids[arrays.counts > 0].tolist()
         if full:
@@ -691,7 +692,7 @@ class Updater:
             self._learned.update(learned)
         if not self.cold_start.metadata:
             return arrays
-        rows = self.cold_start.complete(
+        plan = self.cold_start.plan(
             arrays.ids.tolist(),
             arrays.input_vectors,
             arrays.output_vectors,
@@ -700,17 +701,12 @@ class Updater:
             changed_only=not full,
             encode_limit=0,  # newly listed items are encoded in the loop's spare time (_encode_listed)
         )
-        started = [i for i in rows.ids[arrays.count :] if i not in self._cold_started]
+        started = [i for i in plan.ids[arrays.count :] if i not in self._cold_started]
         self._cold_started.update(started)
         self.metrics.items_cold_started.inc(len(started))
-        return SnapshotArrays(
-            ids=np.array(rows.ids, dtype=str).reshape(-1),
-            input_vectors=rows.inputs.astype(np.float32, copy=False),
-            output_vectors=rows.outputs.astype(np.float32, copy=False),
-            counts=rows.counts.astype(np.int64, copy=False),
-            cold=rows.cold,
-            content_vectors=rows.content.astype(np.float32, copy=False),
-        )
+        if full:
+            return DeferredArrays(plan.count, lambda: _served_arrays(plan.assemble()))
+        return _served_arrays(plan.assemble())
 
     def _pull_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
@@ -746,3 +742,14 @@ class Updater:
             if time.monotonic() >= next_report:
                 report(self.totals)
                 next_report += report_every_s
+
+
+def _served_arrays(rows: ServedRows) -> SnapshotArrays:
+    return SnapshotArrays(
+        ids=np.array(rows.ids, dtype=str).reshape(-1),
+        input_vectors=rows.inputs.astype(np.float32, copy=False),
+        output_vectors=rows.outputs.astype(np.float32, copy=False),
+        counts=rows.counts.astype(np.int64, copy=False),
+        cold=rows.cold,
+        content_vectors=rows.content.astype(np.float32, copy=False),
+    )

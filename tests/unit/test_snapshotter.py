@@ -11,7 +11,7 @@ from recsim_stream.config import IndexConfig, SnapshotConfig
 from recsim_stream.metrics import SnapshotMetrics
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
-from recsim_stream.snapshotter import LISTING_WAIT, PublishedCounts, Snapshotter
+from recsim_stream.snapshotter import LISTING_WAIT, DeferredArrays, PublishedCounts, Snapshotter
 
 DIM = 8
 SHIPPING = IndexConfig(exact_below=100, recall_sample=50, hnsw_ef_search=64)
@@ -345,3 +345,32 @@ def test_an_exact_full_gets_its_approximate_index_though_nothing_changes_after_i
     published = snapshotter.published
     _take(snapshotter, shard)
     assert snapshotter.published == published  # and then it stays idle
+
+
+def test_a_large_full_snapshots_rows_are_assembled_by_its_build_thread(tmp_path):
+    """The bulk of a full snapshot (the cold start's content-only rows) is not the loop's work."""
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    assembled_on: list[str] = []
+
+    def complete(arrays: SnapshotArrays, full: bool):
+        if not full:
+            return arrays
+
+        def assemble() -> SnapshotArrays:
+            assembled_on.append(threading.current_thread().name)
+            return arrays
+
+        return DeferredArrays(arrays.count, assemble)
+
+    shard.train(range(50))
+    _take(snapshotter, shard, complete)  # v1: small, assembled at once
+    shard.train(range(50, 500))
+    _take(snapshotter, shard, complete)  # v2: a delta; a full is due next
+    shard.train([1])
+    _take(snapshotter, shard, complete)  # v3: row 1; the exact full builds
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([2])
+    _take(snapshotter, shard, complete)  # v4: the exact full, v5: row 2 on it
+    assert assembled_on == [threading.current_thread().name, "index-build"]
+    assert store.read(4).arrays.count == 500
