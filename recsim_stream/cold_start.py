@@ -237,6 +237,7 @@ class ColdStart:
         # and republished every cold row in one delta.
         self._row: dict[str, int] = {}
         self._item_of_row: list[str | None] = []  # None: a forgotten item's row, until compaction
+        self._forgotten_rows: set[int] = set()  # ditto, by row
         # ``_content`` and ``_encoded_step`` are views of the used rows of buffers that grow by
         # doubling: appending a batch to a 1M-row table copied all of it (0.5 GB) per batch.
         self._content_buffer = np.zeros((0, 2 * dim), dtype=np.float32)
@@ -262,6 +263,7 @@ class ColdStart:
         row = self._row.pop(item_id, None)
         if row is not None:
             self._item_of_row[row] = None
+            self._forgotten_rows.add(row)
 
     def remember_pairs(self, left_keys: np.ndarray, right_keys: np.ndarray, names: Sequence[str]) -> None:
         """Offer a trained batch of co-occurring pairs (learner keys, named by ``names[key]``) to the
@@ -382,15 +384,24 @@ class ColdStart:
         self._encode_new([i for i in ids if i in self._unencoded])
         self._refresh_content(encode_limit=encode_limit)
         known, meta, row = set(ids), self.metadata, self._row
-        candidates = self._changed if changed_only else meta
-        fresh = [
-            i for i in candidates if i in meta and i in row and i not in known and i not in learned_elsewhere
-        ]
+        if changed_only:
+            fresh = [
+                i
+                for i in self._changed
+                if i in meta and i in row and i not in known and i not in learned_elsewhere
+            ]
+            fresh_rows = np.fromiter(map(row.__getitem__, fresh), dtype=np.int64, count=len(fresh))
+        else:
+            fresh_rows = self._rows_without([*ids, *learned_elsewhere])
+            items = self._item_of_row
+            fresh = [items[r] for r in fresh_rows.tolist()]
         self._changed = set()
-        all_ids = ids + fresh
-        rows = np.fromiter((row.get(i, -1) for i in all_ids), dtype=np.int64, count=len(all_ids))
+        rows = np.concatenate([
+            np.fromiter((row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids)),
+            fresh_rows,
+        ])  # fmt: skip
         return ServedRowsPlan(
-            all_ids,
+            ids + fresh,
             rows,
             self._content,
             np.float32(self.tower.vector_norm),
@@ -401,6 +412,16 @@ class ColdStart:
             self._blend_below,
             self.config.blend_half_life,
         )
+
+    def _rows_without(self, items: list[str]) -> np.ndarray:
+        """The content rows of every listed item but ``items``, in row order: a full snapshot's
+        content-only rows, found by a mask rather than by walking the catalogue's ids (at 1M items the
+        walk held the updater's loop ~1 s per full snapshot). Every item with a row has metadata."""
+        listed = np.ones(len(self._content), dtype=bool)
+        listed[np.fromiter(self._forgotten_rows, dtype=np.int64, count=len(self._forgotten_rows))] = False
+        taken = np.fromiter((self._row.get(i, -1) for i in items), dtype=np.int64, count=len(items))
+        listed[taken[taken >= 0]] = False
+        return np.flatnonzero(listed)
 
     def encode_listed(self, budget_s: float, clock: Callable[[], float] = time.perf_counter) -> int:
         """Encode newly listed items, oldest first, for about ``budget_s`` seconds (at least one batch,
@@ -496,6 +517,7 @@ class ColdStart:
         self._content, self._encoded_step = self._content_buffer, self._step_buffer
         self._item_of_row = list(self._row)
         self._row = {item: r for r, item in enumerate(self._item_of_row)}
+        self._forgotten_rows = set()
 
     def state(self) -> dict:
         """The learned part (tower, reservoir, temperature evidence, budget) for a checkpoint. The
@@ -524,7 +546,10 @@ class ColdStart:
         self._new_item_events.extend((tuple(prefix), target) for prefix, target in state["new_item_events"])
         self._calibrations = int(state["calibrations"])
         # Content vectors are re-encoded with the restored tower.
-        self._row, self._item_of_row = {}, []
+        self._row, self._item_of_row, self._forgotten_rows = {}, [], set()
+        # New buffers: a served-rows plan may still read the old ones (ServedRowsPlan).
+        self._content_buffer = np.zeros((0, self._content_buffer.shape[1]), dtype=np.float32)
+        self._step_buffer = np.zeros(0, dtype=np.int64)
         self._content, self._encoded_step = self._content_buffer[:0], self._step_buffer[:0]
         self._unencoded, self._changed = dict.fromkeys(self.metadata), set(self.metadata)
 

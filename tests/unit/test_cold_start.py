@@ -160,6 +160,16 @@ def test_complete_adds_a_cold_content_row_for_each_item_with_metadata_only():
     )
 
 
+def test_a_full_completion_leaves_out_forgotten_items_and_items_learned_elsewhere():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items([*_items(), ItemMeta("d", "oak table", "furniture.table", 90.0)])
+    learned = (np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.array([100]))
+    assert cold_start.complete(["a"], *learned).ids == ["a", "b", "c", "d"]
+    cold_start.forget("b")
+    assert cold_start.complete(["a"], *learned).ids == ["a", "c", "d"]
+    assert cold_start.complete(["a"], *learned, learned_elsewhere={"c"}).ids == ["a", "d"]
+
+
 def test_complete_leaves_a_well_known_item_as_learned():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
