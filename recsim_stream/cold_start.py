@@ -345,29 +345,9 @@ class ColdStart:
         )
         return True
 
-    def complete(
-        self,
-        ids: list[str],
-        inputs: np.ndarray,
-        outputs: np.ndarray,
-        counts: np.ndarray,
-        learned_elsewhere: Collection[str] = (),
-        changed_only: bool = False,
-        encode_limit: int | None = None,
-    ) -> ServedRows:
-        """The served table: learned rows blended with content for items with few interactions, plus
-        a content-only row for every item with metadata and no learned row, and every row's unit
-        content vector. ``learned_elsewhere``: items with a learned row not among ``ids`` (a delta
-        snapshot holds only the rows changed since the last one); they get no content-only row.
-        ``changed_only``: content-only rows only for items whose content vector changed since the
-        last call (new or updated metadata, a re-encoding), as a delta needs: the cost then follows
-        what changed, not the catalogue. ``encode_limit``: encode at most this many newly listed items
-        now (oldest first); the others get their content-only rows in later calls, once encoded
-        (``encode_listed``). Items among ``ids`` are encoded now whatever the limit: a clicked item's
-        row is blended with its content from its first publish."""
-        return self.plan(
-            ids, inputs, outputs, counts, learned_elsewhere, changed_only, encode_limit
-        ).assemble()
+    def complete(self, *args, **kwargs) -> ServedRows:
+        """The served rows at once: ``plan(...)`` (same arguments), assembled on this thread."""
+        return self.plan(*args, **kwargs).assemble()
 
     def plan(
         self,
@@ -379,8 +359,17 @@ class ColdStart:
         changed_only: bool = False,
         encode_limit: int | None = None,
     ) -> ServedRowsPlan:
-        """``complete`` up to the bulk copies: which rows, from which content rows. Its ``assemble``
-        may run on another thread while this object goes on (see ``ServedRowsPlan``)."""
+        """The served table, up to its bulk copies (``ServedRowsPlan.assemble``, which may run on
+        another thread while this object goes on): learned rows blended with content for items with
+        few interactions, plus a content-only row for every item with metadata and no learned row, and
+        every row's unit content vector. ``learned_elsewhere``: items with a learned row not among
+        ``ids`` (a delta snapshot holds only the rows changed since the last one); they get no
+        content-only row. ``changed_only``: content-only rows only for items whose content vector
+        changed since the last call (new or updated metadata, a re-encoding), as a delta needs: the
+        cost then follows what changed, not the catalogue. ``encode_limit``: encode at most this many
+        newly listed items now (oldest first); the others get their content-only rows in later calls,
+        once encoded (``encode_listed``). Items among ``ids`` are encoded now whatever the limit: a
+        clicked item's row is blended with its content from its first publish."""
         self._encode_new([i for i in ids if i in self._unencoded])
         self._refresh_content(encode_limit=encode_limit)
         known, meta, row = set(ids), self.metadata, self._row

@@ -304,13 +304,18 @@ def test_published_counts_say_which_rows_are_new_or_counted_again():
     assert moved.tolist() == [False, False, True, True]
 
 
+def _small_base_then_a_large_delta(snapshotter: Snapshotter, shard: Shard, complete=None) -> None:
+    """v1: 50 rows, flat (the API builds it); v2: a delta of 450 rows, after which a full is due."""
+    shard.train(range(50))
+    _take(snapshotter, shard, complete)
+    shard.train(range(50, 500))
+    _take(snapshotter, shard, complete)
+
+
 def test_a_large_cut_on_a_small_base_is_published_exact_then_with_its_approximate_index(tmp_path):
     snapshotter, store = _snapshotter(tmp_path)
     shard = Shard()
-    shard.train(range(50))
-    _take(snapshotter, shard)  # v1: 50 rows, flat (the API builds it)
-    shard.train(range(50, 500))
-    _take(snapshotter, shard)  # v2: a delta of 450 rows; a full is due next
+    _small_base_then_a_large_delta(snapshotter, shard)
     shard.train([1])
     _take(snapshotter, shard)  # v3: row 1, while the exact full's files are written
     assert snapshotter.wait_for_index(timeout=60)
@@ -329,10 +334,7 @@ def test_an_exact_full_gets_its_approximate_index_though_nothing_changes_after_i
     """A catalogue listed before any traffic: served exactly only until the approximate build."""
     snapshotter, store = _snapshotter(tmp_path)
     shard = Shard()
-    shard.train(range(50))
-    _take(snapshotter, shard)  # v1: 50 rows, flat (the API builds it)
-    shard.train(range(50, 500))
-    _take(snapshotter, shard)  # v2: a delta of 450 rows, then nothing changes any more
+    _small_base_then_a_large_delta(snapshotter, shard)  # then nothing changes any more
     for _ in range(6):
         _take(snapshotter, shard)
         assert snapshotter.wait_for_index(timeout=60)
@@ -363,10 +365,7 @@ def test_a_large_full_snapshots_rows_are_assembled_by_its_build_thread(tmp_path)
 
         return DeferredArrays(arrays.count, assemble)
 
-    shard.train(range(50))
-    _take(snapshotter, shard, complete)  # v1: small, assembled at once
-    shard.train(range(50, 500))
-    _take(snapshotter, shard, complete)  # v2: a delta; a full is due next
+    _small_base_then_a_large_delta(snapshotter, shard, complete)  # v1 assembled at once
     shard.train([1])
     _take(snapshotter, shard, complete)  # v3: row 1; the exact full builds
     assert snapshotter.wait_for_index(timeout=60)
