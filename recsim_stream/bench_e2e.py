@@ -161,9 +161,8 @@ def metric_totals(text: str) -> dict[str, float]:
         for sample in family.samples:
             value = float(sample.value)
             totals[sample.name] = totals.get(sample.name, 0.0) + value
-            labels = {k: v for k, v in sample.labels.items() if k != "le"}
-            if len(labels) == 1 and "le" not in sample.labels:
-                ((label, label_value),) = labels.items()
+            if len(sample.labels) == 1:  # (a histogram's buckets carry ``le`` as well: left out)
+                ((label, label_value),) = sample.labels.items()
                 key = f"{sample.name}{{{label}={label_value}}}"
                 totals[key] = totals.get(key, 0.0) + value
     return totals
@@ -668,6 +667,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                 os.nice(options.training_niceness)  # this thread, and the producer's, created next
             producer = RecordProducer(kafka)
             try:
+                exact_below = load_config().index.exact_below  # as the children read it
                 produced = _produce(
                     options,
                     producer,
@@ -675,7 +675,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                     children,
                     lambda phase, out: log(_progress_line(out, probe, shared, phase)),
                     probe.updater,
-                    lambda: steady_state(probe.served(), options.items, load_config().index.exact_below),
+                    lambda: steady_state(probe.served(), options.items, exact_below),
                 )
             finally:
                 producer.close()

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--catalogue-first-s",
         type=float,
         default=0.0,
-        help="before the stream, wait up to this long for the whole listed catalogue to be served",
+        help="before the stream, wait up to this long for the whole listed catalogue to be served from a"
+        " full snapshot with approximate indexes (the steady state)",
     )
     e2e.add_argument(
         "--training-niceness",
