@@ -39,6 +39,13 @@ KIND_IVF = "ivf"
 SIMILAR = "similar"
 RECOMMEND = "recommend"
 SPARSE_LIVE = 0.2  # below this share of live rows, a main index's live rows are searched exactly
+# How far a main index's search through its live rows may widen when it finds fewer than k. A graph
+# search walks the region near the query; where every row there has died (superseded by the delta:
+# often a run of near-duplicates re-encoded together), widening further finds nothing. In a kept
+# 1M-item chain, 3.4% of /similar queries widened to all 846k live rows (17 searches, 75 ms), two
+# thirds still finding none; capped here, recall@20 of the answers was the same (0.947 against exact
+# search, 1,500 queries): the delta answers with those rows' new versions. /similar p99 76 -> 3.5 ms.
+WIDEST_MAIN_FETCH = 1024
 # A returned row counts as one of the true top-k when its exact score is within this of the k-th best
 # (ann-benchmarks' recall): near-duplicate rows (items whose metadata differ only in price, served
 # from content) tie, and which of 27 equally good rows an index returns is no error. Counting ids
@@ -396,15 +403,16 @@ class MergedIndex:
 
     def _search_main(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Every hit is live; ask for the excluded ones on top, and widen in case the selection left
-        # the graph search short.
+        # the graph search short, up to WIDEST_MAIN_FETCH (see there).
         fetch = min(k + len(exclude), self.main_live)
+        widest = min(max(fetch, WIDEST_MAIN_FETCH), self.main_live)
         while True:
             scores, positions = self.main.search(query, fetch, self.main_params)
             scores, positions = scores[0], positions[0]
             valid = (positions >= 0) & ~np.isin(positions, exclude)
-            if int(valid.sum()) >= k or fetch >= self.main_live:
+            if int(valid.sum()) >= k or fetch >= widest:
                 return scores[valid], positions[valid]
-            fetch = min(fetch * 2, self.main_live)
+            fetch = min(fetch * 2, widest)
 
 
 def merge_parts(

@@ -290,3 +290,29 @@ def test_recall_counts_a_returned_row_that_ties_with_the_kth_best_as_found():
     _, exact = build_index(vectors, CONFIG, kind="flat").search(queries, 20)
     assert any(set(f) != set(e) for f, e in zip(found.tolist(), exact.tolist(), strict=True))  # other copies
     assert measure_recall(index, vectors, queries) == 1.0
+
+
+def test_a_main_search_through_a_dead_region_stops_widening_and_the_delta_answers(monkeypatch):
+    # 2,000 dead copies of one row make an island the graph search cannot leave within its
+    # breadth: widening to every live row found nothing and cost a search per doubling.
+    import recsim_stream.index as index_module
+
+    axis = np.eye(8, dtype=np.float32)
+    others = l2_normalise(-axis[0] + 0.3 * np.random.default_rng(4).normal(size=(1000, 8)))
+    main_vectors = np.vstack([np.repeat(axis[:1], 2000, axis=0), others]).astype(np.float32)
+    main = build_index(main_vectors, CONFIG, kind="hnsw")
+    live = np.arange(len(main_vectors)) >= 2000
+    fresh = l2_normalise(axis[0] + 0.1 * np.random.default_rng(5).normal(size=(30, 8)))
+    merged = merge_with_delta(main, live, fresh)
+    fetched: list[int] = []
+    search = type(main).search
+
+    def counted(self, queries, k, params=None):
+        fetched.append(k)
+        return search(self, queries, k, params)
+
+    monkeypatch.setattr(type(main), "search", counted)
+    monkeypatch.setattr(index_module, "WIDEST_MAIN_FETCH", 64)
+    _, positions = merged.search(axis[0], 20)
+    assert fetched == [20, 40, 64]
+    assert len(positions) == 20 and all(p >= main.size for p in positions.tolist())
