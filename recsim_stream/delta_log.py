@@ -29,7 +29,7 @@ from recsim_stream.index import (
     build_gated_mips_ivf,
     l2_normalise,
 )
-from recsim_stream.new_items import BackgroundBuild, ColdRun, MainCold
+from recsim_stream.new_items import BackgroundBuild, ColdRun, MainCold, cold_run
 from recsim_stream.scoring import with_prior
 from recsim_stream.snapshot import SnapshotArrays, SnapshotError
 from recsim_stream.threads import ThreadPriority
@@ -619,11 +619,10 @@ class DeltaLog:
             return (), 0
         runs = self._cold_runs.refresh(self._cold_content.view)
         parts = tuple(
-            ColdRun(
+            cold_run(
                 r.index,
                 positions[r.start : r.end],
                 dead[r.start : r.end],
-                int((~dead[r.start : r.end]).sum()),
                 r.sample,
                 r.sample_vectors,
                 r.start,

@@ -46,7 +46,7 @@ from recsim_stream.index import (
     unship,
 )
 from recsim_stream.metrics import ApiMetrics
-from recsim_stream.new_items import BackgroundBuild, MainCold, NewItems, serves_new_items
+from recsim_stream.new_items import BackgroundBuild, MainCold, NewItems, cold_run, serves_new_items
 from recsim_stream.next_base import NextBase
 from recsim_stream.scoring import query_with_prior, session_query, with_prior
 from recsim_stream.snapshot import (
@@ -271,13 +271,17 @@ def _new_items(view: DeltaView, manifest: SnapshotManifest, config: IndexConfig)
         with_prior(main.arrays.output_vectors[main_rows], main.arrays.counts[main_rows], main.popularity_power),
         view.known.vectors[delta_rows],
     ])  # fmt: skip
-    cold_index = main.cold.index
+    cold_index = None if main.cold.index is None else main.cold.index.ready
+    main_run = None
+    if cold_index is not None:
+        cold = main.cold
+        main_run = cold_run(cold_index, cold.positions, view.main_cold_dead, cold.sample, cold.sample_content)
     return NewItems(
         share=min(share, 1.0 - 1e-6),
         share_after_cold=min(max(share_after_cold, 1e-9), 1.0 - 1e-6),
         temperature=temperature,
         main=main.cold,
-        main_index=None if cold_index is None else cold_index.ready,
+        main_run=main_run,
         main_dead=view.main_cold_dead,
         main_live=view.main_cold_live,
         delta_runs=view.cold_runs,

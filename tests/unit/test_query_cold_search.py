@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsim_stream.config import IndexConfig
-from recsim_stream.new_items import _outside
+from recsim_stream.new_items import _outside, cold_run
 from recsim_stream.query import build_main, build_state, empty_like
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotManifest
 
@@ -39,7 +39,7 @@ def _new_items(temperature, arrays=None):
     manifest = SnapshotManifest(1, "full", 1, None, 16, arrays.count, {}, None, 0.0, scoring=scoring)
     main = build_main(Snapshot(manifest, arrays), CONFIG, background=False)
     approximate = build_state(main, empty_like(arrays), manifest, CONFIG).new_items
-    return approximate, dataclasses.replace(approximate, main_index=None), arrays
+    return approximate, dataclasses.replace(approximate, main_run=None), arrays
 
 
 def _queries(arrays, count=50, seed=1):
@@ -50,7 +50,7 @@ def _queries(arrays, count=50, seed=1):
 
 def test_cold_rows_get_an_ivf_index_from_the_exact_threshold_on():
     approximate, exact, _ = _new_items(0.1)
-    assert (approximate.main_index.kind, approximate.main_index.size, exact.main_index) == (
+    assert (approximate.main_run.index.kind, approximate.main_run.index.size, exact.main_run) == (
         "ivf",
         18_000,
         None,
@@ -86,15 +86,43 @@ def test_banned_and_overridden_cold_rows_are_never_returned_by_the_approximate_s
     _, top = exact.best(query, np.zeros(16, np.float32), 10, set())
     dead = np.zeros(approximate.main.size, bool)
     dead[np.searchsorted(approximate.main.positions, top[:5])] = True
-    overridden = dataclasses.replace(approximate, main_dead=dead, main_live=approximate.main_live - 5)
+    run = approximate.main_run
+    overridden = dataclasses.replace(
+        approximate,
+        main_dead=dead,
+        main_live=approximate.main_live - 5,
+        main_run=cold_run(run.index, run.positions, dead, run.sample, run.sample_content),
+    )
     _, got = overridden.best(query, np.zeros(16, np.float32), 10, {int(top[5])})
     assert set(got.tolist()).isdisjoint(top[:6].tolist())
     assert len(got) == 10
 
 
+def test_a_session_whose_nearest_cold_rows_all_died_gets_live_ones_from_one_search(monkeypatch):
+    # Rows re-encoded together die together: the 3,000 cold rows nearest the query are dead, far
+    # more than the head. The search selects live rows itself instead of widening past the dead.
+    approximate, exact, arrays = _new_items(0.1)
+    query = _queries(arrays, count=1)[0]
+    run = approximate.main_run
+    dead = np.zeros(run.positions.size, bool)
+    dead[np.argsort(-(arrays.content_vectors[run.positions] @ query))[:3000]] = True
+    overridden = dataclasses.replace(
+        approximate,
+        main_dead=dead,
+        main_live=int((~dead).sum()),
+        main_run=cold_run(run.index, run.positions, dead, run.sample, run.sample_content),
+    )
+    searches = []
+    search = type(run.index).search
+    monkeypatch.setattr(type(run.index), "search", lambda *a, **kw: searches.append(a[2]) or search(*a, **kw))
+    _, got = overridden.best(query, np.zeros(16, np.float32), 10, set())
+    assert len(searches) == 1
+    assert len(got) == 10 and not set(got.tolist()) & set(run.positions[dead].tolist())
+
+
 def test_below_the_threshold_cold_rows_are_searched_exactly():
     approximate, _, _ = _new_items(0.1, _catalogue(n=2_500, known=2_000))
-    assert approximate.main_index is None
+    assert approximate.main_run is None
 
 
 def test_a_session_without_content_scores_indexed_cold_rows_by_their_uniform_sample():
