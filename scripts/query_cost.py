@@ -5,7 +5,7 @@
     PYTHONPATH=<worktree> .venv/bin/python scripts/query_cost.py ...    # an older tree, same chain
 
 The chain is loaded version by version through ``SnapshotWatcher``, each version's background
-index builds awaited (so the delta's sealed runs are those the API would have), then 300 seeded
+index builds awaited (so the delta's sealed runs and the main cold index are those the API would have), then 300 seeded
 sessions of 1-5 learned items ask ``IndexHolder.recommend`` for 20 items. For each
 ``index.cold_nprobe`` asked, in rounds: the median thread CPU time per query, the share of each
 top-20 also in the top-20 of a search of every cell (``--wide``), and the same for the new-item
@@ -41,6 +41,7 @@ def load_final_state(root: Path, config: Config) -> IndexHolder:
             pointer.write_text(f"{version}\n")
             watcher.poll_once()
             watcher._log.wait_for_builds(300)
+            watcher._log.wait_for_sealing(300)  # the main cold rows' index too, served from the next version
     finally:
         pointer.write_text(kept)
     return holder
@@ -60,7 +61,7 @@ def main() -> None:
     holder = load_final_state(args.snapshots, config)
     state = holder.state
     new = state.new_items
-    cold = ([new.main_index] if new.main_index is not None else []) + [run.index for run in new.delta_runs]
+    cold = ([new.main_run.index] if new.main_run is not None else []) + [run.index for run in new.delta_runs]
     print(f"final state v{state.version}: {state.item_count:,} items; cold runs {[i.size for i in cold]}; "
           f"learned delta rows {state.view.known.size:,}")  # fmt: skip
     rng = np.random.default_rng(0)
