@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import faiss
 import numpy as np
 
 from recsim_stream.index import (
+    ApproximateRows,
     ExactRows,
     VectorIndex,
     approximate_rows,
@@ -81,19 +81,28 @@ class ColdRun:
     """Cold rows searched through an IVF index over their content vectors, as one state serves them:
     the main snapshot's, or a sealed run of the delta's. Made by ``cold_run``."""
 
-    index: VectorIndex
-    positions: np.ndarray  # (m,) state positions
-    dead: np.ndarray  # (m,) bool: no longer served
-    live: int
-    sample: np.ndarray  # rows, ascending: a uniform sample for the normaliser's tail
-    sample_content: np.ndarray
-    start: int  # its first row in the delta's cold table (0 for the main snapshot's cold rows)
-    # Select the live rows in the search itself (None: all are live), so a head never comes back
+    # The index searched without the dead rows, which it selects itself, so a head never comes back
     # short for dead rows. Widening the search instead cost up to 14 searches: rows re-encoded
     # together die together, and a kept 1M-item chain had 16k-18k dead rows in the cells nearest a
     # session, so 1% of /recommend took 78 ms (the breadth doubled up to the million rows).
-    params: faiss.SearchParameters | None
-    bitmap: np.ndarray  # the bits ``params`` points to: kept alive with it
+    rows: ApproximateRows
+    dead: np.ndarray  # (m,) bool: no longer served
+    sample: np.ndarray  # rows, ascending: a uniform sample for the normaliser's tail
+    sample_content: np.ndarray
+    start: int  # its first row in the delta's cold table (0 for the main snapshot's cold rows)
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.rows.index
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(m,) state positions."""
+        return self.rows.positions
+
+    @property
+    def live(self) -> int:
+        return self.rows.live
 
     def best(
         self, query: np.ndarray, fetch: int, head: int, temperature: float
@@ -103,7 +112,7 @@ class ColdRun:
         rows outside the head (a uniform sample of them)."""
         if not self.live:
             return -np.inf, np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores, rows = self.index.search(query, min(max(fetch, head), self.live), self.params)
+        scores, rows = self.index.search(query, min(max(fetch, head), self.live), self.rows.params)
         found = rows[0] >= 0
         logits, rows = scores[0][found] / np.float32(temperature), rows[0][found]
         parts = [logits.astype(np.float64)]
@@ -123,9 +132,8 @@ def cold_run(
     sample_content: np.ndarray,
     start: int = 0,
 ) -> ColdRun:
-    """The run of cold rows ``index`` covers, searched without its ``dead`` ones."""
-    live = approximate_rows(index, None, dead)
-    return ColdRun(index, positions, dead, live.live, sample, sample_content, start, live.params, live.bitmap)
+    """The run of cold rows ``index`` covers (at state ``positions``), searched without its ``dead`` ones."""
+    return ColdRun(approximate_rows(index, positions, dead), dead, sample, sample_content, start)
 
 
 @dataclass(frozen=True)
