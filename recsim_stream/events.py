@@ -143,10 +143,20 @@ def unpack_versioned_map(raw: bytes, max_bytes: int, version: int) -> dict | Bad
     return record
 
 
+def _short_id(value: object, limits: EventLimits) -> bool:
+    """The common valid id in one test: a short non-empty string without NUL. UTF-8 (surrogatepass)
+    takes at most 4 bytes a code point, so one this short needs no encoding to know its length."""
+    return (
+        type(value) is str and value != "" and len(value) * 4 <= limits.max_id_bytes and "\x00" not in value
+    )
+
+
 def _id(
     record: dict, key: str, name: str, limits: EventLimits, required: bool = True
 ) -> str | BadEvent | None:
     value = record.get(key)
+    if _short_id(value, limits):
+        return value
     if value is None:
         return BadEvent(BadReason.MISSING_FIELD, f"{name} ({key!r}) is missing") if required else None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -178,6 +188,31 @@ def decode_event(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> Event | B
     record = unpack_versioned_map(raw, limits.max_record_bytes, SCHEMA_VERSION)
     if isinstance(record, BadEvent):
         return record
+    # A well-formed record passes every check of ``_checked_event``; this accepts exactly such records
+    # in one pass (decoding was a sixth of the updater's per-record work) and leaves the rest to it.
+    user, item, kind, ts, session = (
+        record.get("u"),
+        record.get("i"),
+        record.get("k"),
+        record.get("t"),
+        record.get("s"),
+    )
+    if (
+        _short_id(user, limits)
+        and _short_id(item, limits)
+        and type(kind) is str
+        and kind in _KINDS
+        and (type(ts) is float or type(ts) is int)
+        and math.isfinite(ts)
+        and limits.min_ts <= ts <= limits.max_ts
+        and (session is None or _short_id(session, limits))
+    ):
+        return Event(user, item, _KINDS[kind], float(ts), session)
+    return _checked_event(record, limits)
+
+
+def _checked_event(record: dict, limits: EventLimits) -> Event | BadEvent:
+    """An event map's fields checked one by one: the event, or the first reason it is bad."""
     user = _id(record, "u", "user_id", limits)
     if isinstance(user, BadEvent):
         return user

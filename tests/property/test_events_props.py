@@ -2,11 +2,13 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
+from recsim_stream.config import EventLimits
 from recsim_stream.events import (
     BadEvent,
     Event,
     EventKind,
     ItemMeta,
+    _checked_event,
     decode_event,
     decode_item,
     encode_event,
@@ -64,3 +66,23 @@ def test_arbitrary_maps_with_version_1_never_raise(record: dict) -> None:
     raw = msgpack.packb({**record, "v": 1})
     assert isinstance(decode_event(raw), Event | BadEvent)
     assert isinstance(decode_item(raw), ItemMeta | BadEvent)
+
+
+# Field values near the checks' edges: valid and invalid ids, kinds and times of every type.
+edge_values = (
+    msgpack_values
+    | ids
+    | st.sampled_from(["click", "cart", "purchase", "view", "", "x\x00", "é" * 32, "é" * 33, "a" * 129])
+    | timestamps
+    | st.sampled_from([-1.0, 4_102_444_801.0, float("inf"), float("nan"), 0, 2**63, True])
+)
+event_fields = st.fixed_dictionaries(
+    {"v": st.just(1)}, optional={k: edge_values for k in ("u", "i", "k", "t", "s", "other")}
+)
+
+
+@given(event_fields)
+def test_the_one_pass_decoding_agrees_with_the_field_by_field_checks(record: dict) -> None:
+    """decode_event's fast path for well-formed records gives what checking each field gives."""
+    decoded, checked = decode_event(msgpack.packb(record)), _checked_event(record, EventLimits())
+    assert decoded == checked
