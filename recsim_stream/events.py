@@ -188,8 +188,9 @@ def decode_event(raw: bytes, limits: EventLimits = _DEFAULT_LIMITS) -> Event | B
     record = unpack_versioned_map(raw, limits.max_record_bytes, SCHEMA_VERSION)
     if isinstance(record, BadEvent):
         return record
-    # A well-formed record passes every check of ``_checked_event``; this accepts exactly such records
-    # in one pass (decoding was a sixth of the updater's per-record work) and leaves the rest to it.
+    # The common well-formed record (short string ids) in one pass: decoding was a sixth of the
+    # updater's per-record work. Every record this accepts passes ``_checked_event`` with the same
+    # event; every other record, valid or not, is left to it.
     user, item, kind, ts, session = (
         record.get("u"),
         record.get("i"),
