@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import math
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -302,11 +302,12 @@ class HashedTextEncoder:
         self.buckets = buckets
 
     def bag(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        tokens = text_tokens(text) or [MISSING]
-        ids = np.fromiter((bucket("text", t, self.buckets) for t in tokens), np.int64, count=len(tokens))
-        unique, counts = np.unique(ids, return_counts=True)
-        weights = counts.astype(np.float32)
-        return unique, weights / np.float32(math.sqrt(float(np.dot(weights, weights))))
+        """(sorted distinct bucket ids, their counts L2-normalised). Counted in a dict: a title's few
+        dozen tokens are too few for numpy's unique to pay off (~4 of ~19 µs a title, REES46's titles)."""
+        counts = Counter([bucket("text", t, self.buckets) for t in text_tokens(text) or [MISSING]])
+        ids = sorted(counts)
+        weights = np.array([counts[i] for i in ids], dtype=np.float32)
+        return np.array(ids, dtype=np.int64), weights / np.float32(math.sqrt(float(np.dot(weights, weights))))
 
 
 class DenseTextEncoder(Protocol):
