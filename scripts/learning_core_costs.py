@@ -51,16 +51,24 @@ def run_variant(variant: str, data: Path, limit: int) -> dict:
     config = Config()
     pin_blas_threads(config.learn.blas_threads)
     settle_heap(config.process.gc_threshold)
+    stand_ins = 0  # calls of a replaced function: none would mean the variant took nothing out
+
+    def zero_gradients(in_rows, out_rows, centers, contexts, negatives, weights):
+        nonlocal stand_ins
+        stand_ins += 1
+        w = weights.astype(in_rows.dtype)
+        loss = sgns.SgnsLoss(w, w, w[:, None], w[:, None])
+        return sgns.SgnsGradients(np.zeros_like(in_rows), np.zeros_like(out_rows), loss)
+
+    def no_step(self, batch, **_):
+        nonlocal stand_ins
+        stand_ins += 1
+        return trainer.StepResult(len(batch.centers), 0, ())
+
     if variant == "zero-math":
-
-        def zero_gradients(in_rows, out_rows, centers, contexts, negatives, weights):
-            w = weights.astype(in_rows.dtype)
-            loss = sgns.SgnsLoss(w, w, w[:, None], w[:, None])
-            return sgns.SgnsGradients(np.zeros_like(in_rows), np.zeros_like(out_rows), loss)
-
-        trainer.sgns_step = zero_gradients
+        trainer.sgns_step = zero_gradients  # the name the trainer calls
     if variant == "no-training-content":
-        trainer.SgnsTrainer.step = lambda self, batch, **_: trainer.StepResult(len(batch.centers), 0, ())
+        trainer.SgnsTrainer.step = no_step
     if variant in ("no-content", "no-training-content"):
         config = dataclasses.replace(config, content=dataclasses.replace(config.content, enabled=False))
     rows = read_events(str(data / "events.csv"))
@@ -71,6 +79,8 @@ def run_variant(variant: str, data: Path, limit: int) -> dict:
     else:
         model = SgnsStreamModel(config)
     result = evaluate(events, [model], config.eval, items)
+    if variant in ("zero-math", "no-training-content") and not stand_ins:
+        raise SystemExit(f"{variant}: the replaced function was never called; the trainer changed")
     summary = result.summary(result.models[0])
     pairs = getattr(getattr(model, "learner", None), "pairs_trained", 0)
     return {

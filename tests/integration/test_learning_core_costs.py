@@ -1,0 +1,30 @@
+"""scripts/learning_core_costs.py on a slice of REES46: its variants take parts out of the learner by
+replacing functions (``trainer.sgns_step``, ``SgnsTrainer.step``), so a change to those must not leave
+the tool measuring the wrong thing or failing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "rees46-multicat-oct2019-head" / "canonical"
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared data sets are not at {DATA}")
+
+
+def test_the_parts_add_up_to_the_learner_and_training_costs_something(tmp_path: Path) -> None:
+    plot = tmp_path / "costs.png"
+    command = [sys.executable, str(REPO / "scripts" / "learning_core_costs.py"), str(DATA),
+               "--runs", "1", "--limit", "1500", "--json", "--plot", str(plot)]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    cpu, parts = report["cpu_us_per_event"], report["parts"]
+    assert sum(parts.values()) == pytest.approx(cpu["full"])
+    # Taking training out removes real work: the sampler, pulls, maths and pushes of every pair.
+    assert cpu["no-training-content"] < cpu["no-content"]
+    assert report["pairs_per_event"] > 0
+    assert report["budget_10x_us_per_event"] > 0
+    assert plot.stat().st_size > 0
