@@ -303,7 +303,7 @@ class HashedTextEncoder:
 
     def bag(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(sorted distinct bucket ids, their counts L2-normalised). Counted in a dict: a title's few
-        dozen tokens are too few for numpy's unique to pay off (~4 of ~19 µs a title, REES46's titles)."""
+        dozen tokens are too few for numpy's unique to pay off (BENCHMARKS.md, fourteenth session)."""
         counts = Counter([bucket("text", t, self.buckets) for t in text_tokens(text) or [MISSING]])
         ids = sorted(counts)
         weights = np.array([counts[i] for i in ids], dtype=np.float32)

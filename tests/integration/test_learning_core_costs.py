@@ -21,10 +21,11 @@ def test_the_parts_add_up_to_the_learner_and_training_costs_something(tmp_path: 
                "--runs", "1", "--limit", "1500", "--json", "--plot", str(plot)]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
     report = json.loads(out.strip().splitlines()[-1])
-    cpu, parts = report["cpu_us_per_event"], report["parts"]
-    assert sum(parts.values()) == pytest.approx(cpu["full"])
-    # Taking training out removes real work: the sampler, pulls, maths and pushes of every pair.
-    assert cpu["no-training-content"] < cpu["no-content"]
+    cpu = report["cpu_us_per_event"]
+    assert set(cpu) == {"full", "zero-math", "no-content", "no-training-content"}
+    # Each part taken out removes real work: training (sampler, pulls, maths, pushes of every pair)
+    # and the tower (encoding the 6,493 listed items alone is most of REES46's learner).
+    assert cpu["no-training-content"] < cpu["no-content"] < cpu["full"]
     assert report["pairs_per_event"] > 0
     assert report["budget_10x_us_per_event"] > 0
     assert plot.stat().st_size > 0
