@@ -227,7 +227,9 @@ class LearnConfig:
     expire_after_s: float = 0.0  # rows untouched this long (event time) expire; 0 = never
     torch_threads: int = 1  # pinned: 2 threads collapse when another process takes a core
     blas_threads: int = 1  # numpy's BLAS in the updater and eval (threads.py says why)
-    sampler_table_size: int = 1 << 20  # slots of the negative-sampling table (8 bytes each)
+    # Most slots of the negative-sampling table (8 bytes each, allocated at start); the table in use
+    # grows with the keys to this size (sampler.py)
+    sampler_table_size: int = 1 << 20
     # Distinct negatives per batch: each pair draws its negatives from a pool this large, drawn from
     # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
     negative_pool: int = 2048

@@ -5,9 +5,14 @@ Negative Sampling"): a fixed-size table of keys whose share of slots tracks coun
 key's count rises from c to c + d, its weight rises by F = (c + d)^power - c^power and the total by
 the batch's sum of F; the key then takes F * table_size / total random slots (stochastically
 rounded; distinct slots). In expectation that leaves every key's share exactly at its new
-count^power / total, with work proportional to the batch, never to the catalogue. The first batch
-fills the whole table in proportion, so early samples already have the table's full resolution.
-Sampling is a uniform draw from the table.
+count^power / total, with work proportional to the batch, never to the catalogue. Sampling is a
+uniform draw from the table.
+
+The table in use grows with the keys, ``SLOTS_PER_KEY`` slots per distinct key up to
+``learn.sampler_table_size``, by doubling: a copy of itself appended leaves every share as it was.
+While few keys are known a batch is a large share of the total and rewrites a large part of the table;
+a table sized for the keys known keeps that work small (a full-size table from the start was
+rewritten ~3.5 times over by REES46's first 17 batches, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.sharding import KeyIndex
 
 State = dict[str, np.ndarray | int | float]
+
+# Slots per distinct key the table grows to keep (a power of two at least this many per key): a key
+# of count 1 among Zipf-distributed keys still holds a few slots in expectation.
+SLOTS_PER_KEY = 256
+MIN_SLOTS = 1024
 
 
 def rng_state(rng: np.random.Generator) -> np.ndarray:
@@ -77,18 +87,35 @@ class NegativeSampler:
         self._counts[pos] = old + added
         gain = (old + added).astype(np.float64) ** self._power - old.astype(np.float64) ** self._power
         self._total += float(gain.sum())
-        slots = self._filled or len(self._table)
-        fresh = np.repeat(keys, self._stochastic_round(gain * (slots / self._total)))
-        if self._filled == 0:  # the first batch fills the table
-            fresh = self._rng.permutation(fresh)[:slots]
+        wanted = self._slots_for(self._size)
+        if self._filled == 0:  # the first batch fills the table in proportion
+            fresh = np.repeat(keys, self._stochastic_round(gain * (wanted / self._total)))
+            fresh = self._rng.permutation(fresh)[:wanted]
             self._table[: len(fresh)] = fresh
             self._filled = len(fresh)
             return
+        self._grow(wanted)
+        slots = self._filled
+        fresh = np.repeat(keys, self._stochastic_round(gain * (slots / self._total)))
         if len(fresh) > slots:  # rounding up when this batch outweighs everything before it
             fresh = self._rng.permutation(fresh)[:slots]
         # Distinct slots, so a key's share is exact in expectation; which slots does not matter
         # because sampling and later replacements treat every slot alike.
         self._table[self._rng.choice(slots, len(fresh), replace=False, shuffle=False)] = fresh
+
+    def _slots_for(self, keys: int) -> int:
+        """Table slots for ``keys`` distinct keys: a power of two, within [MIN_SLOTS, table size]."""
+        wanted = 1 << max(0, SLOTS_PER_KEY * keys - 1).bit_length()
+        return min(len(self._table), max(MIN_SLOTS, wanted))
+
+    def _grow(self, slots: int) -> None:
+        """Double the table in use while it stays within ``slots`` (at most the array): every key keeps
+        its share exactly."""
+        table = self._table
+        while 2 * self._filled <= slots:
+            filled = self._filled
+            table[filled : 2 * filled] = table[:filled]
+            self._filled = 2 * filled
 
     def sample(self, n: int) -> np.ndarray:
         """``n`` keys drawn independently from count^power."""

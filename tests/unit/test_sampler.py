@@ -72,3 +72,25 @@ def test_restored_sampler_continues_exactly_like_the_original():
         sampler.observe(np.arange(300) % 53)
     assert resumed.sample(1000).tolist() == original.sample(1000).tolist()
     assert resumed.count(np.arange(60)).tolist() == original.count(np.arange(60)).tolist()
+
+
+def test_the_table_in_use_grows_with_the_keys_up_to_the_configured_size():
+    sampler = NegativeSampler(CONFIG)
+    sampler.observe(np.arange(10))  # 10 keys: 4,096 slots (a first fill may round a few short)
+    assert 4096 - 10 <= len(sampler.state()["table"]) <= 4096
+    sampler.observe(np.arange(10, 100))  # 100 keys: 32,768 slots, reached by doubling
+    assert 32768 - 80 <= len(sampler.state()["table"]) <= 32768
+    sampler.observe(np.arange(100, 5000))  # would want 2^21: the table stops at its 2^16
+    assert len(sampler.state()["table"]) <= CONFIG.sampler_table_size
+    assert len(sampler.state()["table"]) > CONFIG.sampler_table_size // 2
+
+
+def test_doubling_the_table_keeps_every_share_exactly():
+    sampler = NegativeSampler(CONFIG)
+    sampler.observe(np.repeat(np.arange(5), [1, 2, 4, 8, 16]))
+    before = sampler.state()["table"]
+    sampler._grow(4 * len(before))
+    after = sampler.state()["table"]
+    assert len(after) == 4 * len(before)
+    for key in range(5):
+        assert (after == key).mean() == (before == key).mean()
