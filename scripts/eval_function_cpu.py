@@ -53,7 +53,14 @@ def _child(stream: Path, functions: list[str], limit: int | None) -> None:
         _wrap(spec, totals)
     from recsim_stream import cli  # noqa: PLC0415 - after the wrapping, as the eval imports them
 
-    sys.argv = ["recsim-stream", "eval", str(stream / "events.csv"), "--items", str(stream / "items.csv"), "--json"]
+    sys.argv = [
+        "recsim-stream",
+        "eval",
+        str(stream / "events.csv"),
+        "--items",
+        str(stream / "items.csv"),
+        "--json",
+    ]
     if limit is not None:
         sys.argv += ["--limit", str(limit)]
     try:
