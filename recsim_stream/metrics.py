@@ -93,7 +93,9 @@ class UpdaterMetrics:
             "recsim_pairs_trained_total", "Skip-gram pairs trained.", registry=registry
         )
         self.loss = Gauge(
-            "recsim_training_loss", "Moving average of the SGNS loss per pair.", registry=registry
+            "recsim_training_loss",
+            "Moving average of the SGNS loss per pair (each step's largest piece).",
+            registry=registry,
         )
         self.batch_seconds = Histogram(
             "recsim_train_batch_seconds",

@@ -70,17 +70,18 @@ class StepResult:
     pairs: int
     rows: int  # input and output rows trained
     versions: tuple[int, ...]  # per shard, after the push (empty when the push is asynchronous)
-    piece_losses: tuple[SgnsLoss, ...] = ()  # summed only if ``loss`` is read (sgns.SgnsLoss)
+    piece_losses: tuple[SgnsLoss, ...] = ()  # computed only if ``loss`` is read (sgns.SgnsLoss)
 
     @cached_property
     def loss(self) -> float:
-        """Mean over pairs of the weighted SGNS loss, before this step's update."""
-        if not self.pairs:
+        """Mean per pair of the weighted SGNS loss of the step's largest piece, before its update: a
+        sample of the step (all of it when it is one piece), not a trailing sliver. The updater
+        smooths it over steps for its metric; computing every piece's loss took 1.6% of its loop
+        (py-spy, BENCHMARKS.md)."""
+        sample = max(self.piece_losses, key=lambda piece: len(piece.weights), default=None)
+        if sample is None or not len(sample.weights):
             return 0.0
-        total = 0.0
-        for piece in self.piece_losses:
-            total += piece.value
-        return total / self.pairs
+        return sample.value / len(sample.weights)
 
 
 def local_shard_calls(shards: Sequence[ParameterShard]) -> tuple[PullFn, PushFn]:

@@ -8,7 +8,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.pairs import PairBatch
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.shard import ParameterShard
-from recsim_stream.trainer import PIECES_PER_CALL, SgnsTrainer, local_shard_calls
+from recsim_stream.trainer import PIECES_PER_CALL, Segment, SgnsTrainer, local_shard_calls
 
 CLUSTERS, PER_CLUSTER = 8, 25
 
@@ -177,3 +177,20 @@ def test_one_big_batch_equals_its_pieces_one_by_one(keys, pairs, batch_pairs, sh
     assert accumulators == [
         [s._acc_in[: s._used].tobytes(), s._acc_out[: s._used].tobytes()] for s in one_by_one
     ]
+
+
+def test_a_steps_loss_is_its_largest_pieces_mean_per_pair():
+    config = LearnConfig(dim=8, shards=2, batch_pairs=400, negative_pool=64, sampler_table_size=1 << 10)
+    shards = [ParameterShard(config, i) for i in range(config.shards)]
+    trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(shards))
+    batch = _planted(np.random.default_rng(2), 520)
+    n = len(batch.centers)
+    # Two segments: ~400 pairs (one piece) and a trailing sliver of 20 (its own piece).
+    result = trainer.step(
+        batch, segments=[Segment(n - 20, batch.centers[:100], 1.0), Segment(n, batch.centers[100:], 2.0)]
+    )
+    sizes = [len(piece.weights) for piece in result.piece_losses]
+    assert sorted(sizes) == [20, n - 20]
+    largest = result.piece_losses[sizes.index(n - 20)]
+    assert result.loss == largest.value / (n - 20)
+    assert result.loss > 0
