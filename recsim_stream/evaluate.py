@@ -147,7 +147,7 @@ class EvalResult:
         return out
 
 
-class _Sessions:
+class Sessions:
     """Session keys and collapsed item prefixes, by session_id or by per-user inactivity gap."""
 
     def __init__(self, gap_s: float) -> None:
@@ -203,7 +203,7 @@ def evaluate(
     pairs = list(zip(models, results, strict=True))
     turns = (pairs, pairs[::-1])
     positions, cold = array("l"), array("b")
-    sessions = _Sessions(config.session_gap_s)
+    sessions = Sessions(config.session_gap_s)
     seen: set[str] = set()
     clock = time.perf_counter
     for position, event in enumerate(stream):

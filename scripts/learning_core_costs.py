@@ -12,6 +12,11 @@ median CPU microseconds per event of each; the differences are the parts' costs:
                           what is left is windows, pairs, interning and publishing the tables
     gensim                GENSIM-RETRAIN alone, for the budget (its wall time: it trains on a thread)
 
+It also times one epoch of gensim's own loop over the stream's sessions (sample=0, one worker, as
+``bench learner`` does; pairs counted in expectation of its reduced windows) for its CPU per pair: our
+pairs at that speed are what a compiled SGNS as fast as gensim's would cost, and the report shows the
+learner with that SGNS in place of ours, against the budget.
+
 SGNS training is told apart with the tower off: without learned rows the tower would not train
 either, so "no training, tower on" would charge the tower's training to SGNS. The variants' quality
 figures are meaningless (they do not learn); only their costs are read.
@@ -31,6 +36,29 @@ import time
 from pathlib import Path
 
 VARIANTS = ("full", "zero-math", "no-content", "no-training-content", "gensim")
+GENSIM_EPOCH = "gensim-epoch"  # not an eval variant: gensim's CPU per pair on the stream's sessions
+
+
+def gensim_pair_cost(data: Path, limit: int) -> dict:
+    """gensim's CPU microseconds per pair, one epoch over the stream's sessions as eval cuts them."""
+    import itertools
+
+    import numpy as np
+
+    from recsim_stream.bench_learner import gensim_speed
+    from recsim_stream.canonical_csv import read_events
+    from recsim_stream.config import Config
+    from recsim_stream.evaluate import Sessions, sort_stream
+
+    rows = read_events(str(data / "events.csv"))
+    sessions = Sessions(Config().eval.session_gap_s)
+    items: dict[str, list[str]] = {}
+    for event in sort_stream(itertools.islice(rows, limit) if limit else rows):
+        session = items.setdefault(sessions.key(event), [])
+        if not session or session[-1] != event.item_id:  # repeats add no pairs
+            session.append(event.item_id)
+    arrays = [np.array(s) for s in items.values() if len(s) >= 2]
+    return {"variant": GENSIM_EPOCH, "cpu_us_per_pair": gensim_speed(arrays, seed=1).cpu_us_per_pair}
 
 
 def run_variant(variant: str, data: Path, limit: int) -> dict:
@@ -92,26 +120,49 @@ def run_variant(variant: str, data: Path, limit: int) -> dict:
     }
 
 
-def write_plot(path: str, stream: str, parts: dict[str, float], full_wall: float, budget: float) -> None:
-    """One stacked bar of the parts (CPU us/event), with the 10x GENSIM-RETRAIN budget as a line."""
+def write_plot(
+    path: str,
+    stream: str,
+    parts: dict[str, float],
+    full_wall: float,
+    budget: float,
+    with_gensim_sgns: dict[str, float],
+) -> None:
+    """Two stacked bars of the parts (CPU us/event): the learner, and the learner with SGNS at gensim's
+    CPU per pair; the 10x GENSIM-RETRAIN budget as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 2.6))
-    left = 0.0
-    for (name, value), colour in zip(
-        parts.items(), ("#55a868", "#4c72b0", "#8fa9d6", "#dd8452"), strict=True
-    ):
-        ax.barh([0], [value], left=left, color=colour, label=f"{name}: {value:.1f}")
-        left += value
-    ax.axvline(budget, color="black", linestyle="--", label=f"10x GENSIM-RETRAIN: {budget:.1f} (wall)")
-    ax.set_yticks([])
+    colours = {
+        "windows, pairs, interning, publishing": "#55a868",
+        "SGNS maths (sgns_step)": "#4c72b0",
+        "SGNS sampler, plans, pulls, pushes": "#8fa9d6",
+        "content tower (cold start)": "#dd8452",
+        "SGNS at gensim's CPU per pair": "#8172b3",
+    }
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    widest = 0.0
+    for row, bar in enumerate((parts, with_gensim_sgns)):
+        left = 0.0
+        for name, value in bar.items():
+            ax.barh([row], [value], left=left, color=colours[name], label=f"{name}: {value:.1f}")
+            left += value
+        widest = max(widest, left)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # the shared parts once
+    ax.axvline(budget, color="black", linestyle="--")
+    ax.set_yticks([0, 1], ["learner", "SGNS at gensim's\nCPU per pair"])
+    ax.invert_yaxis()
     ax.set_xlabel("microseconds per event")
-    ax.set_xlim(0, max(left, full_wall, budget) * 1.05)
-    ax.set_title(f"Learning core of recsim-stream eval on {stream}: {full_wall:.1f} us/event (wall)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=8, frameon=False)
+    ax.set_xlim(0, max(widest, full_wall, budget) * 1.05)
+    ax.set_title(
+        f"Learning core of recsim-stream eval on {stream}: {full_wall:.1f} us/event (wall); "
+        f"dashed: 10x GENSIM-RETRAIN, {budget:.1f}"
+    )
+    ax.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2,
+              fontsize=8, frameon=False)  # fmt: skip
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print(f"plot: {path}")
@@ -124,16 +175,22 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N events")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     parser.add_argument("--plot", metavar="PNG", help="write the parts as one bar against the 10x budget")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # a child's one run
+    parser.add_argument(
+        "--variant", choices=(*VARIANTS, GENSIM_EPOCH), help=argparse.SUPPRESS
+    )  # a child's run
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.data, args.limit)))
+        if args.variant == GENSIM_EPOCH:
+            print(json.dumps(gensim_pair_cost(args.data, args.limit)))
+        else:
+            print(json.dumps(run_variant(args.variant, args.data, args.limit)))
         return
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict]] = {v: [] for v in (*VARIANTS, GENSIM_EPOCH)}
     started = time.perf_counter()
-    total = args.runs * len(VARIANTS)
+    total = args.runs * (len(VARIANTS) + 1)
     for r in range(args.runs):
         order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]  # each goes first in turn
+        order += (GENSIM_EPOCH,)
         for variant in order:
             command = [
                 sys.executable,
@@ -148,9 +205,14 @@ def main() -> None:
             runs[variant].append(json.loads(out.strip().splitlines()[-1]))
             done = sum(map(len, runs.values()))
             elapsed = time.perf_counter() - started
+            last = runs[variant][-1]
+            cost = (
+                f"{last['cpu_us_per_pair']:.3f} us CPU/pair"
+                if variant == GENSIM_EPOCH
+                else f"{last['cpu_us_per_event']:.2f} us CPU/event"
+            )
             print(
-                f"[{done}/{total}] {variant}: {runs[variant][-1]['cpu_us_per_event']:.2f} us CPU/event "
-                f"({elapsed:.0f} s, ETA {elapsed / done * (total - done):.0f} s)",
+                f"[{done}/{total}] {variant}: {cost} ({elapsed:.0f} s, ETA {elapsed / done * (total - done):.0f} s)",
                 file=sys.stderr,
             )
     cpu = {v: statistics.median(x["cpu_us_per_event"] for x in runs[v]) for v in VARIANTS if v != "gensim"}
@@ -175,8 +237,19 @@ def main() -> None:
         f"\npairs/event {pairs:.2f}; GENSIM-RETRAIN {wall['gensim']:.1f} us/event wall, so 10x it is "
         f"{budget:.2f} us/event; the learner takes {wall['full']:.2f} ({wall['gensim'] / wall['full']:.2f}x GENSIM-RETRAIN)"
     )
+    gensim_us_per_pair = statistics.median(x["cpu_us_per_pair"] for x in runs[GENSIM_EPOCH])
+    with_gensim_sgns = {  # the learner with our SGNS training replaced by gensim's per-pair cost
+        "windows, pairs, interning, publishing": parts["windows, pairs, interning, publishing"],
+        "SGNS at gensim's CPU per pair": pairs * gensim_us_per_pair,
+        "content tower (cold start)": parts["content tower (cold start)"],
+    }
+    print(
+        f"gensim's loop on these sessions: {gensim_us_per_pair:.3f} us CPU a pair; our {pairs:.2f} pairs an "
+        f"event at that speed: {pairs * gensim_us_per_pair:.2f} us; the learner with that SGNS: "
+        f"{sum(with_gensim_sgns.values()):.2f} us/event CPU against the {budget:.2f} budget"
+    )
     if args.plot:
-        write_plot(args.plot, args.data.parent.name, parts, wall["full"], budget)
+        write_plot(args.plot, args.data.parent.name, parts, wall["full"], budget, with_gensim_sgns)
     if args.json:
         print(
             json.dumps(
@@ -186,6 +259,8 @@ def main() -> None:
                     "parts": parts,
                     "pairs_per_event": pairs,
                     "budget_10x_us_per_event": budget,
+                    "gensim_cpu_us_per_pair": gensim_us_per_pair,
+                    "with_gensim_sgns": with_gensim_sgns,
                     "runs": runs,
                 }
             )
