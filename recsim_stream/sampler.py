@@ -154,6 +154,11 @@ class NegativeSampler:
                 f"NegativeSampler.restore: state has table_size {state['table_size']}, "
                 f"config says {len(self._table)}"
             )
+        if table.ndim != 1 or len(table) > len(self._table):
+            raise ValueError(
+                f"NegativeSampler.restore: state's table has shape {table.shape}; it must be one row of at "
+                f"most table_size ({len(self._table)}) keys"
+            )
         self._table[:] = 0
         self._table[: len(table)] = table
         self._filled = len(table)

@@ -94,3 +94,12 @@ def test_doubling_the_table_keeps_every_share_exactly():
     assert len(after) == 4 * len(before)
     for key in range(5):
         assert (after == key).mean() == (before == key).mean()
+
+
+def test_a_state_whose_table_is_larger_than_the_configured_one_is_refused_clearly():
+    sampler = NegativeSampler(CONFIG)
+    sampler.observe(np.arange(10))
+    state = sampler.state()
+    state["table"] = np.zeros(CONFIG.sampler_table_size + 1, dtype=np.int64)
+    with pytest.raises(ValueError, match="at most table_size"):
+        NegativeSampler(CONFIG).restore(state)
