@@ -12,6 +12,7 @@ The only module here that imports torch (and, for ``encoder = minilm``, sentence
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,6 +128,45 @@ class _TowerNet(nn.Module):
         return residual
 
 
+class _RowSparseAdam(torch.optim.SparseAdam):
+    """torch's SparseAdam with its rows gathered and scattered by index (``index_select``,
+    ``index_add_``) rather than through sparse tensors (``sparse_mask``, sparse ``add_``): the same
+    arithmetic in the same order, so the same weights and moments to the bit (tests/unit/test_content.py),
+    in 28% less time (0.214 -> 0.155 s for 40 tower steps, BENCHMARKS.md). The state is SparseAdam's,
+    so checkpoints are unchanged."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("the tower's optimizer takes no closure")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                grad = param.grad.coalesce()  # the update is not linear: one value per row
+                rows, values = grad._indices()[0], grad._values()
+                if not values.numel():
+                    continue
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                old_avg, old_avg_sq = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+                avg_update = values.sub(old_avg).mul_(1 - beta1)
+                exp_avg.index_add_(0, rows, avg_update)
+                avg_sq_update = values.pow(2).sub_(old_avg_sq).mul_(1 - beta2)
+                exp_avg_sq.index_add_(0, rows, avg_sq_update)
+                numer = avg_update.add_(old_avg)
+                denom = avg_sq_update.add_(old_avg_sq).sqrt_().add_(group["eps"])
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                param.index_add_(0, rows, -step_size * numer.div_(denom))
+
+
 def _is_sparse(net: nn.Module, param_name: str) -> bool:
     module = net.get_submodule(param_name.rpartition(".")[0])
     return isinstance(module, nn.EmbeddingBag) and module.sparse
@@ -176,7 +216,7 @@ class ContentTower:
         }
         params = dict(named)
         self._optimizers = {
-            "sparse": torch.optim.SparseAdam(
+            "sparse": _RowSparseAdam(
                 [params[n] for n in self._param_names["sparse"]], lr=config.learning_rate
             ),
             "dense": torch.optim.Adam(

@@ -235,3 +235,22 @@ def test_training_moves_the_tower_off_the_sketch(planted: PlantedCatalogue, trai
     items = planted.items[:20]
     sketch = FeatureSketch(DIM).encode(items, np.zeros((len(items), 4), dtype=bool))
     assert not np.allclose(trained_tower.encode_unit(items), sketch, atol=0.1)
+
+
+def test_the_towers_sparse_optimizer_gives_torchs_sparse_adam_to_the_bit(planted: PlantedCatalogue):
+    import torch
+
+    batches = [_small_batch(planted) for _ in range(6)]
+    ours = ContentTower(ContentConfig(), DIM)
+    reference = ContentTower(ContentConfig(), DIM)
+    sparse = reference._optimizers["sparse"]
+    reference._optimizers["sparse"] = torch.optim.SparseAdam(
+        sparse.param_groups[0]["params"], lr=ContentConfig().learning_rate
+    )
+    for batch in batches:
+        ours.train_step(*batch)
+        reference.train_step(*batch)
+    ours_state, reference_state = ours.state(), reference.state()
+    assert ours_state.keys() == reference_state.keys()
+    for key, value in reference_state.items():
+        assert np.array_equal(ours_state[key], value), key
