@@ -40,7 +40,7 @@ Log = Callable[[str], None]
 ADVANCE_EVERY = 20_000  # events between two session-window advances: the updater's poll size
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
     """(CPU seconds, wall seconds) of each run. CPU time of this process is the per-core cost: on a
     shared machine the wall time also counts the time other processes held the core."""
     cpu, wall = [], []
@@ -107,11 +107,11 @@ def measure_stages(events: int, repeats: int, log: Log) -> dict:
     n = len(stream.events)
     log(f"bench scaling: cost model on {n:,} simulated events, {repeats} repeats per stage")
     limits = config.limits
-    decode, decode_wall = _timed(lambda: [decode_event(raw, limits) for raw in stream.raws], repeats)
+    decode, decode_wall = timed(lambda: [decode_event(raw, limits) for raw in stream.raws], repeats)
     log(f"bench scaling:   decode {n / statistics.median(decode):,.0f} events/s per core")
-    sessions, sessions_wall = _timed(lambda: _window(stream, config, None), repeats)
+    sessions, sessions_wall = timed(lambda: _window(stream, config, None), repeats)
     log(f"bench scaling:   sessions {n / statistics.median(sessions):,.0f} events/s per core")
-    both, both_wall = _timed(lambda: _window(stream, config, PairBuffer(config.pairs)), repeats)
+    both, both_wall = timed(lambda: _window(stream, config, PairBuffer(config.pairs)), repeats)
     pair_only = [b - s for b, s in zip(both, sessions, strict=True)]
     batches: list[tuple[PairBatch, np.ndarray]] = []
     _window(stream, config, PairBuffer(config.pairs), batches)
@@ -120,7 +120,7 @@ def measure_stages(events: int, repeats: int, log: Log) -> dict:
         f"bench scaling:   pairs {n / statistics.median(pair_only):,.0f} events/s per core "
         f"({pairs / n:.2f} pairs/event)"
     )
-    sgns, sgns_wall = _timed(lambda: _sgns_run(config.learn, batches), repeats)
+    sgns, sgns_wall = timed(lambda: _sgns_run(config.learn, batches), repeats)
     log(f"bench scaling:   sgns {pairs / statistics.median(sgns):,.0f} pairs/s per core")
     return {
         "events": n,
@@ -192,18 +192,18 @@ def measure_snapshot_and_index(rows: int, config: IndexConfig, folder: Path, log
         content_vectors=inputs.copy(),  # the cold start's unit content vectors: one more dim-wide table
     )
     store = SnapshotStore(SnapshotConfig(dir=str(folder / f"snap-{rows}"), keep=1))
-    (write_s,), (write_wall,) = _timed(lambda: store.write(1, arrays, offsets={}, newest_event_ts=None), 1)
+    (write_s,), (write_wall,) = timed(lambda: store.write(1, arrays, offsets={}, newest_event_ts=None), 1)
     snapshot_bytes = sum(p.stat().st_size for p in (folder / f"snap-{rows}").rglob("*") if p.is_file())
     shutil.rmtree(folder / f"snap-{rows}", ignore_errors=True)
     log(f"bench scaling:   {rows:,} rows: snapshot written in {write_s:.2f} CPU s; building indexes")
     built: list = []
-    (build_s,), (build_wall,) = _timed(
+    (build_s,), (build_wall,) = timed(
         lambda: built.append(build_main_indexes(inputs, outputs, counts, config)), 1
     )
     main = built[0]
     index_bytes = sum(len(data) for data in ship(main).files.values())
     queries = inputs[np.random.default_rng(1).choice(rows, 2000, replace=False)]
-    (search_s,), _ = _timed(lambda: [main.similar.search(query[None, :], 20) for query in queries], 1)
+    (search_s,), _ = timed(lambda: [main.similar.search(query[None, :], 20) for query in queries], 1)
     search_qps = len(queries) / search_s
     log(
         f"bench scaling:   {rows:,} rows: indexes ({main.kind}) built and gated in {build_s:.1f} CPU s "

@@ -28,11 +28,12 @@ def test_the_parts_add_up_to_the_learner_and_training_costs_something(tmp_path: 
     assert cpu["no-training-content"] < cpu["no-content"] < cpu["full"]
     assert report["pairs_per_event"] > 0
     assert report["budget_10x_us_per_event"] > 0
-    # The learner with SGNS at gensim's CPU per pair keeps the other parts and prices our pairs at it.
+    # gensim's loop was timed on the slice's sessions, and the learner priced with it has every part.
     assert report["gensim_cpu_us_per_pair"] > 0
-    floor = report["with_gensim_sgns"]
-    assert (
-        floor["SGNS at gensim's CPU per pair"] == report["pairs_per_event"] * report["gensim_cpu_us_per_pair"]
-    )
-    assert floor["content tower (cold start)"] == report["parts"]["content tower (cold start)"]
+    assert set(report["with_gensim_sgns"]) == {
+        "windows, pairs, interning, publishing",
+        "SGNS at gensim's CPU per pair",
+        "content tower (cold start)",
+    }
+    assert all(value > 0 for value in report["with_gensim_sgns"].values())
     assert plot.stat().st_size > 0
