@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -172,6 +172,30 @@ class Sessions:
         return self._items.setdefault(key, [])
 
 
+BLOCK_EVENTS = 1000  # events each model runs in a row (see ``evaluate``)
+
+
+def _blocks(total: int, refresh_every: int) -> Iterator[tuple[int, int]]:
+    """(begin, end) positions of the stream's blocks: cut at every publish and every BLOCK_EVENTS."""
+    begin = 0
+    while begin < total:
+        end = min(total, (begin // refresh_every + 1) * refresh_every, begin + BLOCK_EVENTS)
+        yield begin, end
+        begin = end
+
+
+def _learning(result: ModelResult, work: Callable[..., None], *args: object) -> None:
+    """``work(*args)``, its wall and CPU time counted as the model's learning. The CPU clock is read
+    outside the wall-clock window: a read is a system call (0.6 us in a tight loop, perf_counter
+    0.05 us), and inside the window it added 2.2 us to the MovieLens learner's 22.4 us an event."""
+    started_cpu, started = time.thread_time(), time.perf_counter()
+    work(*args)
+    spent = time.perf_counter() - started
+    result.wall_s += spent
+    result.learn_s += spent
+    result.learn_cpu_s += time.thread_time() - started_cpu
+
+
 def sort_stream(events: Iterable[Event]) -> list[Event]:
     """Stable sort by event time: equal timestamps keep their input order."""
     return sorted(events, key=lambda e: e.ts)
@@ -189,58 +213,51 @@ def evaluate(
     total = len(stream)
     k = config.k
     results = [ModelResult(m.name) for m in models]
-    # The CPU clock is read outside the wall-clock window: a read is a system call (0.6 us in a tight
-    # loop, perf_counter 0.05 us), and inside the window it added 2.2 us to the MovieLens learner's
-    # 22.4 us an event (BENCHMARKS.md).
-    cpu = time.thread_time
     for model, result in zip(models, results, strict=True):
-        started_cpu, started = cpu(), time.perf_counter()
-        model.observe_items(items)
-        model.publish()
-        spent = time.perf_counter() - started
-        result.wall_s += spent
-        result.learn_s += spent
-        result.learn_cpu_s += cpu() - started_cpu
-    # Models take turns at going first: the one that runs right after the others' code finds the
-    # interpreter's and the CPU's caches warm (timed both ways: up to 30% of a learner's CPU time).
+        _learning(result, model.observe_items, items)
+        _learning(result, model.publish)
+    # The stream goes in blocks (a refresh period, at most BLOCK_EVENTS events): each model runs a
+    # whole block, recommending and learning event by event, before the next model runs it, and the
+    # models take turns at going first. A model then runs warm, as it does alone, instead of right after
+    # the other models' code at every event (which charged the learner 10-15% on MovieLens, BENCHMARKS.md),
+    # while a slow spell of a shared machine still falls on every model, not on one model's pass.
     pairs = list(zip(models, results, strict=True))
     turns = (pairs, pairs[::-1])
     positions, cold = array("l"), array("b")
     sessions = Sessions(config.session_gap_s)
     seen: set[str] = set()
     clock = time.perf_counter
-    for position, event in enumerate(stream):
-        key = sessions.key(event)
-        prefix_items = sessions.items(key)
-        repeat = bool(prefix_items) and prefix_items[-1] == event.item_id
-        prefix = tuple(prefix_items)
-        target = event.item_id
-        publish = (position + 1) % config.refresh_every == 0
-        # Publishing positions all have the same parity: they take turns among themselves.
-        turn = turns[(position // config.refresh_every if publish else position) % 2]
-        if prefix and not repeat:
-            positions.append(position)
-            cold.append(target not in seen)
-            for model, result in turn:
-                started = clock()
-                ranked = model.recommend(prefix, k)[:k]
-                covered = model.serves(target)
-                result.wall_s += clock() - started
-                result.ranks.append(ranked.index(target) + 1 if target in ranked else 0)
-                result.covered.append(covered)
-        step = Step(position, key, event.user_id, prefix, target, event.kind, event.ts, repeat)
-        for model, result in turn:
-            started_cpu, started = cpu(), clock()
-            model.learn(step)
+    for number, (begin, end) in enumerate(_blocks(total, config.refresh_every)):
+        block: list[tuple[Step, bool]] = []  # each event's step, and whether it is a prediction
+        for position in range(begin, end):
+            event = stream[position]
+            key = sessions.key(event)
+            prefix_items = sessions.items(key)
+            target = event.item_id
+            repeat = bool(prefix_items) and prefix_items[-1] == target
+            prefix = tuple(prefix_items)
+            asked = bool(prefix) and not repeat
+            if asked:
+                positions.append(position)
+                cold.append(target not in seen)
+            step = Step(position, key, event.user_id, prefix, target, event.kind, event.ts, repeat)
+            block.append((step, asked))
+            if not repeat:
+                prefix_items.append(target)
+            seen.add(target)
+        publish = end % config.refresh_every == 0
+        for model, result in turns[number % 2]:
+            for step, asked in block:
+                if asked:
+                    started = clock()
+                    ranked = model.recommend(step.prefix, k)[:k]
+                    covered = model.serves(step.item_id)
+                    result.wall_s += clock() - started
+                    result.ranks.append(ranked.index(step.item_id) + 1 if step.item_id in ranked else 0)
+                    result.covered.append(covered)
+                _learning(result, model.learn, step)
             if publish:
-                model.publish()
-            spent = clock() - started
-            result.wall_s += spent
-            result.learn_s += spent
-            result.learn_cpu_s += cpu() - started_cpu
-        if not repeat:
-            prefix_items.append(target)
-        seen.add(target)
-        if on_progress is not None and ((position + 1) % 1000 == 0 or position + 1 == total):
-            on_progress(position + 1, total)
+                _learning(result, model.publish)
+        if on_progress is not None:
+            on_progress(end, total)
     return EvalResult(total, positions, cold, results, k)

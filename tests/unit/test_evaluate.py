@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from recsim_stream.config import EvalConfig
-from recsim_stream.evaluate import Step, evaluate
+from recsim_stream.evaluate import Step, _blocks, evaluate
 from recsim_stream.events import Event, EventKind, ItemMeta
 
 CLICK, PURCHASE = EventKind.CLICK, EventKind.PURCHASE
@@ -187,17 +187,19 @@ class Ordered(Scripted):
         super().publish()
 
 
-def test_models_take_turns_at_learning_first_so_no_one_always_finds_warm_caches() -> None:
+def test_each_model_runs_a_whole_block_and_the_models_take_turns_at_going_first() -> None:
     log: list[str] = []
-    events = [ev(t, "u", f"i{t}") for t in range(4)]
-    evaluate(events, [Ordered("A", log), Ordered("B", log)], EvalConfig(refresh_every=1000))
-    firsts = [entry for entry in log[2:] if entry.endswith("learn")][::2]  # after the initial publishes
-    assert firsts == ["A learn", "B learn", "A learn", "B learn"]
-
-
-def test_models_take_turns_at_publishing_first() -> None:
-    log: list[str] = []
-    events = [ev(t, "u", f"i{t}") for t in range(8)]
+    events = [ev(t, "u", f"i{t}") for t in range(6)]
     evaluate(events, [Ordered("A", log), Ordered("B", log)], EvalConfig(refresh_every=2))
-    firsts = [entry for entry in log[2:] if entry.endswith("publish")][::2]
-    assert firsts == ["A publish", "B publish", "A publish", "B publish"]
+    assert log[2:] == [  # after each model's initial publish
+        *["A learn", "A learn", "A publish", "B learn", "B learn", "B publish"],
+        *["B learn", "B learn", "B publish", "A learn", "A learn", "A publish"],
+        *["A learn", "A learn", "A publish", "B learn", "B learn", "B publish"],
+    ]
+
+
+def test_blocks_end_at_every_publish_and_every_thousand_events() -> None:
+    assert list(_blocks(5, 2)) == [(0, 2), (2, 4), (4, 5)]
+    assert list(_blocks(2500, 10**9)) == [(0, 1000), (1000, 2000), (2000, 2500)]
+    assert list(_blocks(2500, 1500)) == [(0, 1000), (1000, 1500), (1500, 2500)]
+    assert list(_blocks(0, 1000)) == []
