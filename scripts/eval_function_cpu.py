@@ -9,6 +9,11 @@ the functions wrapped to add up this thread's CPU time (``time.thread_time``) an
 made inside another wrapped call counts for both. Prints one line per function: the median seconds
 over the runs, the runs' range, calls, and microseconds per stream event. To compare two versions
 of the code, run it from each (a worktree and ``PYTHONPATH``) in turns.
+
+The figure includes the wrapper's own cost, two reads of the thread's CPU clock (a system call) per
+call. The line says how much that is at least (timed on a wrapped no-op); in the learner's loop it is
+more: ``Learner.ready``, 0.13 us a call under ``timeit``, read 1.41-1.45 us a call here (sixteenth
+session). For a function called once an event, prefer ``learning_core_costs.py``, which takes parts out.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 _RESULT = "function-cpu: "
+_TIMER = "timer-cost"  # the wrapper's own CPU seconds a call, measured in the child
 
 
 def _wrap(spec: str, totals: dict[str, list[float]]) -> None:
@@ -32,19 +39,34 @@ def _wrap(spec: str, totals: dict[str, list[float]]) -> None:
     *path, name = qualname.split(".")
     for part in path:
         owner = getattr(owner, part)
+    _wrap_attribute(owner, name, spec, totals)
+
+
+def _wrap_attribute(owner: object, name: str, key: str, totals: dict[str, list[float]]) -> None:
     original = getattr(owner, name)
-    totals[spec] = [0.0, 0]
+    totals[key] = [0.0, 0]
 
     def timed(*args, **kwargs):
         started = time.thread_time()
         try:
             return original(*args, **kwargs)
         finally:
-            total = totals[spec]
+            total = totals[key]
             total[0] += time.thread_time() - started
             total[1] += 1
 
     setattr(owner, name, timed)
+
+
+def _timer_cost(calls: int = 100_000) -> float:
+    """CPU seconds the wrapper itself adds to a call, timed on a wrapped no-op in a tight loop: a lower
+    bound (in the learner's busy loop a clock read costs more, the caches being cold)."""
+    holder = types.SimpleNamespace(noop=lambda: None)
+    totals: dict[str, list[float]] = {}
+    _wrap_attribute(holder, "noop", "noop", totals)
+    for _ in range(calls):
+        holder.noop()
+    return totals["noop"][0] / calls
 
 
 def _child(stream: Path, functions: list[str], limit: int | None) -> None:
@@ -68,6 +90,7 @@ def _child(stream: Path, functions: list[str], limit: int | None) -> None:
     except SystemExit as stop:
         if stop.code:
             raise
+    totals[_TIMER] = [_timer_cost(), 1]
     print(_RESULT + json.dumps(totals), flush=True)
 
 
@@ -107,9 +130,11 @@ def main() -> None:
         if calls == 0:
             raise SystemExit(f"{spec} was never called: nothing was measured")
         median = statistics.median(seconds)
+        timer = statistics.median(r[_TIMER][0] for r in runs)
         print(
             f"{spec}: {median:.4f} s CPU (runs {min(seconds):.4f}-{max(seconds):.4f}), {calls} calls, "
-            f"{median / events * 1e6:.2f} us per event ({events} events)"
+            f"{median / events * 1e6:.2f} us per event ({events} events); the timer itself: at least "
+            f"{timer * 1e6:.2f} us a call, {timer * calls:.4f} s of the figure"
         )
 
 

@@ -27,6 +27,8 @@ def test_it_reports_the_calls_and_cpu_of_a_function_the_learner_calls() -> None:
     calls = int(line.split(" calls")[0].rsplit(" ", 1)[1])
     assert calls >= 3
     assert "(3000 events)" in line
+    timer = float(line.split("the timer itself: at least ")[1].split(" us a call")[0])
+    assert timer > 0  # the wrapper's own cost, timed on a wrapped no-op in the child
 
 
 def test_a_function_never_called_fails_rather_than_reporting_zero() -> None:
