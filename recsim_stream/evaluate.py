@@ -219,8 +219,9 @@ def evaluate(
     # The stream goes in blocks (a refresh period, at most BLOCK_EVENTS events): each model runs a
     # whole block, recommending and learning event by event, before the next model runs it, and the
     # models take turns at going first. A model then runs warm, as it does alone, instead of right after
-    # the other models' code at every event (which charged the learner 10-15% on MovieLens, BENCHMARKS.md),
-    # while a slow spell of a shared machine still falls on every model, not on one model's pass.
+    # the other models' code at every event, while a slow spell of a shared machine still falls on every
+    # model, not on one model's pass. With the clock change in ``_learning`` it took the MovieLens learner
+    # from 27.6 to 23.8 us an event in ``--baselines`` runs (BENCHMARKS.md, sixteenth session).
     pairs = list(zip(models, results, strict=True))
     turns = (pairs, pairs[::-1])
     positions, cold = array("l"), array("b")

@@ -60,7 +60,7 @@ def _wrap_attribute(owner: object, name: str, key: str, totals: dict[str, list[f
 
 def _timer_cost(calls: int = 100_000) -> float:
     """CPU seconds the wrapper itself adds to a call, timed on a wrapped no-op in a tight loop: a lower
-    bound (in the learner's busy loop a clock read costs more, the caches being cold)."""
+    bound, as it costs more inside the learner's loop (the module docstring)."""
     holder = types.SimpleNamespace(noop=lambda: None)
     totals: dict[str, list[float]] = {}
     _wrap_attribute(holder, "noop", "noop", totals)
