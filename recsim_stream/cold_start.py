@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence, Set
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,7 @@ from recsim_stream.config import ContentConfig
 from recsim_stream.content import ContentTower
 from recsim_stream.content_features import learned_weight
 from recsim_stream.events import ItemMeta
-from recsim_stream.scoring import SESSION_ITEMS, Embeddings, session_query
+from recsim_stream.scoring import SESSION_ITEMS, Embeddings, content_queries
 
 # Items whose learned weight is above this are served as learned (the content part is negligible).
 _BLEND_UNTIL = 0.95
@@ -559,16 +559,12 @@ class ColdStart:
         if not events:
             return
         row = self._row
-        queries, targets = [], []
-        for prefix, target in events:
-            if target not in row or target in learned:
-                continue
-            query = _content_query(self._content, [row[i] for i in prefix if i in row])
-            if query is not None:
-                queries.append(query)
-                targets.append(row[target])
+        asked = [
+            (prefix, row[target]) for prefix, target in events if target in row and target not in learned
+        ]
+        queries, have = content_queries(self._content, [_last_rows(prefix, row) for prefix, _ in asked])
         cold_count = len(row) - len(row.keys() & learned)
-        if not queries or cold_count < 2:
+        if not len(have) or cold_count < 2:
             return
         rng = self._calibration_rng()
         # Uniform over cold rows by rejection from all rows, drawing enough for the cold share.
@@ -580,8 +576,8 @@ class ColdStart:
         if not sample:  # cold rows are rare and none was drawn: no evidence this time
             return
         self._observe_cold(
-            np.vstack(queries),
-            np.asarray(targets),
+            queries,
+            np.asarray([asked[i][1] for i in have.tolist()], dtype=np.int64),
             np.asarray(sample, dtype=np.int64),
             self._content,
             cold_count,
@@ -595,22 +591,17 @@ class ColdStart:
         cold_rows = served.cold_rows
         if served.content is None or len(cold_rows) < 2 or not events:
             return
-        queries, targets = [], []
-        for prefix, target in events:
-            row = served.position.get(target)
-            if row is None or not served.cold[row]:
-                continue
-            query = served.content_query([served.position[i] for i in prefix if i in served.position])
-            if query is not None:
-                queries.append(query)
-                targets.append(row)
-        if not queries:
+        position, cold = served.position, served.cold
+        asked = [(prefix, position[t]) for prefix, t in events if t in position and cold[position[t]]]
+        queries, have = content_queries(served.content, [_last_rows(prefix, position) for prefix, _ in asked])
+        if not len(have):
             return
         rng = self._calibration_rng()
         sample = cold_rows[
             rng.choice(len(cold_rows), min(len(cold_rows), self.config.calibration_candidates), replace=False)
         ]
-        self._observe_cold(np.vstack(queries), np.asarray(targets), sample, served.content, len(cold_rows))
+        targets = np.asarray([asked[i][1] for i in have.tolist()], dtype=np.int64)
+        self._observe_cold(queries, targets, sample, served.content, len(cold_rows))
 
     def _calibration_rng(self) -> np.random.Generator:
         rng = np.random.default_rng([self.config.seed, self._calibrations])
@@ -631,10 +622,14 @@ class ColdStart:
         self.temperature.observe(target_scores, candidates, log_scale)
 
 
-def _content_query(content: np.ndarray, rows: list[int]) -> np.ndarray | None:
-    """``scoring.Embeddings.content_query`` over rows of a content cache (every row has content)."""
-    if not rows:
-        return None
-    query = session_query(content[rows[-SESSION_ITEMS:]])
-    norm = float(np.linalg.norm(query))
-    return query / norm if norm > 0 else None
+def _last_rows(prefix: Sequence[str], row: Mapping[str, int]) -> list[int]:
+    """Rows of the last ``SESSION_ITEMS`` items of ``prefix`` that ``row`` has, oldest first: what a
+    query is made of, found from the end (a MovieLens prefix holds 65 items on average)."""
+    found: list[int] = []
+    for item in reversed(prefix):
+        at = row.get(item)
+        if at is not None:
+            found.append(at)
+            if len(found) == SESSION_ITEMS:
+                break
+    return found[::-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsim_stream.scoring import Embeddings
+from recsim_stream.scoring import Embeddings, content_queries
 
 # Unit content vectors: i1 is i0's twin, i2 is orthogonal to both, i3 close to i0.
 _CONTENT = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], dtype=np.float32)
@@ -52,3 +52,13 @@ def test_after_a_cold_item_the_new_item_component_takes_the_after_cold_share():
     )
     assert table.recommend(["k0"], 1) == ["k1"]
     assert table.recommend(["c1"], 1) == ["c0"]
+
+
+def test_content_queries_weigh_the_newest_rows_with_content_and_skip_sessions_without_any():
+    content = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=np.float32)  # row 2: no metadata
+    # Session 0: rows 0, 2, 1 -> row 1 weighs 1, row 0 (the next older one with content) 0.5.
+    queries, have = content_queries(content, [[0, 2, 1], [2], [], [1, 1, 0, 0]])
+    assert have.tolist() == [0, 3]
+    np.testing.assert_allclose(queries[0], np.array([0.5, 1.0]) / np.hypot(0.5, 1.0), rtol=1e-6)
+    # Session 3: only its last three positions count (1, 0, 0): weights 0.25, 0.5, 1.
+    np.testing.assert_allclose(queries[1], np.array([1.5, 0.25]) / np.hypot(1.5, 0.25), rtol=1e-6)
