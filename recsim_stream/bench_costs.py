@@ -160,7 +160,7 @@ def measure_memory(rows: int) -> dict:
         "shard_bytes_per_item": shard_bytes / capacity,
         "shard_allocated_bytes_per_item": shard_bytes / rows,
         "shard_capacity_rows": capacity,
-        "updater_bytes_per_item": (updater_bytes - sampler._table.nbytes) / rows,
+        "updater_bytes_per_item": updater_bytes / rows,
     }
 
 

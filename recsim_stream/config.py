@@ -227,9 +227,6 @@ class LearnConfig:
     expire_after_s: float = 0.0  # rows untouched this long (event time) expire; 0 = never
     torch_threads: int = 1  # pinned: 2 threads collapse when another process takes a core
     blas_threads: int = 1  # numpy's BLAS in the updater and eval (threads.py says why)
-    # Most slots of the negative-sampling table (8 bytes each, allocated at start); the table in use
-    # grows with the keys to this size (sampler.py)
-    sampler_table_size: int = 1 << 20
     # Distinct negatives per batch: each pair draws its negatives from a pool this large, drawn from
     # the sampler, which cuts the rows pulled and pushed; 0 = every negative drawn independently.
     negative_pool: int = 2048
@@ -252,7 +249,6 @@ class LearnConfig:
         _require(self.expire_after_s >= 0, "learn.expire_after_s", "must be >= 0 (0 = never)")
         _require(self.torch_threads >= 1, "learn.torch_threads", "must be >= 1")
         _require(self.blas_threads >= 1, "learn.blas_threads", "must be >= 1")
-        _require(self.sampler_table_size >= 1024, "learn.sampler_table_size", "must be >= 1024")
         _require(self.negative_pool >= 0, "learn.negative_pool", "must be >= 0 (0 = no pool)")
         _require(self.adagrad_initial > 0, "learn.adagrad_initial", "must be > 0")
         _require(self.train_batches >= 1, "learn.train_batches", f"must be >= 1, got {self.train_batches}")

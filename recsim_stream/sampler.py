@@ -1,18 +1,15 @@
 """Streaming negative sampler: unigram^power over counts that grow with the stream.
 
-The incremental unigram table of Kaji & Kobayashi (2017, "Incremental Skip-gram Model with
-Negative Sampling"): a fixed-size table of keys whose share of slots tracks count^power. When a
-key's count rises from c to c + d, its weight rises by F = (c + d)^power - c^power and the total by
-the batch's sum of F; the key then takes F * slots / total random slots of the table in use
-(stochastically rounded; distinct slots). In expectation that leaves every key's share exactly at its new
-count^power / total, with work proportional to the batch, never to the catalogue. Sampling is a
-uniform draw from the table.
+Each observed key has a weight count^power, held in a Fenwick (binary indexed) tree: a batch of
+counts changes its keys' weights with one vectorised pass per tree level (log2 of the capacity, 11
+for 2,000 keys, 20 for a million), and a batch of draws descends the tree the same way. The work
+follows the batch, never the catalogue, and the draws follow count^power exactly.
 
-The table in use grows with the keys, ``SLOTS_PER_KEY`` slots per distinct key up to
-``learn.sampler_table_size``, by doubling: a copy of itself appended leaves every share as it was.
-While few keys are known a batch is a large share of the total and rewrites a large part of the table;
-a table sized for the keys known keeps that work small (a full-size table from the start was
-rewritten ~3.5 times over by REES46's first 17 batches, BENCHMARKS.md).
+It replaced the incremental unigram table of Kaji & Kobayashi (2017), whose slots a key takes in
+proportion to its weight. That table is exact only in expectation, and while a stream is young each
+batch is a large share of all counts, so a batch rewrote a large part of the table: on REES46's
+17,434 events, 1.9M random distinct slots of a 1M-slot table, 90 ms of the learner's 0.7 s
+(BENCHMARKS.md, sixteenth session).
 """
 
 from __future__ import annotations
@@ -24,11 +21,7 @@ from recsim_stream.sharding import KeyIndex
 
 State = dict[str, np.ndarray | int | float]
 
-# Slots per distinct key the table grows to keep (the next power of two). On 100 Zipf keys the table's
-# total-variation distance from count^0.75 was 0.014 at 256, 0.019 at 128 and 0.009 at full size
-# (BENCHMARKS.md, fifteenth session): fewer slots a key means coarser shares for the rare keys.
-SLOTS_PER_KEY = 256
-MIN_SLOTS = 1024
+MIN_CAPACITY = 1024  # keys the arrays hold before they first double (a power of two)
 
 
 def rng_state(rng: np.random.Generator) -> np.ndarray:
@@ -54,17 +47,24 @@ def rng_from_state(parts: np.ndarray) -> np.random.Generator:
     return rng
 
 
+def fenwick_tree(weights: np.ndarray) -> np.ndarray:
+    """The Fenwick tree of ``weights`` (length a power of two), 1-based: node i holds the sum of
+    weights (i - lowbit(i), i]. Built from prefix sums in one pass."""
+    prefix = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
+    nodes = np.arange(1, len(weights) + 1)
+    return np.concatenate([[0.0], prefix[nodes] - prefix[nodes - (nodes & -nodes)]])
+
+
 class NegativeSampler:
     """Draws keys with probability proportional to count^power, counts updated per batch."""
 
     def __init__(self, config: LearnConfig) -> None:
         self._power = config.sampler_power
-        self._table = np.zeros(config.sampler_table_size, dtype=np.int64)
-        self._filled = 0
-        self._total = 0.0  # sum over keys of count^power
         self._index = KeyIndex()
-        self._keys = np.zeros(1024, dtype=np.int64)
-        self._counts = np.zeros(1024, dtype=np.int64)
+        self._keys = np.zeros(MIN_CAPACITY, dtype=np.int64)
+        self._counts = np.zeros(MIN_CAPACITY, dtype=np.int64)
+        self._weights = np.zeros(MIN_CAPACITY, dtype=np.float64)  # count^power, by position
+        self._tree = fenwick_tree(self._weights)
         self._size = 0
         self._rng = np.random.default_rng(config.seed)
 
@@ -84,45 +84,35 @@ class NegativeSampler:
         if len(keys) == 0:
             return
         pos = self._positions(keys)
-        old = self._counts[pos]
-        self._counts[pos] = old + added
-        gain = (old + added).astype(np.float64) ** self._power - old.astype(np.float64) ** self._power
-        self._total += float(gain.sum())
-        wanted = self._slots_for(self._size)
-        if self._filled == 0:  # the first batch fills the table in proportion
-            fresh = np.repeat(keys, self._stochastic_round(gain * (wanted / self._total)))
-            fresh = self._rng.permutation(fresh)[:wanted]
-            self._table[: len(fresh)] = fresh
-            self._filled = len(fresh)
-            return
-        self._grow(wanted)
-        slots = self._filled
-        fresh = np.repeat(keys, self._stochastic_round(gain * (slots / self._total)))
-        if len(fresh) > slots:  # rounding up when this batch outweighs everything before it
-            fresh = self._rng.permutation(fresh)[:slots]
-        # Distinct slots, so a key's share is exact in expectation; which slots does not matter
-        # because sampling and later replacements treat every slot alike.
-        self._table[self._rng.choice(slots, len(fresh), replace=False, shuffle=False)] = fresh
-
-    def _slots_for(self, keys: int) -> int:
-        """Table slots for ``keys`` distinct keys: a power of two, within [MIN_SLOTS, table size]."""
-        wanted = 1 << max(0, SLOTS_PER_KEY * keys - 1).bit_length()
-        return min(len(self._table), max(MIN_SLOTS, wanted))
-
-    def _grow(self, slots: int) -> None:
-        """Double the table in use while it stays within ``slots`` (at most the array): every key keeps
-        its share exactly."""
-        table = self._table
-        while 2 * self._filled <= slots:
-            filled = self._filled
-            table[filled : 2 * filled] = table[:filled]
-            self._filled = 2 * filled
+        counts = self._counts[pos] + added
+        self._counts[pos] = counts
+        weights = counts.astype(np.float64) ** self._power
+        delta = weights - self._weights[pos]
+        self._weights[pos] = weights
+        node, capacity = pos + 1, len(self._weights)
+        while len(node):  # every tree node above each changed key, one level at a time
+            np.add.at(self._tree, node, delta)
+            node = node + (node & -node)
+            inside = node <= capacity
+            if not inside.all():
+                node, delta = node[inside], delta[inside]
 
     def sample(self, n: int) -> np.ndarray:
         """``n`` keys drawn independently from count^power."""
-        if self._filled == 0:
+        if self._size == 0:
             raise ValueError("NegativeSampler.sample: no key observed yet; call observe() first")
-        return self._table[self._rng.integers(0, self._filled, n)]
+        tree, capacity = self._tree, len(self._weights)
+        left = self._rng.random(n) * tree[capacity]  # the draw's mass still to pass, left to right
+        pos = np.zeros(n, dtype=np.int64)  # keys passed so far
+        step = capacity // 2
+        while step:  # pos is a multiple of 2 * step below capacity: pos + step is a node
+            node = tree[pos + step]
+            passed = node <= left
+            left -= node * passed
+            pos += step * passed
+            step //= 2
+        # pos keys have all their mass before the draw: it is key ``pos`` (kept in range against rounding)
+        return self._keys[np.minimum(pos, self._size - 1)]
 
     def sample_pool(self, pairs: int, negatives: int, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Negatives for ``pairs`` pairs as (pool keys, pairs x negatives indices into the pool).
@@ -139,62 +129,66 @@ class NegativeSampler:
 
     def state(self) -> State:
         return {
-            "table": self._table[: self._filled].copy(),
-            "table_size": len(self._table),
-            "total": self._total,
             "keys": self._keys[: self._size].copy(),
             "counts": self._counts[: self._size].copy(),
+            "tree": self._tree.copy(),  # as the updates left it: a restored sampler draws the same
             "rng": rng_state(self._rng),
         }
 
     def restore(self, state: State) -> None:
-        table = np.asarray(state["table"], dtype=np.int64)
-        if int(state["table_size"]) != len(self._table):
-            raise ValueError(
-                f"NegativeSampler.restore: state has table_size {state['table_size']}, "
-                f"config says {len(self._table)}"
-            )
-        if table.ndim != 1 or len(table) > len(self._table):
-            raise ValueError(
-                f"NegativeSampler.restore: state's table has shape {table.shape}; it must be one row of at "
-                f"most table_size ({len(self._table)}) keys"
-            )
-        self._table[:] = 0
-        self._table[: len(table)] = table
-        self._filled = len(table)
-        self._total = float(state["total"])
+        """Continue from ``state()``. A state without a tree (a checkpoint of the earlier table
+        sampler) rebuilds it from the counts: the same distribution, other draws."""
         keys = np.asarray(state["keys"], dtype=np.int64)
+        counts = np.asarray(state["counts"], dtype=np.int64)
+        if keys.ndim != 1 or counts.shape != keys.shape or (counts < 1).any():
+            raise ValueError(
+                f"NegativeSampler.restore: expected one positive count per key, got keys {keys.shape} "
+                f"and counts {counts.shape}"
+            )
+        capacity = _capacity_for(len(keys))
         self._size = len(keys)
-        self._keys = np.zeros(max(1024, len(keys)), dtype=np.int64)
-        self._counts = np.zeros_like(self._keys)
+        self._keys = np.zeros(capacity, dtype=np.int64)
+        self._counts = np.zeros(capacity, dtype=np.int64)
+        self._weights = np.zeros(capacity, dtype=np.float64)
         self._keys[: self._size] = keys
-        self._counts[: self._size] = np.asarray(state["counts"], dtype=np.int64)
+        self._counts[: self._size] = counts
+        self._weights[: self._size] = counts.astype(np.float64) ** self._power
+        tree = state.get("tree")
+        if tree is None:
+            self._tree = fenwick_tree(self._weights)
+        else:
+            self._tree = np.asarray(tree, dtype=np.float64).copy()
+            if self._tree.shape != (capacity + 1,):
+                raise ValueError(
+                    f"NegativeSampler.restore: the tree of {len(keys)} keys has {capacity + 1} nodes, "
+                    f"got shape {self._tree.shape}"
+                )
         self._index = KeyIndex(2 * len(keys))
         self._index.insert(keys, np.arange(self._size))
         self._rng = rng_from_state(np.asarray(state["rng"]))
 
     def _positions(self, keys: np.ndarray) -> np.ndarray:
-        """Position of each (distinct) key in the count arrays, adding unseen keys at the end."""
+        """Position of each (distinct) key in the arrays, adding unseen keys at the end (and doubling
+        the arrays, the tree rebuilt, when they are full)."""
         pos = self._index.get(keys)
         new = pos < 0
         n_new = int(new.sum())
         if n_new:
-            if self._size + n_new > len(self._keys):
-                capacity = len(self._keys)
-                while self._size + n_new > capacity:
-                    capacity *= 2
-                self._keys = np.resize(self._keys, capacity)
-                self._counts = np.concatenate(
-                    [self._counts, np.zeros(capacity - len(self._counts), np.int64)]
-                )
+            capacity = _capacity_for(self._size + n_new)
+            if capacity > len(self._keys):
+                grow = capacity - len(self._keys)
+                self._keys = np.concatenate([self._keys, np.zeros(grow, np.int64)])
+                self._counts = np.concatenate([self._counts, np.zeros(grow, np.int64)])
+                self._weights = np.concatenate([self._weights, np.zeros(grow, np.float64)])
+                self._tree = fenwick_tree(self._weights)
             fresh = np.arange(self._size, self._size + n_new)
             self._keys[fresh] = keys[new]
-            self._counts[fresh] = 0
             self._index.insert(keys[new], fresh)
             pos[new] = fresh
             self._size += n_new
         return pos
 
-    def _stochastic_round(self, x: np.ndarray) -> np.ndarray:
-        whole = np.floor(x)
-        return (whole + (self._rng.random(len(x)) < x - whole)).astype(np.int64)
+
+def _capacity_for(keys: int) -> int:
+    """The arrays' length for ``keys`` keys: a power of two, at least MIN_CAPACITY."""
+    return max(MIN_CAPACITY, 1 << max(0, keys - 1).bit_length())

@@ -1,17 +1,16 @@
-"""The negative sampler's table as batches of keys arrive: it grows with the keys, stays within its
-configured size, holds only observed keys, and a saved sampler continues as the original."""
+"""The negative sampler as batches of keys arrive: it draws only observed keys, its tree holds the
+weights count^power, and a saved sampler continues as the original."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsim_stream.config import LearnConfig
-from recsim_stream.sampler import MIN_SLOTS, SLOTS_PER_KEY, NegativeSampler
+from recsim_stream.sampler import NegativeSampler, fenwick_tree
 
-# A table small enough that a few hundred keys reach its size, so the cap is exercised too.
-CONFIG = LearnConfig(sampler_table_size=1 << 15, seed=5)
+CONFIG = LearnConfig(seed=5)
 batches_st = st.lists(
-    st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(0, 400), min_size=1, max_size=120),
+    st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(0, 400), min_size=1, max_size=400),
     min_size=1,
     max_size=8,
 )
@@ -19,18 +18,18 @@ batches_st = st.lists(
 
 @settings(max_examples=80, deadline=None)
 @given(batches_st)
-def test_the_table_holds_observed_keys_and_grows_with_them_within_its_size(batches):
-    sampler, observed = NegativeSampler(CONFIG), set()
+def test_it_draws_observed_keys_and_its_tree_holds_their_weights(batches):
+    sampler, counts = NegativeSampler(CONFIG), {}
     for batch in batches:
         sampler.observe(np.array(batch, dtype=np.int64))
-        observed |= set(batch)
-        table = sampler.state()["table"]
-        assert set(np.unique(table).tolist()) <= observed
-        assert len(table) <= CONFIG.sampler_table_size
-        # At least half of what the keys ask for (a first fill may round a few slots short of it).
-        wanted = min(CONFIG.sampler_table_size, max(MIN_SLOTS, SLOTS_PER_KEY * len(observed)))
-        assert len(table) > wanted // 2 - len(observed)
-    assert set(sampler.sample(200).tolist()) <= observed
+        for key in batch:
+            counts[key] = counts.get(key, 0) + 1
+        assert set(sampler.sample(200).tolist()) <= set(counts)
+    state = sampler.state()
+    assert dict(zip(state["keys"].tolist(), state["counts"].tolist(), strict=True)) == counts
+    weights = np.zeros(len(state["tree"]) - 1)
+    weights[: len(counts)] = state["counts"].astype(np.float64) ** 0.75
+    np.testing.assert_allclose(state["tree"], fenwick_tree(weights), rtol=1e-12, atol=1e-9)
 
 
 @settings(max_examples=40, deadline=None)
@@ -44,5 +43,5 @@ def test_a_restored_sampler_continues_as_the_original_across_growth(before, afte
     for sampler in (original, resumed):
         for batch in after:
             sampler.observe(np.array(batch, dtype=np.int64))
-    assert resumed.state()["table"].tolist() == original.state()["table"].tolist()
+    assert resumed.state()["tree"].tolist() == original.state()["tree"].tolist()
     assert resumed.sample(100).tolist() == original.sample(100).tolist()

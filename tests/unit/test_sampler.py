@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from recsim_stream.config import LearnConfig
-from recsim_stream.sampler import NegativeSampler
+from recsim_stream.sampler import MIN_CAPACITY, NegativeSampler, fenwick_tree
 
-CONFIG = LearnConfig(sampler_table_size=1 << 16, seed=3)
+CONFIG = LearnConfig(seed=3)
 
 
 def _stream(counts: dict[int, int], batches: int, seed: int = 0) -> list[np.ndarray]:
@@ -26,7 +26,7 @@ def test_empirical_distribution_matches_count_power_within_two_percent_total_var
     assert 0.5 * np.abs(empirical - target).sum() < 0.02
 
 
-def test_new_key_enters_with_its_share_after_the_table_is_full():
+def test_a_new_key_enters_with_its_share_after_many_batches():
     sampler = NegativeSampler(CONFIG)
     for batch in _stream({1: 50_000, 2: 50_000}, batches=20):
         sampler.observe(batch)
@@ -74,32 +74,53 @@ def test_restored_sampler_continues_exactly_like_the_original():
     assert resumed.count(np.arange(60)).tolist() == original.count(np.arange(60)).tolist()
 
 
-def test_the_table_in_use_grows_with_the_keys_up_to_the_configured_size():
+def test_the_tree_holds_every_weight_as_the_updates_leave_it_across_growth():
     sampler = NegativeSampler(CONFIG)
-    sampler.observe(np.arange(10))  # 10 keys: 4,096 slots (a first fill may round a few short)
-    assert 4096 - 10 <= len(sampler.state()["table"]) <= 4096
-    sampler.observe(np.arange(10, 100))  # 100 keys: 32,768 slots, reached by doubling
-    assert 32768 - 80 <= len(sampler.state()["table"]) <= 32768
-    sampler.observe(np.arange(100, 5000))  # would want 2^21: the table stops at its 2^16
-    assert len(sampler.state()["table"]) <= CONFIG.sampler_table_size
-    assert len(sampler.state()["table"]) > CONFIG.sampler_table_size // 2
+    counts = {}
+    rng = np.random.default_rng(1)
+    for batch in range(6):  # 3,000 keys: the arrays double from 1,024 to 4,096 on the way
+        keys = rng.integers(0, 500 * (batch + 1), 2000)
+        sampler.observe(keys)
+        for key in keys.tolist():
+            counts[key] = counts.get(key, 0) + 1
+    state = sampler.state()
+    weights = np.zeros(len(state["tree"]) - 1)
+    weights[: len(state["keys"])] = [counts[k] ** 0.75 for k in state["keys"].tolist()]
+    np.testing.assert_allclose(state["tree"], fenwick_tree(weights), rtol=1e-12, atol=1e-9)
+    assert len(state["tree"]) - 1 == max(MIN_CAPACITY, 1 << (len(counts) - 1).bit_length())
 
 
-def test_doubling_the_table_keeps_every_share_exactly():
+def test_a_key_of_a_small_share_is_drawn_at_its_share():
     sampler = NegativeSampler(CONFIG)
-    sampler.observe(np.repeat(np.arange(5), [1, 2, 4, 8, 16]))
-    before = sampler.state()["table"]
-    sampler._grow(4 * len(before))
-    after = sampler.state()["table"]
-    assert len(after) == 4 * len(before)
-    for key in range(5):
-        assert (after == key).mean() == (before == key).mean()
+    sampler.observe(np.repeat([1, 2], [1, 10_000]))  # weights 1 and 10,000^0.75 = 1,000
+    share = (sampler.sample(1_000_000) == 1).mean()
+    assert abs(share - 1 / 1001) < 3e-4
 
 
-def test_a_state_whose_table_is_larger_than_the_configured_one_is_refused_clearly():
+def test_a_checkpoint_of_the_table_sampler_restores_from_its_counts():
+    table_state = {  # what the table sampler saved: no tree
+        "table": np.array([7, 7, 9, 7], dtype=np.int64),
+        "table_size": 1 << 20,
+        "total": 2.0,
+        "keys": np.array([7, 9], dtype=np.int64),
+        "counts": np.array([3, 1], dtype=np.int64),
+        "rng": NegativeSampler(CONFIG).state()["rng"],
+    }
+    sampler = NegativeSampler(CONFIG)
+    sampler.restore(table_state)
+    assert sampler.count(np.array([7, 9, 8])).tolist() == [3, 1, 0]
+    share = (sampler.sample(100_000) == 9).mean()
+    assert abs(share - 1 / (1 + 3**0.75)) < 0.01
+
+
+def test_a_state_whose_tree_does_not_fit_its_keys_is_refused_clearly():
     sampler = NegativeSampler(CONFIG)
     sampler.observe(np.arange(10))
     state = sampler.state()
-    state["table"] = np.zeros(CONFIG.sampler_table_size + 1, dtype=np.int64)
-    with pytest.raises(ValueError, match="at most table_size"):
+    state["tree"] = np.zeros(5)
+    with pytest.raises(ValueError, match="nodes"):
+        NegativeSampler(CONFIG).restore(state)
+    state = sampler.state()
+    state["counts"] = state["counts"][:-1]
+    with pytest.raises(ValueError, match="one positive count per key"):
         NegativeSampler(CONFIG).restore(state)

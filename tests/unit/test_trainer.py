@@ -43,7 +43,7 @@ def _merged(shards: list[ParameterShard]) -> tuple[np.ndarray, np.ndarray, np.nd
     )
 
 
-CONFIG = LearnConfig(dim=16, shards=2, negative_pool=256, sampler_table_size=1 << 14)
+CONFIG = LearnConfig(dim=16, shards=2, negative_pool=256)
 
 
 def test_loss_falls_and_neighbours_share_the_cluster():
@@ -59,8 +59,8 @@ def test_loss_falls_and_neighbours_share_the_cluster():
 
 
 def test_result_does_not_depend_on_the_number_of_shards():
-    one, _ = _train(LearnConfig(dim=16, shards=1, negative_pool=256, sampler_table_size=1 << 14), 5)
-    three, _ = _train(LearnConfig(dim=16, shards=3, negative_pool=256, sampler_table_size=1 << 14), 5)
+    one, _ = _train(LearnConfig(dim=16, shards=1, negative_pool=256), 5)
+    three, _ = _train(LearnConfig(dim=16, shards=3, negative_pool=256), 5)
     a, b = _merged(one), _merged(three)
     assert a[0].tolist() == b[0].tolist()
     assert np.allclose(a[1], b[1], atol=1e-6) and np.allclose(a[2], b[2], atol=1e-6)
@@ -99,7 +99,7 @@ def _recording_calls(shards: list[ParameterShard], log: list[str]):
 
 def test_pieces_go_in_pairs_each_pair_pulled_before_the_pair_before_it_is_pushed():
     """Five pieces of one pair: (0, 1) and (2, 3) pulled at once, (4) pulled with (0, 1)'s push."""
-    config = LearnConfig(dim=8, shards=2, batch_pairs=1, negative_pool=4, sampler_table_size=1 << 10)
+    config = LearnConfig(dim=8, shards=2, batch_pairs=1, negative_pool=4)
     log: list[str] = []
     shards = [ParameterShard(config, i) for i in range(2)]
     trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
@@ -112,7 +112,7 @@ def test_pieces_go_in_pairs_each_pair_pulled_before_the_pair_before_it_is_pushed
 
 def test_a_piece_pulls_only_the_rows_it_reads():
     """Input rows of centers, output rows of contexts and negatives."""
-    config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=0, sampler_table_size=1 << 10)
+    config = LearnConfig(dim=8, shards=2, batch_pairs=2, negative_pool=0)
     shards = [ParameterShard(config, i) for i in range(2)]
     pull, push = local_shard_calls(shards)
     pulled: list[tuple[set[int], set[int]]] = []
@@ -130,7 +130,7 @@ def test_a_piece_pulls_only_the_rows_it_reads():
 
 
 def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
-    config = LearnConfig(dim=8, shards=2, batch_pairs=4, negative_pool=4, sampler_table_size=1 << 10)
+    config = LearnConfig(dim=8, shards=2, batch_pairs=4, negative_pool=4)
     log: list[str] = []
     shards = [ParameterShard(config, i) for i in range(2)]
     trainer = SgnsTrainer(config, NegativeSampler(config), *_recording_calls(shards, log))
@@ -152,7 +152,7 @@ def test_one_big_batch_equals_its_pieces_one_by_one(keys, pairs, batch_pairs, sh
     """Pieces overlap (each pulled before the previous push; shared rows carried and replayed), yet
     the tables end bit for bit as if every piece had been its own step."""
     config = LearnConfig(
-        dim=8, shards=shards, batch_pairs=batch_pairs, negative_pool=pool, sampler_table_size=1 << 10
+        dim=8, shards=shards, batch_pairs=batch_pairs, negative_pool=pool
     )
     rng = np.random.default_rng(seed)
     centers = rng.integers(0, keys, pairs)
@@ -180,7 +180,7 @@ def test_one_big_batch_equals_its_pieces_one_by_one(keys, pairs, batch_pairs, sh
 
 
 def test_a_steps_loss_is_its_largest_pieces_mean_per_pair():
-    config = LearnConfig(dim=8, shards=2, batch_pairs=400, negative_pool=64, sampler_table_size=1 << 10)
+    config = LearnConfig(dim=8, shards=2, batch_pairs=400, negative_pool=64)
     shards = [ParameterShard(config, i) for i in range(config.shards)]
     trainer = SgnsTrainer(config, NegativeSampler(config), *local_shard_calls(shards))
     batch = _planted(np.random.default_rng(2), 520)
