@@ -8,7 +8,7 @@ follows the batch, never the catalogue, and the draws follow count^power exactly
 It replaced the incremental unigram table of Kaji & Kobayashi (2017), whose slots a key takes in
 proportion to its weight. That table is exact only in expectation, and while a stream is young each
 batch is a large share of all counts, so a batch rewrote a large part of the table: on REES46's
-17,434 events, 1.9M random distinct slots of a 1M-slot table, 90 ms of the learner's 0.7 s
+17,434 events, 1.9M random distinct slots of a 1M-slot table, 70-100 ms of the learner's 0.7 s
 (BENCHMARKS.md, sixteenth session).
 """
 
