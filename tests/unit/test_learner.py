@@ -10,9 +10,7 @@ from recsim_stream.trainer import SgnsTrainer, local_shard_calls
 
 
 def _learner(train_batches: int) -> Learner:
-    learn = LearnConfig(
-        dim=8, shards=2, batch_pairs=4, train_batches=train_batches
-    )
+    learn = LearnConfig(dim=8, shards=2, batch_pairs=4, train_batches=train_batches)
     config = Config(learn=learn, pairs=PairConfig(window=1))
     return Learner(config, *local_shard_calls([ParameterShard(learn, i) for i in range(2)]))
 

@@ -151,9 +151,7 @@ def test_a_batch_a_little_over_batch_pairs_is_trained_whole():
 def test_one_big_batch_equals_its_pieces_one_by_one(keys, pairs, batch_pairs, shards, pool, seed):
     """Pieces overlap (each pulled before the previous push; shared rows carried and replayed), yet
     the tables end bit for bit as if every piece had been its own step."""
-    config = LearnConfig(
-        dim=8, shards=shards, batch_pairs=batch_pairs, negative_pool=pool
-    )
+    config = LearnConfig(dim=8, shards=shards, batch_pairs=batch_pairs, negative_pool=pool)
     rng = np.random.default_rng(seed)
     centers = rng.integers(0, keys, pairs)
     contexts = (centers + rng.integers(1, keys, pairs)) % keys
