@@ -562,9 +562,9 @@ class ColdStart:
         asked = [
             (prefix, row[target]) for prefix, target in events if target in row and target not in learned
         ]
-        queries, have = content_queries(self._content, [_last_rows(prefix, row) for prefix, _ in asked])
+        queries, targets = _event_queries(asked, row, self._content)
         cold_count = len(row) - len(row.keys() & learned)
-        if not len(have) or cold_count < 2:
+        if not len(targets) or cold_count < 2:
             return
         rng = self._calibration_rng()
         # Uniform over cold rows by rejection from all rows, drawing enough for the cold share.
@@ -575,13 +575,7 @@ class ColdStart:
         sample = [r for r in drawn if items[r] is not None and items[r] not in learned][:wanted]
         if not sample:  # cold rows are rare and none was drawn: no evidence this time
             return
-        self._observe_cold(
-            queries,
-            np.asarray([asked[i][1] for i in have.tolist()], dtype=np.int64),
-            np.asarray(sample, dtype=np.int64),
-            self._content,
-            cold_count,
-        )
+        self._observe_cold(queries, targets, np.asarray(sample, dtype=np.int64), self._content, cold_count)
 
     def calibrate(self, served: Embeddings) -> None:
         """Fit the cold temperature on the new-item events since the last call, scored by ``served``,
@@ -593,14 +587,13 @@ class ColdStart:
             return
         position, cold = served.position, served.cold
         asked = [(prefix, position[t]) for prefix, t in events if t in position and cold[position[t]]]
-        queries, have = content_queries(served.content, [_last_rows(prefix, position) for prefix, _ in asked])
-        if not len(have):
+        queries, targets = _event_queries(asked, position, served.content)
+        if not len(targets):
             return
         rng = self._calibration_rng()
         sample = cold_rows[
             rng.choice(len(cold_rows), min(len(cold_rows), self.config.calibration_candidates), replace=False)
         ]
-        targets = np.asarray([asked[i][1] for i in have.tolist()], dtype=np.int64)
         self._observe_cold(queries, targets, sample, served.content, len(cold_rows))
 
     def _calibration_rng(self) -> np.random.Generator:
@@ -620,6 +613,15 @@ class ColdStart:
         log_scale = np.log((cold_count - 1) / np.maximum(sampled_others, 1))
         target_scores = np.einsum("ij,ij->i", q, content[target_rows])
         self.temperature.observe(target_scores, candidates, log_scale)
+
+
+def _event_queries(
+    asked: list[tuple[Sequence[str], int]], row: Mapping[str, int], content: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """New-item events (prefix, target's row): the content queries of those whose prefix has one, and
+    their targets' rows."""
+    queries, have = content_queries(content, [_last_rows(prefix, row) for prefix, _ in asked])
+    return queries, np.asarray([asked[i][1] for i in have.tolist()], dtype=np.int64)
 
 
 def _last_rows(prefix: Sequence[str], row: Mapping[str, int]) -> list[int]:

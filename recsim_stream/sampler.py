@@ -63,8 +63,7 @@ class NegativeSampler:
         self._index = KeyIndex()
         self._keys = np.zeros(MIN_CAPACITY, dtype=np.int64)
         self._counts = np.zeros(MIN_CAPACITY, dtype=np.int64)
-        self._weights = np.zeros(MIN_CAPACITY, dtype=np.float64)  # count^power, by position
-        self._tree = fenwick_tree(self._weights)
+        self._tree = fenwick_tree(np.zeros(MIN_CAPACITY))  # of count^power, by position
         self._size = 0
         self._rng = np.random.default_rng(config.seed)
 
@@ -84,12 +83,10 @@ class NegativeSampler:
         if len(keys) == 0:
             return
         pos = self._positions(keys)
-        counts = self._counts[pos] + added
-        self._counts[pos] = counts
-        weights = counts.astype(np.float64) ** self._power
-        delta = weights - self._weights[pos]
-        self._weights[pos] = weights
-        node, capacity = pos + 1, len(self._weights)
+        old = self._counts[pos]
+        self._counts[pos] = old + added
+        delta = self._weights(old + added) - self._weights(old)
+        node, capacity = pos + 1, len(self._counts)
         while len(node):  # every tree node above each changed key, one level at a time
             np.add.at(self._tree, node, delta)
             node = node + (node & -node)
@@ -101,7 +98,7 @@ class NegativeSampler:
         """``n`` keys drawn independently from count^power."""
         if self._size == 0:
             raise ValueError("NegativeSampler.sample: no key observed yet; call observe() first")
-        tree, capacity = self._tree, len(self._weights)
+        tree, capacity = self._tree, len(self._counts)
         left = self._rng.random(n) * tree[capacity]  # the draw's mass still to pass, left to right
         pos = np.zeros(n, dtype=np.int64)  # keys passed so far
         step = capacity // 2
@@ -149,13 +146,11 @@ class NegativeSampler:
         self._size = len(keys)
         self._keys = np.zeros(capacity, dtype=np.int64)
         self._counts = np.zeros(capacity, dtype=np.int64)
-        self._weights = np.zeros(capacity, dtype=np.float64)
         self._keys[: self._size] = keys
         self._counts[: self._size] = counts
-        self._weights[: self._size] = counts.astype(np.float64) ** self._power
         tree = state.get("tree")
         if tree is None:
-            self._tree = fenwick_tree(self._weights)
+            self._tree = fenwick_tree(self._weights(self._counts))
         else:
             self._tree = np.asarray(tree, dtype=np.float64).copy()
             if self._tree.shape != (capacity + 1,):
@@ -166,6 +161,10 @@ class NegativeSampler:
         self._index = KeyIndex(2 * len(keys))
         self._index.insert(keys, np.arange(self._size))
         self._rng = rng_from_state(np.asarray(state["rng"]))
+
+    def _weights(self, counts: np.ndarray) -> np.ndarray:
+        """count^power (0 for an unused position), as the tree holds it."""
+        return counts.astype(np.float64) ** self._power
 
     def _positions(self, keys: np.ndarray) -> np.ndarray:
         """Position of each (distinct) key in the arrays, adding unseen keys at the end (and doubling
@@ -179,8 +178,7 @@ class NegativeSampler:
                 grow = capacity - len(self._keys)
                 self._keys = np.concatenate([self._keys, np.zeros(grow, np.int64)])
                 self._counts = np.concatenate([self._counts, np.zeros(grow, np.int64)])
-                self._weights = np.concatenate([self._weights, np.zeros(grow, np.float64)])
-                self._tree = fenwick_tree(self._weights)
+                self._tree = fenwick_tree(self._weights(self._counts))
             fresh = np.arange(self._size, self._size + n_new)
             self._keys[fresh] = keys[new]
             self._index.insert(keys[new], fresh)
