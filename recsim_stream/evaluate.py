@@ -91,8 +91,10 @@ class ModelResult:
     covered: array = field(default_factory=lambda: array("b"))  # 1 if served state had the target
     wall_s: float = 0.0  # seconds spent inside this model's calls
     learn_s: float = 0.0  # of which in observe_items, learn and publish: the learning core's cost
-    # The same calls' CPU time on this thread (BLAS and torch are pinned to it): unlike wall time, it
-    # does not grow when other processes take the cores, so costs compare across runs.
+    # The same calls' CPU time, all of this process's threads: unlike wall time, it does not grow when
+    # other processes take the cores, so costs compare across runs. Not this thread's alone: gensim
+    # trains on threads of its own (GENSIM-RETRAIN read 9 us an event that way, against 98 of wall
+    # time); BLAS and torch are pinned to one thread, and nothing else runs during a model's call.
     learn_cpu_s: float = 0.0
 
 
@@ -186,14 +188,14 @@ def _blocks(total: int, refresh_every: int) -> Iterator[tuple[int, int]]:
 
 def _learning(result: ModelResult, work: Callable[..., None], *args: object) -> None:
     """``work(*args)``, its wall and CPU time counted as the model's learning. The CPU clock is read
-    outside the wall-clock window: a read is a system call (0.6 us in a tight loop, perf_counter
+    outside the wall-clock window: a read is a system call (0.6-0.8 us in a tight loop, perf_counter
     0.05 us), and inside the window it added 2.2 us to the MovieLens learner's 22.4 us an event."""
-    started_cpu, started = time.thread_time(), time.perf_counter()
+    started_cpu, started = time.process_time(), time.perf_counter()
     work(*args)
     spent = time.perf_counter() - started
     result.wall_s += spent
     result.learn_s += spent
-    result.learn_cpu_s += time.thread_time() - started_cpu
+    result.learn_cpu_s += time.process_time() - started_cpu
 
 
 def sort_stream(events: Iterable[Event]) -> list[Event]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 
 from recsim_stream.config import EvalConfig
-from recsim_stream.evaluate import Step, _blocks, evaluate
+from recsim_stream.evaluate import ModelResult, Step, _blocks, _learning, evaluate
 from recsim_stream.events import Event, EventKind, ItemMeta
 
 CLICK, PURCHASE = EventKind.CLICK, EventKind.PURCHASE
@@ -203,3 +205,22 @@ def test_blocks_end_at_every_publish_and_every_thousand_events() -> None:
     assert list(_blocks(2500, 10**9)) == [(0, 1000), (1000, 2000), (2000, 2500)]
     assert list(_blocks(2500, 1500)) == [(0, 1000), (1000, 1500), (1500, 2500)]
     assert list(_blocks(0, 1000)) == []
+
+
+def test_learning_cpu_counts_work_on_other_threads() -> None:
+    """gensim trains on threads of its own: its CPU time must count, not only the caller's thread."""
+
+    def spin_on_a_thread() -> None:
+        def spin() -> None:
+            deadline = time.thread_time() + 0.05
+            while time.thread_time() < deadline:
+                pass
+
+        worker = threading.Thread(target=spin)
+        worker.start()
+        worker.join()
+
+    result = ModelResult("THREADED")
+    _learning(result, spin_on_a_thread)
+    assert result.learn_cpu_s >= 0.04
+    assert result.learn_s >= 0.04
