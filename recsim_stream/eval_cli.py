@@ -18,7 +18,7 @@ from collections.abc import Callable
 from recsim_stream.baselines import make_baselines
 from recsim_stream.canonical_csv import CsvFormatError, read_events, read_items
 from recsim_stream.config import Config, ConfigError, add_config_arguments, load_config
-from recsim_stream.eval_report import format_table, to_json, write_plot
+from recsim_stream.eval_report import format_speedups, format_table, to_json, write_plot
 from recsim_stream.evaluate import StreamModel, evaluate
 from recsim_stream.gc_tuning import settle_heap
 from recsim_stream.progress import Progress
@@ -112,11 +112,13 @@ def run(args: argparse.Namespace) -> int:
     models.extend(baselines)
     result = evaluate(events, models, config.eval, items, on_progress=_progress_callback(len(events)))
     total_wall_s = time.perf_counter() - started
+    report = to_json(result, main, [b.name for b in baselines], total_wall_s, without_content)
     print(format_table(result))
+    for line in format_speedups(report):
+        print(line)
     if args.plot:
         print(f"plot: {write_plot(result, args.plot)}")
     if args.json:
-        report = to_json(result, main, [b.name for b in baselines], total_wall_s, without_content)
         if without_content is not None:
             # The part of the tower's cost the cold-start issue budgets: training it (the rest is
             # encoding the catalogue, blending and calibrating, which serving cold items needs).

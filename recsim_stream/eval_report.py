@@ -30,7 +30,36 @@ def to_json(
         top["content_cost"] = 1.0 - off["learn_cpu_us_per_event"] / top["learn_cpu_us_per_event"]
     if baselines:
         top["baselines"] = {name: result.summary(by_name[name]) for name in baselines}
+        for learner in (top, top.get("no_content")):
+            if learner is not None and main is not None:
+                learner["learn_speedup"] = learn_speedups(learner, top["baselines"])
     return top
+
+
+def learn_speedups(learner: dict, baselines: dict[str, dict]) -> dict[str, float | None]:
+    """The learner's learn events/s over each baseline's, by name: the learner issue's speed target is
+    10x GENSIM-RETRAIN's, measured in the same command (None where a rate is missing)."""
+    mine = learner["learn_events_per_s"]
+    return {
+        name: mine / theirs if mine and (theirs := baseline["learn_events_per_s"]) else None
+        for name, baseline in baselines.items()
+    }
+
+
+def format_speedups(report: dict) -> list[str]:
+    """One line per learner of ``to_json``'s report that has speed-ups: its learn events/s over each
+    baseline's."""
+    lines = []
+    for learner in (report, report.get("no_content")):
+        if learner is None or "learn_speedup" not in learner:
+            continue
+        name = report["model"] if learner is report else f"{report['model']} without the content tower"
+        ratios = ", ".join(
+            f"{baseline} {'-' if ratio is None else f'{ratio:.2f}x'}"
+            for baseline, ratio in learner["learn_speedup"].items()
+        )
+        lines.append(f"learn events/s of {name} over each baseline's: {ratios}")
+    return lines
 
 
 _CELL = 20  # the widest column name (learn_events_per_s) and two spaces
