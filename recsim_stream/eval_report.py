@@ -19,7 +19,8 @@ def to_json(
     """Top level: the main model's summary (values None when there is none); baselines by name; with
     ``without_content`` (the learner run beside it without the content tower), that run's summary as
     ``no_content`` and ``content_cost``: the fraction of the learner's learn events/s the tower takes,
-    from CPU time (wall time on a shared machine moves with the other processes' load)."""
+    from CPU time (wall time on a shared machine moves with the other processes' load). With baselines,
+    the learner (and ``no_content``) also gets ``learn_speedup``: ``learn_speedups`` by baseline."""
     by_name = {m.name: m for m in result.models}
     top = result.summary(by_name[main] if main is not None else None)
     top["model"] = main
