@@ -39,6 +39,10 @@ from recsim_stream.scoring import SESSION_ITEMS, Embeddings, content_queries
 
 # Items whose learned weight is above this are served as learned (the content part is negligible).
 _BLEND_UNTIL = 0.95
+# Rows blended at a time. Blending every low-count row at once made float64 temporaries of the whole
+# table: a full snapshot of 1M items took 4.0 s and 1.45 GB of fresh memory to assemble, 2.1 s and
+# 0.56 GB in chunks of this size (BENCHMARKS.md, seventeenth session).
+BLEND_ROWS = 65_536
 # Temperatures the cold softmax may take; cosines live in [-1, 1], so 0.01 is nearly an argmax and 1
 # nearly uniform.
 TEMPERATURE_GRID = np.geomspace(0.001, 1.0, 16)
@@ -201,10 +205,11 @@ class ServedRowsPlan:
         np.multiply(content[n:, :dim], norm, out=served_inputs[n:])
         np.multiply(content[n:, dim:], norm, out=served_outputs[n:])
         low = np.flatnonzero((counts < self.blend_below) & (rows[:n] >= 0))
-        if len(low):
-            w = learned_weight(counts[low].astype(np.float32), self.blend_half_life)[:, None]
-            served_inputs[low] = w * inputs[low] + (1 - w) * norm * content[low, :dim]
-            served_outputs[low] = w * outputs[low] + (1 - w) * norm * content[low, dim:]
+        for start in range(0, len(low), BLEND_ROWS):  # row by row arithmetic: the same in any chunks
+            part = low[start : start + BLEND_ROWS]
+            w = learned_weight(counts[part].astype(np.float32), self.blend_half_life)[:, None]
+            served_inputs[part] = w * inputs[part] + (1 - w) * norm * content[part, :dim]
+            served_outputs[part] = w * outputs[part] + (1 - w) * norm * content[part, dim:]
         return ServedRows(
             self.ids,
             served_inputs,

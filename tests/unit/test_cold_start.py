@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from recsim_stream.cold_start import TEMPERATURE_GRID, ColdStart, PairReservoir, TemperatureFit
+from recsim_stream import cold_start as cold_start_module
+from recsim_stream.cold_start import (
+    TEMPERATURE_GRID,
+    ColdStart,
+    PairReservoir,
+    ServedRowsPlan,
+    TemperatureFit,
+)
 from recsim_stream.config import ConfigError, ContentConfig
 from recsim_stream.events import ItemMeta
 from recsim_stream.scoring import Embeddings
@@ -177,6 +184,33 @@ def test_complete_leaves_a_well_known_item_as_learned():
         ["a"], np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.array([1000])
     )
     assert rows.inputs[0].tolist() == [1.0, 1.0]
+
+
+def test_the_blend_is_the_same_whatever_rows_it_takes_at_a_time(monkeypatch):
+    """A plan of learned rows with few and many interactions, one without metadata, and content-only
+    rows: assembled in chunks of 2 rows, it is the one-chunk table to the bit."""
+    rng = np.random.default_rng(3)
+    learned, dim = 7, 4
+    plan = ServedRowsPlan(
+        ids=[str(i) for i in range(9)],
+        rows=np.array([4, 0, -1, 6, 2, 7, 1, 3, 5]),  # each id's content row; id 2 has no metadata
+        content=rng.standard_normal((8, 2 * dim)).astype(np.float32),
+        norm=np.float32(1.7),
+        dim=dim,
+        inputs=rng.standard_normal((learned, dim)).astype(np.float32),
+        outputs=rng.standard_normal((learned, dim)).astype(np.float32),
+        counts=np.array([1, 500, 3, 0, 40, 2, 9]),
+        blend_below=190,
+        blend_half_life=10.0,
+    )
+    whole = plan.assemble()
+    monkeypatch.setattr(cold_start_module, "BLEND_ROWS", 2)
+    chunked = plan.assemble()
+    for name in ("inputs", "outputs", "counts", "cold", "content"):
+        assert np.array_equal(getattr(chunked, name), getattr(whole, name)), name
+    # The blend moved the rows with few interactions and metadata, and only those.
+    moved = (chunked.inputs[:learned] != plan.inputs).any(axis=1)
+    assert moved.tolist() == [True, False, False, True, True, True, True]
 
 
 def test_complete_gives_unit_content_rows():
