@@ -40,13 +40,19 @@ from recsim_stream.scoring import SESSION_ITEMS, Embeddings, content_queries
 # Items whose learned weight is above this are served as learned (the content part is negligible).
 _BLEND_UNTIL = 0.95
 # Rows blended at a time. Blending every low-count row at once made float64 temporaries of the whole
-# table: a full snapshot of 1M items took 4.0 s and 1.45 GB of fresh memory to assemble, 2.1 s and
-# 0.56 GB in chunks of this size (BENCHMARKS.md, seventeenth session).
+# table: assembling a full snapshot of 1M items (80% with learned rows) took 3.74 s and allocated 1,917
+# MiB, against 2.07 s and 1,063 MiB (the tables are ~1,030) in chunks of this size (BENCHMARKS.md).
 BLEND_ROWS = 65_536
 # Temperatures the cold softmax may take; cosines live in [-1, 1], so 0.01 is nearly an argmax and 1
 # nearly uniform.
 TEMPERATURE_GRID = np.geomspace(0.001, 1.0, 16)
 _CALIBRATION_DECAY = 0.95  # per calibration: old evidence fades, so a drifting stream is followed
+
+
+def blend_below(half_life: float) -> int:
+    """The interaction count from which the blend leaves a learned vector as it is (its learned weight
+    is then above ``_BLEND_UNTIL``)."""
+    return int(np.ceil(half_life * _BLEND_UNTIL / (1 - _BLEND_UNTIL)))
 
 
 class PairReservoir:
@@ -229,7 +235,7 @@ class ColdStart:
         self.reservoir = PairReservoir(config.reservoir_pairs, config.seed)
         self.temperature = TemperatureFit(config.temperature)
         # Interaction count above which the blend leaves the learned vector as it is.
-        self._blend_below = int(np.ceil(config.blend_half_life * _BLEND_UNTIL / (1 - _BLEND_UNTIL)))
+        self._blend_below = blend_below(config.blend_half_life)
         self._budget = 0.0  # tower pairs earned by learner events and not trained yet
         self._new_item_events: deque[tuple[tuple[str, ...], str]] = deque(maxlen=config.calibration_events)
         # CPU seconds of this thread spent training the tower (keeping its pairs, pulling, stepping):

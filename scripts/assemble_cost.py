@@ -22,7 +22,7 @@ import tracemalloc
 
 import numpy as np
 
-from recsim_stream.cold_start import _BLEND_UNTIL, ServedRowsPlan
+from recsim_stream.cold_start import ServedRowsPlan, blend_below
 from recsim_stream.config import ContentConfig
 
 DIM = 64  # the learner's default dimension
@@ -41,7 +41,7 @@ def synthetic_plan(items: int, learned_share: float, seed: int = 0) -> ServedRow
         inputs=rng.standard_normal((learned, DIM)).astype(np.float32),
         outputs=rng.standard_normal((learned, DIM)).astype(np.float32),
         counts=np.minimum(rng.zipf(1.5, learned), 1 << 20).astype(np.int64),
-        blend_below=int(np.ceil(content.blend_half_life * _BLEND_UNTIL / (1 - _BLEND_UNTIL))),  # as ColdStart
+        blend_below=blend_below(content.blend_half_life),
         blend_half_life=content.blend_half_life,
     )
 
