@@ -227,8 +227,19 @@ class ServedRowsPlan:
 
 
 class ColdStart:
-    def __init__(self, config: ContentConfig, dim: int, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        config: ContentConfig,
+        dim: int,
+        torch_threads: int = 1,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        """``cpu_clock`` times the tower's training: this thread's CPU by default, as the updater
+        needs (its Kafka and Ray threads run beside the loop, but torch's intra-op threads are
+        missed when ``torch_threads`` > 1); eval, whose learner runs alone in its process while it
+        learns, passes ``time.process_time`` to count every thread, as it does for the learner."""
         self.config = config
+        self._cpu_clock = cpu_clock
         self.dim = dim
         self.tower = ContentTower(config, 2 * dim, torch_threads=torch_threads)
         self.metadata: dict[str, ItemMeta] = {}
@@ -238,7 +249,7 @@ class ColdStart:
         self._blend_below = blend_below(config.blend_half_life)
         self._budget = 0.0  # tower pairs earned by learner events and not trained yet
         self._new_item_events: deque[tuple[tuple[str, ...], str]] = deque(maxlen=config.calibration_events)
-        # CPU seconds of this thread spent training the tower (keeping its pairs, pulling, stepping):
+        # CPU seconds (``cpu_clock``) spent training the tower (keeping its pairs, pulling, stepping):
         # what the cold-start issue's budget counts. Not checkpointed: a process-lifetime counter.
         self.training_cpu_s = 0.0
         self._calibrations = 0
@@ -280,7 +291,7 @@ class ColdStart:
         """Offer a trained batch of co-occurring pairs (learner keys, named by ``names[key]``) to the
         reservoir. Only the pairs it takes are named; those with an item without metadata are dropped
         (they still count as stream positions, so the sample stays uniform over the pairs it keeps)."""
-        started = time.thread_time()
+        started = self._cpu_clock()
         offsets, slots = self.reservoir.take(len(left_keys))
         meta = self.metadata
         chosen = zip(slots.tolist(), left_keys[offsets].tolist(), right_keys[offsets].tolist(), strict=True)
@@ -288,12 +299,12 @@ class ColdStart:
         self.reservoir.put(
             np.array([k[0] for k in kept], np.int64), [k[1] for k in kept], [k[2] for k in kept]
         )
-        self.training_cpu_s += time.thread_time() - started
+        self.training_cpu_s += self._cpu_clock() - started
 
     def train(self, events: int, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> int:
         """Tower steps earned by ``events`` learner events, on reservoir pairs whose items both have
         learned rows (at ``position`` in ``inputs``/``outputs``). Returns the steps taken."""
-        started = time.thread_time()
+        started = self._cpu_clock()
         self._budget += events * self.config.train_pairs_per_event
         taken = 0
         while self._budget >= self.config.train_batch:
@@ -302,7 +313,7 @@ class ColdStart:
                 break
             self._budget -= self.config.train_batch
             taken += 1
-        self.training_cpu_s += time.thread_time() - started
+        self.training_cpu_s += self._cpu_clock() - started
         return taken
 
     def train_pulling(self, events: int, rows: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]) -> int:
@@ -319,14 +330,14 @@ class ColdStart:
                 events, {}, np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
             )
         # Only the items of the pairs these steps will draw: a few thousand rows, not the reservoir's.
-        started = time.thread_time()
+        started = self._cpu_clock()
         reservoir, ids = self.reservoir, set()
         for step in range(self.tower.steps, self.tower.steps + steps):
             for i in self._draw(step).tolist():
                 ids.update((reservoir.left[i], reservoir.right[i]))
         ids = sorted(ids)
         inputs, outputs = rows(ids)
-        self.training_cpu_s += time.thread_time() - started
+        self.training_cpu_s += self._cpu_clock() - started
         return self.train(events, {item: r for r, item in enumerate(ids)}, inputs, outputs)
 
     def _draw(self, step: int) -> np.ndarray:

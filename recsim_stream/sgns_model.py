@@ -7,6 +7,7 @@ embeddings it last published, as the query API answers from its last snapshot.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,7 +43,9 @@ class SgnsStreamModel:
         self.learner = Learner(config, pull, push)
         self.served = Embeddings.empty(config.learn.dim)
         self.cold_start = (
-            ColdStart(config.content, config.learn.dim, config.learn.torch_threads)
+            # process_time: eval's learn CPU counts every thread (evaluate._learning), so the tower's
+            # share must too, torch's intra-op threads included
+            ColdStart(config.content, config.learn.dim, config.learn.torch_threads, time.process_time)
             if config.content.enabled
             else None
         )

@@ -1,5 +1,8 @@
 """The cold-start pieces around the tower: pair reservoir, temperature fit, cold scoring, blend."""
 
+import itertools
+import time
+
 import numpy as np
 import pytest
 
@@ -11,9 +14,10 @@ from recsim_stream.cold_start import (
     ServedRowsPlan,
     TemperatureFit,
 )
-from recsim_stream.config import ConfigError, ContentConfig
+from recsim_stream.config import Config, ConfigError, ContentConfig
 from recsim_stream.events import ItemMeta
 from recsim_stream.scoring import Embeddings
+from recsim_stream.sgns_model import SgnsStreamModel
 
 
 def test_reservoir_keeps_every_pair_until_full():
@@ -386,6 +390,27 @@ def test_training_the_tower_is_counted_in_cpu_seconds():
     vectors = np.ones((3, 2), np.float32)
     cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
     assert cold_start.training_cpu_s > 0
+
+
+def test_the_tower_is_timed_by_the_clock_it_is_given():
+    """Eval hands its tower the process's clock (torch's threads count); a clock that ticks once a
+    read shows each timed section read it twice: keeping the pairs, then the training call."""
+    ticks = itertools.count()
+    cold_start = ColdStart(
+        ContentConfig(hidden=16, train_batch=2, train_pairs_per_event=1.0),
+        dim=2,
+        cpu_clock=lambda: float(next(ticks)),
+    )
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(np.array([0, 0, 1]), np.array([1, 2, 2]), ["a", "b", "c"])
+    vectors = np.ones((3, 2), np.float32)
+    cold_start.train(5, {"a": 0, "b": 1, "c": 2}, vectors, vectors)
+    assert cold_start.training_cpu_s == 2.0
+
+
+def test_eval_times_its_tower_over_every_thread():
+    model = SgnsStreamModel(Config())
+    assert model.cold_start is not None and model.cold_start._cpu_clock is time.process_time
 
 
 def test_a_bulk_listing_is_encoded_a_chunk_per_call_oldest_first():
