@@ -15,4 +15,9 @@ COPY services ./services
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c requirements.lock . \
     && useradd --create-home --uid 1000 recsim && mkdir -p /data/snapshots /data/checkpoints && chown -R recsim /data
 USER recsim
+# The training path's compiled loops (numba, recsim_stream/compiled.py) are cached on disk: in a folder
+# the service user owns (site-packages is root's), filled at build time so no container compiles them
+# at start (one on another CPU model compiles once, into the same folder).
+ENV NUMBA_CACHE_DIR=/home/recsim/.cache/numba
+RUN python -c "import recsim_stream.trainer"
 ENTRYPOINT ["recsim-stream"]

@@ -1,8 +1,8 @@
 """Streaming negative sampler: unigram^power over counts that grow with the stream.
 
 Each observed key has a weight count^power, held in a Fenwick (binary indexed) tree: a batch of
-counts changes its keys' weights with one vectorised pass per tree level (log2 of the capacity, 11
-for 2,000 keys, 20 for a million), and a batch of draws descends the tree the same way. The work
+counts changes its keys' weights level by level up the tree (log2 of the capacity, 11 for 2,000
+keys, 20 for a million), and each draw descends it, both in compiled loops (numba). The work
 follows the batch, never the catalogue, and the draws follow count^power exactly.
 
 It replaced the incremental unigram table of Kaji & Kobayashi (2017), whose slots a key takes in
@@ -14,10 +14,13 @@ batch is a large share of all counts, so a batch rewrote a large part of the tab
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from numba.types import float64, int64, void
 
+from recsim_stream.compiled import reads, writes
 from recsim_stream.config import LearnConfig
-from recsim_stream.sharding import KeyIndex
+from recsim_stream.sharding import KeyIndex, distinct
 
 State = dict[str, np.ndarray | int | float]
 
@@ -79,35 +82,21 @@ class NegativeSampler:
 
     def observe(self, keys: np.ndarray) -> None:
         """Count one occurrence per element of ``keys`` (repeats count repeatedly)."""
-        keys, added = np.unique(np.asarray(keys, dtype=np.int64), return_counts=True)
+        keys, which = distinct(keys)
+        added = np.bincount(which, minlength=len(keys))
         if len(keys) == 0:
             return
         pos = self._positions(keys)
         old = self._counts[pos]
         self._counts[pos] = old + added
-        delta = self._weights(old + added) - self._weights(old)
-        node, capacity = pos + 1, len(self._counts)
-        while len(node):  # every tree node above each changed key, one level at a time
-            np.add.at(self._tree, node, delta)
-            node = node + (node & -node)
-            inside = node <= capacity
-            if not inside.all():
-                node, delta = node[inside], delta[inside]
+        _fenwick_add(self._tree, pos + 1, self._weights(old + added) - self._weights(old))
 
     def sample(self, n: int) -> np.ndarray:
         """``n`` keys drawn independently from count^power."""
         if self._size == 0:
             raise ValueError("NegativeSampler.sample: no key observed yet; call observe() first")
         tree, capacity = self._tree, len(self._counts)
-        left = self._rng.random(n) * tree[capacity]  # the draw's mass still to pass, left to right
-        pos = np.zeros(n, dtype=np.int64)  # keys passed so far
-        step = capacity // 2
-        while step:  # pos is a multiple of 2 * step below capacity: pos + step is a node
-            node = tree[pos + step]
-            passed = node <= left
-            left -= node * passed
-            pos += step * passed
-            step //= 2
+        pos = _fenwick_descend(tree, self._rng.random(n) * tree[capacity])
         # pos keys have all their mass before the draw: it is key ``pos`` (kept in range against rounding)
         return self._keys[np.minimum(pos, self._size - 1)]
 
@@ -190,3 +179,44 @@ class NegativeSampler:
 def _capacity_for(keys: int) -> int:
     """The arrays' length for ``keys`` keys: a power of two, at least MIN_CAPACITY."""
     return max(MIN_CAPACITY, 1 << max(0, keys - 1).bit_length())
+
+
+# The tree's two walks, compiled (compiled.py). Each does the float64 arithmetic of the numpy passes it replaced in the same order, so the tree and
+# the draws are the same to the bit.
+
+
+@numba.njit(void(writes(float64), reads(int64), writes(float64)), cache=True, nogil=True)
+def _fenwick_add(tree, nodes, delta):
+    """Add ``delta[i]`` to every node above 1-based position ``nodes[i]``, a level at a time: at each
+    level in the order of ``nodes`` (as ``np.add.at`` did), so sums round as they did. ``delta`` is
+    overwritten (scratch)."""
+    capacity = len(tree) - 1
+    node = nodes.copy()
+    pending = len(node)
+    while pending:
+        kept = 0
+        for i in range(pending):
+            tree[node[i]] += delta[i]
+            nxt = node[i] + (node[i] & -node[i])
+            if nxt <= capacity:
+                node[kept] = nxt
+                delta[kept] = delta[i]
+                kept += 1
+        pending = kept
+
+
+@numba.njit(writes(int64)(reads(float64), reads(float64)), cache=True, nogil=True)
+def _fenwick_descend(tree, left):
+    """For each draw's mass ``left[i]``: how many keys lie wholly before it (the drawn position)."""
+    capacity = len(tree) - 1
+    out = np.zeros(len(left), dtype=np.int64)
+    for i in range(len(left)):
+        pos, mass, step = 0, left[i], capacity // 2
+        while step:  # pos is a multiple of 2 * step below capacity: pos + step is a node
+            node = tree[pos + step]
+            if node <= mass:
+                mass -= node
+                pos += step
+            step //= 2
+        out[i] = pos
+    return out

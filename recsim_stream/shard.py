@@ -15,8 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba
 import numpy as np
+from numba.types import boolean, float32, int64
 
+from recsim_stream.compiled import FAST_SUMS, reads, writes
 from recsim_stream.config import LearnConfig
 from recsim_stream.sharding import _GOLDEN, KeyIndex, mix64
 
@@ -78,38 +81,47 @@ def put_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     _records(table)[rows] = _records(np.ascontiguousarray(values, dtype=table.dtype))
 
 
-def gradient_squares(grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(which rows of ``grad`` are not all zero, each row's sum of squares). The sums answer for
-    most rows (a third of the cost of ``grad.any(axis=1)``); rows whose squares underflow to zero
-    are looked at element by element."""
-    squares = np.einsum("nd,nd->n", grad, grad)
-    changed = squares > 0
-    if not changed.all():
-        zero = np.flatnonzero(~changed)
-        changed[zero] = grad[zero].any(axis=1)
-    return changed, squares
-
-
 def adagrad_rows(values: np.ndarray, acc: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
     """Row-wise Adagrad on gathered rows and their accumulators, in place; returns which rows had a
     nonzero gradient (the others are left exactly as they were). Each changed row's accumulator grows
     by its gradient's mean square, then the row steps against the gradient by ``learning_rate /
-    sqrt(accumulator)``. The shard and the trainer (replaying a push on rows a later batch pulled
-    before it) both call this, so their results agree to the bit."""
-    changed, squares = gradient_squares(grad)
-    if changed.all():
-        moved_values, moved_acc, grad = values, acc, grad
-    else:
-        moved_values, moved_acc, grad, squares = (
-            values[changed],
-            acc[changed],
-            grad[changed],
-            squares[changed],
-        )
-    moved_acc += squares / np.float32(grad.shape[1])
-    moved_values -= (np.float32(learning_rate) / np.sqrt(moved_acc))[:, None] * grad
-    if not changed.all():
-        values[changed], acc[changed] = moved_values, moved_acc
+    sqrt(accumulator)``. The trainer calls this to replay a push on rows a later batch pulled before
+    it; the shard runs the same compiled row step on its tables, so their results agree to the bit."""
+    rows = np.arange(len(values), dtype=np.int64)
+    return _adagrad_at(values, acc, rows, np.ascontiguousarray(grad, np.float32), np.float32(learning_rate))
+
+
+@numba.njit(
+    writes(boolean)(writes(float32, 2), writes(float32), reads(int64), reads(float32, 2), float32),
+    cache=True,
+    nogil=True,
+    fastmath=FAST_SUMS,
+)
+def _adagrad_at(table, acc, rows, grad, learning_rate):
+    """Adagrad on ``table[rows[i]]`` with ``grad[i]`` (``rows`` distinct), in place, row by row: no
+    gathered copies. A row whose gradient is all zero is left as it is; one whose squares underflow
+    to zero still steps (its accumulator unchanged)."""
+    dim = np.float32(table.shape[1])
+    changed = np.zeros(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        g = grad[i]
+        squares = np.float32(0.0)
+        for d in range(len(g)):
+            squares += g[d] * g[d]
+        moved = squares > 0
+        if not moved:
+            for d in range(len(g)):
+                if g[d] != 0:
+                    moved = True
+                    break
+        if moved:
+            changed[i] = True
+            r = rows[i]
+            acc[r] += squares / dim
+            step = learning_rate / np.sqrt(acc[r])
+            row = table[r]
+            for d in range(len(g)):
+                row[d] -= step * g[d]
     return changed
 
 
@@ -434,12 +446,5 @@ class ParameterShard:
 
     def _adagrad(self, table: np.ndarray, acc: np.ndarray, rows: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Row-wise Adagrad on ``table[rows]``; returns which of ``rows`` had a nonzero gradient."""
-        values, row_acc = take_rows(table, rows), acc[rows]
-        changed = adagrad_rows(
-            values, row_acc, np.asarray(grad, dtype=np.float32), self._config.learning_rate
-        )
-        if not changed.all():
-            rows, values, row_acc = rows[changed], values[changed], row_acc[changed]
-        acc[rows] = row_acc
-        put_rows(table, rows, values)
-        return changed
+        grad = np.ascontiguousarray(grad, np.float32)
+        return _adagrad_at(table, acc, rows, grad, np.float32(self._config.learning_rate))

@@ -6,7 +6,7 @@ machine and Python version (Python's ``hash()`` is salted per process). Routing 
 still spread evenly over shards.
 
 ``KeyIndex`` maps int64 keys to int64 values (row numbers) with open addressing in numpy arrays,
-so a batch of thousands of keys is looked up or inserted in a few vectorised passes instead of a
+so a batch of thousands of keys is looked up or inserted in one compiled pass (numba) instead of a
 Python loop. It never collides two keys (unlike a fixed hashed table) and grows by doubling.
 """
 
@@ -15,7 +15,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import numba
 import numpy as np
+from numba.types import Tuple, int64
+
+from recsim_stream.compiled import reads, writes
 
 _EMPTY = -1
 _TOMBSTONE = -2
@@ -60,6 +64,16 @@ def split_by_shard(keys: np.ndarray, n_shards: int) -> list[np.ndarray]:
     return [order[bounds[s] : bounds[s + 1]] for s in range(n_shards)]
 
 
+def distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` for int64 keys: the distinct keys ascending, and each
+    key's position among them. Hashes the keys to find the distinct ones, then sorts only those: on
+    the trainer's batches (a few thousand keys, a fifth of them distinct) 3x faster than sorting all
+    (BENCHMARKS.md, eighteenth session)."""
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    capacity = 1 << max(4, (2 * len(keys)).bit_length())  # load factor at most one half
+    return _distinct(keys, (mix64(keys) & np.uint64(capacity - 1)).astype(np.int64), capacity)
+
+
 class KeyIndex:
     """int64 key -> non-negative int64 value, open addressing with linear probing.
 
@@ -83,56 +97,30 @@ class KeyIndex:
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         """Slot of each key, or -1 where the key is absent."""
-        mask = np.uint64(self.capacity - 1)
-        pos = (mix64(keys) & mask).astype(np.int64)
-        slots = np.full(len(keys), -1, dtype=np.int64)
-        pending = np.arange(len(keys))
-        while len(pending):
-            p = pos[pending]
-            values = self._values[p]
-            found = (values >= 0) & (self._keys[p] == keys[pending])
-            slots[pending[found]] = p[found]
-            keep = ~found & (values != _EMPTY)
-            pending = pending[keep]
-            pos[pending] = (p[keep] + 1) & (self.capacity - 1)
-        return slots
+        home = (mix64(keys) & np.uint64(self.capacity - 1)).astype(np.int64)
+        return _find(self._keys, self._values, keys, home)
 
     def get(self, keys: np.ndarray) -> np.ndarray:
         """Value of each key, -1 where absent."""
-        keys = np.asarray(keys, dtype=np.int64)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
         slots = self._slots(keys)
         return np.where(slots >= 0, self._values[np.maximum(slots, 0)], -1)
 
     def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Add keys that are absent and distinct (the caller checked with ``get``)."""
-        keys = np.asarray(keys, dtype=np.int64)
-        values = np.asarray(values, dtype=np.int64)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.int64)
         if len(keys) == 0:
             return
         if (self._live + self._tombstones + len(keys)) * 2 > self.capacity:
             self._rebuild(self._live + len(keys))
-        mask = self.capacity - 1
-        pos = (mix64(keys) & np.uint64(mask)).astype(np.int64)
-        pending = np.arange(len(keys))
-        while len(pending):
-            p = pos[pending]
-            free = self._values[p] < 0
-            # Keys racing for the same free slot: the first wins, the others probe on.
-            _, first = np.unique(p[free], return_index=True)
-            winners = pending[free][first]
-            slots = pos[winners]
-            self._tombstones -= int(np.count_nonzero(self._values[slots] == _TOMBSTONE))
-            self._keys[slots] = keys[winners]
-            self._values[slots] = values[winners]
-            placed = np.zeros(len(keys), dtype=bool)
-            placed[winners] = True
-            pending = pending[~placed[pending]]
-            pos[pending] = (pos[pending] + 1) & mask
+        home = (mix64(keys) & np.uint64(self.capacity - 1)).astype(np.int64)
+        self._tombstones -= _place(self._keys, self._values, keys, values, home)
         self._live += len(keys)
 
     def remove(self, keys: np.ndarray) -> None:
         """Drop the keys that are present; absent keys are ignored."""
-        slots = self._slots(np.asarray(keys, dtype=np.int64))
+        slots = self._slots(np.ascontiguousarray(keys, dtype=np.int64))
         slots = np.unique(slots[slots >= 0])
         self._values[slots] = _TOMBSTONE
         self._live -= len(slots)
@@ -153,3 +141,66 @@ class KeyIndex:
         self._live = 0
         self._tombstones = 0
         self.insert(keys, values)
+
+
+# Probing one key after another in compiled loops (compiled.py): 3-10x faster than probing every key
+# of a batch in rounds of numpy passes (BENCHMARKS.md, eighteenth session).
+
+
+@numba.njit(writes(int64)(reads(int64), reads(int64), reads(int64), reads(int64)), cache=True, nogil=True)
+def _find(slot_keys, slot_values, keys, home):
+    """Slot of each key (linear probing from its home slot), -1 where absent."""
+    mask = len(slot_keys) - 1
+    slots = np.full(len(keys), -1, dtype=np.int64)
+    for i in range(len(keys)):
+        p = home[i]
+        while slot_values[p] != _EMPTY:
+            if slot_values[p] >= 0 and slot_keys[p] == keys[i]:
+                slots[i] = p
+                break
+            p = (p + 1) & mask
+    return slots
+
+
+@numba.njit(
+    int64(writes(int64), writes(int64), reads(int64), reads(int64), reads(int64)), cache=True, nogil=True
+)
+def _place(slot_keys, slot_values, keys, values, home):
+    """Put each (absent, distinct) key in the first free or tombstoned slot from its home slot, in
+    order; returns how many tombstones were reused."""
+    mask = len(slot_keys) - 1
+    reused = 0
+    for i in range(len(keys)):
+        p = home[i]
+        while slot_values[p] >= 0:
+            p = (p + 1) & mask
+        if slot_values[p] == _TOMBSTONE:
+            reused += 1
+        slot_keys[p] = keys[i]
+        slot_values[p] = values[i]
+    return reused
+
+
+@numba.njit(Tuple((writes(int64), writes(int64)))(reads(int64), reads(int64), int64), cache=True, nogil=True)
+def _distinct(keys, home, capacity):
+    mask = capacity - 1
+    slot_keys = np.empty(capacity, dtype=np.int64)
+    slot_ids = np.full(capacity, -1, dtype=np.int64)
+    found = np.empty(len(keys), dtype=np.int64)  # first-seen number of each key's distinct value
+    firsts = np.empty(len(keys), dtype=np.int64)
+    n = 0
+    for i in range(len(keys)):
+        p = home[i]
+        while slot_ids[p] >= 0 and slot_keys[p] != keys[i]:
+            p = (p + 1) & mask
+        if slot_ids[p] < 0:
+            slot_ids[p], slot_keys[p] = n, keys[i]
+            firsts[n] = keys[i]
+            n += 1
+        found[i] = slot_ids[p]
+    order = np.argsort(firsts[:n])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    for i in range(len(keys)):
+        found[i] = rank[found[i]]
+    return firsts[:n][order], found

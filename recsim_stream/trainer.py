@@ -23,7 +23,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.sgns import SgnsGradients, SgnsLoss, sgns_step
 from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_rows, put_rows, take_rows
-from recsim_stream.sharding import shard_of
+from recsim_stream.sharding import distinct, shard_of
 
 
 class PairArrays(Protocol):
@@ -115,7 +115,7 @@ class _Side(NamedTuple):
 
 def _side(raw: np.ndarray, shards: int) -> tuple[_Side, np.ndarray]:
     """The side of ``raw`` keys, and each raw key's position in it."""
-    keys, which = np.unique(raw, return_inverse=True)
+    keys, which = distinct(raw)
     owner = shard_of(keys, shards)
     if shards > 1:
         order = np.concatenate([np.flatnonzero(owner == s) for s in range(shards)])

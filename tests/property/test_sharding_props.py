@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_stream.sharding import KeyIndex, item_key, item_keys, shard_of, split_by_shard
+from recsim_stream.sharding import KeyIndex, distinct, item_key, item_keys, shard_of, split_by_shard
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -26,6 +26,14 @@ def test_split_by_shard_covers_every_position_once(keys, n_shards):
 @given(st.lists(st.text(max_size=20), max_size=50))
 def test_batched_keys_equal_single_keys(ids):
     assert item_keys(ids).tolist() == [item_key(i) for i in ids]
+
+
+@given(st.lists(int64s, max_size=300), st.integers(0, 3))
+def test_distinct_keys_equal_numpys_unique(keys, repeats):
+    """Few distinct values repeated (the trainer's batches), or all distinct, negative keys included."""
+    array = np.array(keys * (repeats + 1), dtype=np.int64)
+    got, expected = distinct(array), np.unique(array, return_inverse=True)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
 
 
 @settings(max_examples=50)

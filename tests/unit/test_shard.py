@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recsim_stream.config import LearnConfig
-from recsim_stream.shard import ParameterShard, RowUpdate, gradient_squares, initial_input
+from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_rows, initial_input
 
 CONFIG = LearnConfig(dim=4, learning_rate=0.5, adagrad_initial=0.25, expire_after_s=100.0)
 
@@ -188,5 +188,7 @@ def test_pull_for_update_creates_rows_piece_by_piece_in_key_order_whatever_the_s
 
 def test_a_gradient_whose_squares_underflow_still_counts_as_a_change():
     grad = np.array([[0, 0, 0, 0], [1e-30, 0, 0, 0], [0, -0.0, 0, 0], [0.5, 0, 0, 0]], np.float32)
-    changed, squares = gradient_squares(grad)
-    assert changed.tolist() == [False, True, False, True] and squares[1] == 0
+    values, acc = np.zeros((4, 4), np.float32), np.full(4, 0.25, np.float32)
+    changed = adagrad_rows(values, acc, grad, 0.5)
+    assert changed.tolist() == [False, True, False, True]
+    assert acc[1] == 0.25 and values[1, 0] < 0 and (values[[0, 2]] == 0).all() and acc[0] == acc[2] == 0.25
