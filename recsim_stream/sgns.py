@@ -5,7 +5,7 @@ negatives); every edge carries the coefficient dL/dscore. One compiled pass over
 scores each edge and adds its share to both rows' gradient sums. It replaced two sparse-dense
 products over a COO matrix of the coefficients (scipy), which were themselves measured 2-4x faster
 than ``np.add.at`` or torch ``index_add_``: the compiled pass reads each row once per edge and makes
-no temporaries, 1.5x faster again on MovieLens-sized pieces (BENCHMARKS.md, eighteenth session).
+no temporaries, 1.6-1.8x faster again on eval-sized pieces (BENCHMARKS.md, eighteenth session).
 """
 
 from __future__ import annotations

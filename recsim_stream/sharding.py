@@ -143,7 +143,7 @@ class KeyIndex:
         self.insert(keys, values)
 
 
-# Probing one key after another in compiled loops (compiled.py): 3-10x faster than probing every key
+# Probing one key after another in compiled loops (compiled.py): 3-15x faster than probing every key
 # of a batch in rounds of numpy passes (BENCHMARKS.md, eighteenth session).
 
 
