@@ -293,12 +293,13 @@ class ColdStart:
         (they still count as stream positions, so the sample stays uniform over the pairs it keeps)."""
         started = self._cpu_clock()
         offsets, slots = self.reservoir.take(len(left_keys))
-        meta = self.metadata
-        chosen = zip(slots.tolist(), left_keys[offsets].tolist(), right_keys[offsets].tolist(), strict=True)
-        kept = [(slot, names[a], names[b]) for slot, a, b in chosen if names[a] in meta and names[b] in meta]
-        self.reservoir.put(
-            np.array([k[0] for k in kept], np.int64), [k[1] for k in kept], [k[2] for k in kept]
-        )
+        left = [names[a] for a in left_keys[offsets].tolist()]
+        right = [names[b] for b in right_keys[offsets].tolist()]
+        listed = self.metadata.__contains__
+        if not (all(map(listed, left)) and all(map(listed, right))):  # usual case: every item is listed
+            kept = [i for i, (a, b) in enumerate(zip(left, right, strict=True)) if listed(a) and listed(b)]
+            slots, left, right = slots[kept], [left[i] for i in kept], [right[i] for i in kept]
+        self.reservoir.put(slots, left, right)
         self.training_cpu_s += self._cpu_clock() - started
 
     def train(self, events: int, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> int:

@@ -258,7 +258,10 @@ class ContentTower:
             raise ValueError(f"train_step: weights must have shape ({n},), got {tuple(pair_weights.shape)}")
 
         raw_targets = torch.from_numpy(np.concatenate([left_vectors, right_vectors]).astype(np.float32))
-        _, codes = np.unique([item.item_id for item in (*left, *right)], return_inverse=True)
+        # One code per distinct item, read only for equality: numbered by a dict, not np.unique's sort
+        numbering: dict[str, int] = {}
+        ids = (numbering.setdefault(item.item_id, len(numbering)) for item in (*left, *right))
+        codes = np.fromiter(ids, dtype=np.int64, count=2 * n)
         # Which fields to blank is drawn from (seed, step): reproducible, and nothing to checkpoint.
         hide = np.random.default_rng([self.config.seed, self._steps]).random((2 * n, len(FIELDS)))
         self._net.train()

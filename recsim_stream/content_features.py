@@ -61,11 +61,12 @@ class Bags:
     def concat(cls, bags: Sequence[tuple[np.ndarray, np.ndarray]]) -> Bags:
         if not bags:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        sizes = np.fromiter((len(ids) for ids, _ in bags), dtype=np.int64, count=len(bags))
+        all_ids, all_weights = zip(*bags, strict=True)
+        sizes = np.fromiter(map(len, all_ids), dtype=np.int64, count=len(bags))
         offsets = np.zeros(len(bags), dtype=np.int64)
         np.cumsum(sizes[:-1], out=offsets[1:])
-        ids = np.concatenate([ids for ids, _ in bags]).astype(np.int64, copy=False)
-        weights = np.concatenate([w for _, w in bags]).astype(np.float32, copy=False)
+        ids = np.concatenate(all_ids).astype(np.int64, copy=False)
+        weights = np.concatenate(all_weights).astype(np.float32, copy=False)
         return cls(ids, offsets, weights)
 
 
@@ -209,8 +210,8 @@ def _gather(
     keys: Sequence[object], part: Callable[[object], Part]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, slots, weights) of every item's part, ``part`` called once per distinct key."""
-    index: dict[object, int] = {}
-    of_item = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, count=len(keys))
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # distinct keys, first-seen order
+    of_item = np.fromiter(map(index.__getitem__, keys), np.int64, count=len(keys))
     parts = [part(key) for key in index]
     sizes = np.fromiter((len(slots) for slots, _ in parts), np.int64, count=len(parts))
     slots = np.fromiter(itertools.chain.from_iterable(s for s, _ in parts), np.int64, count=int(sizes.sum()))
@@ -249,20 +250,23 @@ class FeatureSketch:
 
     def encode(self, items: Sequence[ItemMeta], hidden: np.ndarray) -> np.ndarray:
         """(len(items), dim) float32; ``hidden`` (n, 4) blanks fields as in ``FeatureExtractor.extract``."""
+        return self.encode_fields(items, _MaskedFields.of(items, hidden), hidden[:, 3])
+
+    def encode_fields(
+        self, items: Sequence[ItemMeta], fields: _MaskedFields, price_hidden: np.ndarray
+    ) -> np.ndarray:
+        """``encode`` with the text fields already read and blanked (``FeatureExtractor`` reads them once
+        for its bags and the sketch alike)."""
         dim, n = self.dim, len(items)
-        hide = hidden.tolist()
-        titles = ["" if h[0] else item.title for item, h in zip(items, hide, strict=True)]
-        categories = ["" if h[1] else item.category for item, h in zip(items, hide, strict=True)]
-        attributes = [() if h[2] else _attribute_key(item) for item, h in zip(items, hide, strict=True)]
-        fields = [
-            _gather(titles, lambda title: _sketch_title(title, dim)),
-            _gather(categories, lambda category: _sketch_category(category, dim)),
-            _gather(attributes, lambda attrs: _sketch_attributes(attrs, dim)),
-            self._prices(items, hidden[:, 3]),
+        parts = [
+            _gather(fields.titles, lambda title: _sketch_title(title, dim)),
+            _gather(fields.categories, lambda category: _sketch_category(category, dim)),
+            _gather(fields.attributes, lambda attrs: _sketch_attributes(attrs, dim)),
+            self._prices(items, price_hidden),
         ]
-        rows = np.concatenate([rows for rows, _, _ in fields])
-        flat = rows * dim + np.concatenate([slots for _, slots, _ in fields])
-        weights = np.concatenate([w for _, _, w in fields])
+        rows = np.concatenate([rows for rows, _, _ in parts])
+        flat = rows * dim + np.concatenate([slots for _, slots, _ in parts])
+        weights = np.concatenate([w for _, _, w in parts])
         out = np.bincount(flat, weights=weights, minlength=n * dim).astype(np.float32).reshape(n, dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
@@ -287,8 +291,33 @@ class FeatureSketch:
 
 
 def _attribute_key(item: ItemMeta) -> tuple[tuple[str, str], ...]:
-    """``item_attributes`` as a hashable, order-free key (the sketch's cache key)."""
+    """``item_attributes`` as a hashable, order-free key (the bags' and the sketch's cache key)."""
+    if not item.attributes:  # most catalogues: only a title's year, so cached by title
+        return _title_attribute_key(item.title)
     return tuple(sorted(item_attributes(item).items()))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _title_attribute_key(title: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(item_attributes(ItemMeta("", title)).items()))
+
+
+@dataclass(frozen=True)
+class _MaskedFields:
+    """A batch's title, category and attribute key per item, "" or () where ``hidden`` blanks them."""
+
+    titles: list[str]
+    categories: list[str]
+    attributes: list[tuple[tuple[str, str], ...]]
+
+    @classmethod
+    def of(cls, items: Sequence[ItemMeta], hidden: np.ndarray) -> _MaskedFields:
+        hide = hidden.tolist()
+        return cls(
+            ["" if h[0] else item.title for item, h in zip(items, hide, strict=True)],
+            ["" if h[1] else item.category for item, h in zip(items, hide, strict=True)],
+            [() if h[2] else _attribute_key(item) for item, h in zip(items, hide, strict=True)],
+        )
 
 
 class HashedTextEncoder:
@@ -396,23 +425,17 @@ class FeatureExtractor:
             hidden = np.zeros((len(items), len(FIELDS)), dtype=bool)
         if hidden.shape != (len(items), len(FIELDS)):
             raise ValueError(f"hidden must have shape ({len(items)}, {len(FIELDS)}), got {hidden.shape}")
-        titles = ["" if hide else item.title for item, hide in zip(items, hidden[:, 0], strict=True)]
-        text = self._dense_text(titles) if self.dense_encoder is not None else self._hashed_text(titles)
+        fields = _MaskedFields.of(items, hidden)
+        text = (
+            self._dense_text(fields.titles)
+            if self.dense_encoder is not None
+            else self._hashed_text(fields.titles)
+        )
+        category_buckets, attribute_buckets = self.config.category_buckets, self.config.attribute_buckets
         categories = Bags.concat(
-            [
-                _category_bag("" if hide else item.category, self.config.category_buckets)
-                for item, hide in zip(items, hidden[:, 1], strict=True)
-            ]
+            [_category_bag(category, category_buckets) for category in fields.categories]
         )
-        attributes = Bags.concat(
-            [
-                _attribute_bag(
-                    () if hide else tuple(sorted(item_attributes(item).items())),
-                    self.config.attribute_buckets,
-                )
-                for item, hide in zip(items, hidden[:, 2], strict=True)
-            ]
-        )
+        attributes = Bags.concat([_attribute_bag(key, attribute_buckets) for key in fields.attributes])
         price = np.array(
             [
                 price_features(None if hide else item.price)
@@ -421,7 +444,7 @@ class FeatureExtractor:
             dtype=np.float32,
         ).reshape(len(items), 2)
         sketch = (
-            self.sketch.encode(items, hidden)
+            self.sketch.encode_fields(items, fields, hidden[:, 3])
             if self.sketch is not None
             else np.zeros((len(items), 0), dtype=np.float32)
         )

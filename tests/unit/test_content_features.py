@@ -20,6 +20,7 @@ from recsim_stream.content_features import (
     LruCache,
     attribute_tokens,
     blend,
+    bucket,
     category_tokens,
     has_vector,
     item_attributes,
@@ -252,6 +253,31 @@ def test_a_hidden_field_reads_as_that_field_arriving_empty():
         assert getattr(hidden, field).ids.tolist() == getattr(empty, field).ids.tolist()
     assert hidden.text.ids.tolist() == empty.text.ids.tolist()
     assert hidden.price.tolist() == empty.price.tolist()
+
+
+def test_extract_reads_each_items_attributes_as_item_attributes_and_sketches_as_feature_sketch():
+    """The attribute keys are read once per batch (cached by title when an item has no attributes of
+    its own) for the bags and the sketch alike: the same features as reading them per field."""
+    items = [
+        ItemMeta("a", "Heat (1995)", "Action|Crime"),
+        ItemMeta("b", "Heat (1995)", "Action", 9.0, {"year": "1996", "brand": "x"}),
+        ItemMeta("c", "Heat (1995)"),
+        ItemMeta("d", "red phone", "electronics.smartphone", 99.0, {"brand": "x"}),
+        ItemMeta("e", "Casino (1995)", "Crime"),
+    ]
+    hidden = np.array([[False] * 4, [False] * 4, [False, False, True, False], [True] * 4, [False] * 4])
+    features = FeatureExtractor(ContentConfig(), sketch_dim=32).extract(items, hidden=hidden)
+    buckets = ContentConfig().attribute_buckets
+    expected = [
+        sorted(bucket("attr", t, buckets) for t in attribute_tokens({} if h[2] else item_attributes(item)))
+        for item, h in zip(items, hidden, strict=True)
+    ]
+    bags = features.attributes
+    ends = [*bags.offsets.tolist()[1:], len(bags.ids)]
+    found = [sorted(bags.ids[a:b].tolist()) for a, b in zip(bags.offsets.tolist(), ends, strict=True)]
+    assert found == expected
+    assert found[0] != found[1]  # a given year is not the title's
+    assert np.array_equal(features.sketch, FeatureSketch(32).encode(items, hidden))
 
 
 def test_dense_text_encodes_each_distinct_title_once():
