@@ -293,8 +293,8 @@ class ColdStart:
         (they still count as stream positions, so the sample stays uniform over the pairs it keeps)."""
         started = self._cpu_clock()
         offsets, slots = self.reservoir.take(len(left_keys))
-        left = [names[a] for a in left_keys[offsets].tolist()]
-        right = [names[b] for b in right_keys[offsets].tolist()]
+        left = list(map(names.__getitem__, left_keys[offsets].tolist()))
+        right = list(map(names.__getitem__, right_keys[offsets].tolist()))
         listed = self.metadata.__contains__
         if not (all(map(listed, left)) and all(map(listed, right))):  # usual case: every item is listed
             kept = [i for i, (a, b) in enumerate(zip(left, right, strict=True)) if listed(a) and listed(b)]
@@ -339,7 +339,7 @@ class ColdStart:
         ids = sorted(ids)
         inputs, outputs = rows(ids)
         self.training_cpu_s += self._cpu_clock() - started
-        return self.train(events, {item: r for r, item in enumerate(ids)}, inputs, outputs)
+        return self.train(events, dict(zip(ids, range(len(ids)), strict=True)), inputs, outputs)
 
     def _draw(self, step: int) -> np.ndarray:
         """Reservoir positions of the pairs tower step ``step`` trains on (ascending)."""
@@ -393,7 +393,7 @@ class ColdStart:
         newly listed items now (oldest first); the others get their content-only rows in later calls,
         once encoded (``encode_listed``). Items among ``ids`` are encoded now whatever the limit: a
         clicked item's row is blended with its content from its first publish."""
-        self._encode_new([i for i in ids if i in self._unencoded])
+        self._encode_new(list(filter(self._unencoded.__contains__, ids)))
         self._refresh_content(encode_limit=encode_limit)
         known, meta, row = set(ids), self.metadata, self._row
         if changed_only:
@@ -406,10 +406,10 @@ class ColdStart:
         else:
             fresh_rows = self._rows_without([*ids, *learned_elsewhere])
             items = self._item_of_row
-            fresh = [items[r] for r in fresh_rows.tolist()]
+            fresh = list(map(items.__getitem__, fresh_rows.tolist()))
         self._changed = set()
         rows = np.concatenate([
-            np.fromiter((row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids)),
+            np.fromiter(map(row.get, ids, itertools.repeat(-1)), dtype=np.int64, count=len(ids)),
             fresh_rows,
         ])  # fmt: skip
         return ServedRowsPlan(
@@ -431,7 +431,7 @@ class ColdStart:
         walk held the updater's loop ~1 s per full snapshot). Every item with a row has metadata."""
         listed = np.ones(len(self._content), dtype=bool)
         listed[np.fromiter(self._forgotten_rows, dtype=np.int64, count=len(self._forgotten_rows))] = False
-        taken = np.fromiter((self._row.get(i, -1) for i in items), dtype=np.int64, count=len(items))
+        taken = np.fromiter(map(self._row.get, items, itertools.repeat(-1)), dtype=np.int64, count=len(items))
         listed[taken[taken >= 0]] = False
         return np.flatnonzero(listed)
 

@@ -52,7 +52,7 @@ class ItemKeys:
 
     def name_array(self, keys: np.ndarray) -> list[str]:
         names = self.names
-        return [names[k] for k in keys.tolist()]
+        return list(map(names.__getitem__, keys.tolist()))
 
     def state(self) -> dict:
         return {

@@ -175,7 +175,7 @@ class Embeddings:
         self.new_item_share = new_item_share if any_cold else 0.0
         after_cold = new_item_share if new_item_share_after_cold is None else new_item_share_after_cold
         self.new_item_share_after_cold = after_cold if any_cold else 0.0
-        self.position = {item: i for i, item in enumerate(ids)}
+        self.position = dict(zip(ids, range(len(ids)), strict=True))
         self.content = content
         self.cold_temperature = cold_temperature
         self.cold_rows = np.flatnonzero(self.cold)

@@ -87,7 +87,7 @@ class SgnsStreamModel:
             events = self.learner.events_added - self._events_at_publish
             self._events_at_publish = self.learner.events_added
             if self.cold_start.reservoir.left:
-                position = {item: i for i, item in enumerate(ids)}
+                position = dict(zip(ids, range(len(ids)), strict=True))
                 self.cold_start.train(events, position, inputs, outputs)
             rows = self.cold_start.complete(ids, inputs, outputs, counts)
             ids, inputs, outputs, counts = rows.ids, rows.inputs, rows.outputs, rows.counts
