@@ -108,6 +108,16 @@ class _TowerNet(nn.Module):
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
 
+    def residual_is_zero(self) -> bool:
+        """Whether the residual's last layer is still all zero (the tower has not trained), so the output
+        is exactly the scaled sketch: ``forward`` adds an exact zero to it."""
+        last = self.mlp[-1]
+        return self.sketch_weight > 0 and not last.weight.any() and not last.bias.any()
+
+    def sketch_only(self, sketch: np.ndarray) -> torch.Tensor:
+        """``forward``'s output while ``residual_is_zero``, from the sketch alone."""
+        return self.sketch_weight * torch.from_numpy(sketch)
+
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         if isinstance(features.text, Bags):
             t = _BagTensors.of(features.text)
@@ -316,7 +326,13 @@ class ContentTower:
             return np.zeros((0, self.dim), dtype=np.float32)
         self._net.eval()
         with torch.no_grad():
-            out = F.normalize(self._net(self.features.extract(items)), dim=1)
+            if self._net.residual_is_zero():
+                # An untrained tower is its sketch: no text bags, no tables, no MLP. The bulk listing
+                # at start-up (the whole catalogue, before the first step) costs a third as much.
+                raw = self._net.sketch_only(self.features.sketch_of(items))
+            else:
+                raw = self._net(self.features.extract(items))
+            out = F.normalize(raw, dim=1)
         return out.numpy().astype(np.float32, copy=False)
 
     def state(self) -> dict[str, np.ndarray]:

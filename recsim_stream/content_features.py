@@ -450,6 +450,12 @@ class FeatureExtractor:
         )
         return ItemFeatures(text, categories, attributes, price, sketch)
 
+    def sketch_of(self, items: Sequence[ItemMeta]) -> np.ndarray:
+        """``extract(items).sketch`` without the rest of the features."""
+        if self.sketch is None:
+            raise ValueError("sketch_of needs a FeatureExtractor made with a sketch_dim")
+        return self.sketch.encode(items, np.zeros((len(items), len(FIELDS)), dtype=bool))
+
     def _hashed_text(self, titles: list[str]) -> Bags:
         bags = []
         for title in titles:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from recsim_stream.config import ContentConfig, SimConfig
 from recsim_stream.content import ContentTower, MiniLMEncoder
@@ -222,6 +224,28 @@ def test_an_untrained_tower_encodes_the_feature_sketch(planted: PlantedCatalogue
     items = planted.items[:20]
     sketch = FeatureSketch(DIM).encode(items, np.zeros((len(items), 4), dtype=bool))
     assert np.allclose(ContentTower(ContentConfig(), DIM).encode_unit(items), sketch, atol=1e-6)
+
+
+@pytest.mark.parametrize("sketch_weight", [1.0, 0.3])
+def test_an_untrained_tower_encodes_from_the_sketch_alone_as_its_network_would_to_the_bit(
+    planted: PlantedCatalogue, sketch_weight: float
+):
+    items = planted.items[:50]
+    tower = ContentTower(ContentConfig(sketch_weight=sketch_weight), DIM)
+    encoded = tower.encode_unit(items)
+    assert len(tower.features.text_cache) == 0  # the shortcut ran: no title was turned into text features
+    with torch.no_grad():
+        network = F.normalize(tower._net(tower.features.extract(items)), dim=1).numpy()
+    assert np.array_equal(encoded, network)
+
+
+def test_a_tower_whose_last_layer_only_has_a_bias_encodes_through_its_network(planted: PlantedCatalogue):
+    items = planted.items[:50]
+    tower = ContentTower(ContentConfig(), DIM)
+    with torch.no_grad():
+        tower._net.mlp[-1].bias.fill_(0.5)
+        network = F.normalize(tower._net(tower.features.extract(items)), dim=1).numpy()
+    assert np.array_equal(tower.encode_unit(items), network)
 
 
 def test_an_untrained_tower_without_the_sketch_is_not_the_sketch(planted: PlantedCatalogue):
