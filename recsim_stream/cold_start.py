@@ -33,16 +33,12 @@ import numpy as np
 
 from recsim_stream.config import ContentConfig
 from recsim_stream.content import ContentTower
-from recsim_stream.content_features import learned_weight
+from recsim_stream.content_features import blend_rows, learned_weight
 from recsim_stream.events import ItemMeta
 from recsim_stream.scoring import SESSION_ITEMS, Embeddings, content_queries
 
 # Items whose learned weight is above this are served as learned (the content part is negligible).
 _BLEND_UNTIL = 0.95
-# Rows blended at a time. Blending every low-count row at once made float64 temporaries of the whole
-# table: assembling a full snapshot of 1M items (80% with learned rows) took 3.74 s and allocated 1,917
-# MiB, against 2.07 s and 1,063 MiB (the tables are ~1,030) in chunks of this size (BENCHMARKS.md).
-BLEND_ROWS = 65_536
 # Temperatures the cold softmax may take; cosines live in [-1, 1], so 0.01 is nearly an argmax and 1
 # nearly uniform.
 TEMPERATURE_GRID = np.geomspace(0.001, 1.0, 16)
@@ -211,11 +207,16 @@ class ServedRowsPlan:
         np.multiply(content[n:, :dim], norm, out=served_inputs[n:])
         np.multiply(content[n:, dim:], norm, out=served_outputs[n:])
         low = np.flatnonzero((counts < self.blend_below) & (rows[:n] >= 0))
-        for start in range(0, len(low), BLEND_ROWS):  # row by row arithmetic: the same in any chunks
-            part = low[start : start + BLEND_ROWS]
-            w = learned_weight(counts[part].astype(np.float32), self.blend_half_life)[:, None]
-            served_inputs[part] = w * inputs[part] + (1 - w) * norm * content[part, :dim]
-            served_outputs[part] = w * outputs[part] + (1 - w) * norm * content[part, dim:]
+        blend_rows(
+            low,
+            learned_weight(counts[low].astype(np.float32), self.blend_half_life),
+            np.ascontiguousarray(inputs),
+            np.ascontiguousarray(outputs),
+            content,
+            float(norm),
+            served_inputs,
+            served_outputs,
+        )
         return ServedRows(
             self.ids,
             served_inputs,

@@ -24,8 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numba
 import numpy as np
+from numba.types import float32, float64, int64, void
 
+from recsim_stream.compiled import reads, writes
 from recsim_stream.config import ContentConfig
 from recsim_stream.events import ItemMeta
 
@@ -495,6 +498,38 @@ def learned_weight(interactions: np.ndarray | float, half_life: float) -> np.nda
     n = np.maximum(np.asarray(interactions, dtype=np.float64), 0.0)
     weight = n / (n + half_life)
     return float(weight) if weight.ndim == 0 else weight
+
+
+@numba.njit(
+    void(
+        reads(int64), reads(float64), reads(float32, 2), reads(float32, 2), reads(float32, 2), float64,
+        writes(float32, 2), writes(float32, 2),
+    ),
+    cache=True,
+    nogil=True,
+)  # fmt: skip
+def blend_rows(
+    rows: np.ndarray,
+    weights: np.ndarray,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    content: np.ndarray,
+    norm: float,
+    served_inputs: np.ndarray,
+    served_outputs: np.ndarray,
+) -> None:
+    """``served[r] = w * learned[r] + (1 - w) * norm * content[r]`` for each of ``rows`` with its learned
+    ``weights``, input and output side (``content`` holds both, side by side), in float64 as numpy's
+    expression computes it, so to the bit; in one pass with no temporaries: numpy's took 9 of a 14 ms
+    assembly of 6,200 blended rows (scratch, REES46), and float64 copies of a 1M-row table."""
+    dim = inputs.shape[1]
+    for k in range(len(rows)):
+        r = rows[k]
+        w = weights[k]
+        scale = (1.0 - w) * norm
+        for j in range(dim):
+            served_inputs[r, j] = w * np.float64(inputs[r, j]) + scale * np.float64(content[r, j])
+            served_outputs[r, j] = w * np.float64(outputs[r, j]) + scale * np.float64(content[r, dim + j])
 
 
 def blend(

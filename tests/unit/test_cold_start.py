@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 
-from recsim_stream import cold_start as cold_start_module
 from recsim_stream.cold_start import (
     TEMPERATURE_GRID,
     ColdStart,
@@ -15,6 +14,7 @@ from recsim_stream.cold_start import (
     TemperatureFit,
 )
 from recsim_stream.config import Config, ConfigError, ContentConfig
+from recsim_stream.content_features import learned_weight
 from recsim_stream.events import ItemMeta
 from recsim_stream.scoring import Embeddings
 from recsim_stream.sgns_model import SgnsStreamModel
@@ -190,9 +190,10 @@ def test_complete_leaves_a_well_known_item_as_learned():
     assert rows.inputs[0].tolist() == [1.0, 1.0]
 
 
-def test_the_blend_is_the_same_whatever_rows_it_takes_at_a_time(monkeypatch):
+def test_the_blend_is_numpys_float64_expression_to_the_bit():
     """A plan of learned rows with few and many interactions, one without metadata, and content-only
-    rows: assembled in chunks of 2 rows, it is the one-chunk table to the bit."""
+    rows: the compiled blend gives what ``w * learned + (1 - w) * norm * content`` gives in numpy, and
+    moves only the rows with few interactions and metadata."""
     rng = np.random.default_rng(3)
     learned, dim = 7, 4
     plan = ServedRowsPlan(
@@ -207,14 +208,18 @@ def test_the_blend_is_the_same_whatever_rows_it_takes_at_a_time(monkeypatch):
         blend_below=190,
         blend_half_life=10.0,
     )
-    whole = plan.assemble()
-    monkeypatch.setattr(cold_start_module, "BLEND_ROWS", 2)
-    chunked = plan.assemble()
-    for name in ("inputs", "outputs", "counts", "cold", "content"):
-        assert np.array_equal(getattr(chunked, name), getattr(whole, name)), name
-    # The blend moved the rows with few interactions and metadata, and only those.
-    moved = (chunked.inputs[:learned] != plan.inputs).any(axis=1)
-    assert moved.tolist() == [True, False, False, True, True, True, True]
+    served = plan.assemble()
+    blended = np.array([0, 3, 4, 5, 6])
+    w = learned_weight(plan.counts[blended].astype(np.float32), 10.0)[:, None]
+    content = plan.content[plan.rows[blended]]
+    expected_inputs = (w * plan.inputs[blended] + (1 - w) * plan.norm * content[:, :dim]).astype(np.float32)
+    expected_outputs = (w * plan.outputs[blended] + (1 - w) * plan.norm * content[:, dim:]).astype(np.float32)
+    assert np.array_equal(served.inputs[blended], expected_inputs)
+    assert np.array_equal(served.outputs[blended], expected_outputs)
+    kept = np.array([1, 2])  # many interactions; no metadata
+    assert np.array_equal(served.inputs[kept], plan.inputs[kept])
+    assert np.array_equal(served.outputs[kept], plan.outputs[kept])
+    assert np.array_equal(served.inputs[learned:], plan.norm * plan.content[plan.rows[learned:], :dim])
 
 
 def test_complete_gives_unit_content_rows():
