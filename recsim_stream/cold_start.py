@@ -396,8 +396,9 @@ class ColdStart:
         clicked item's row is blended with its content from its first publish."""
         self._encode_new(list(filter(self._unencoded.__contains__, ids)))
         self._refresh_content(encode_limit=encode_limit)
-        known, meta, row = set(ids), self.metadata, self._row
+        id_rows = self._rows_of(ids)
         if changed_only:
+            known, meta, row = set(ids), self.metadata, self._row
             fresh = [
                 i
                 for i in self._changed
@@ -405,17 +406,13 @@ class ColdStart:
             ]
             fresh_rows = np.fromiter(map(row.__getitem__, fresh), dtype=np.int64, count=len(fresh))
         else:
-            fresh_rows = self._rows_without([*ids, *learned_elsewhere])
+            fresh_rows = self._rows_without(id_rows, self._rows_of(learned_elsewhere))
             items = self._item_of_row
             fresh = list(map(items.__getitem__, fresh_rows.tolist()))
         self._changed = set()
-        rows = np.concatenate([
-            np.fromiter(map(row.get, ids, itertools.repeat(-1)), dtype=np.int64, count=len(ids)),
-            fresh_rows,
-        ])  # fmt: skip
         return ServedRowsPlan(
             ids + fresh,
-            rows,
+            np.concatenate([id_rows, fresh_rows]),
             self._content,
             np.float32(self.tower.vector_norm),
             self.dim,
@@ -426,14 +423,19 @@ class ColdStart:
             self.config.blend_half_life,
         )
 
-    def _rows_without(self, items: list[str]) -> np.ndarray:
-        """The content rows of every listed item but ``items``, in row order: a full snapshot's
-        content-only rows, found by a mask rather than by walking the catalogue's ids (at 1M items the
-        walk held the updater's loop ~1 s per full snapshot). Every item with a row has metadata."""
+    def _rows_of(self, items: Collection[str]) -> np.ndarray:
+        """Each item's content row, -1 for an item without one."""
+        return np.fromiter(map(self._row.get, items, itertools.repeat(-1)), dtype=np.int64, count=len(items))
+
+    def _rows_without(self, *taken: np.ndarray) -> np.ndarray:
+        """The content rows of every listed item but those in ``taken`` (rows, -1 for none), in row
+        order: a full snapshot's content-only rows, found by a mask rather than by walking the
+        catalogue's ids (at 1M items the walk held the updater's loop ~1 s per full snapshot). Every
+        item with a row has metadata."""
         listed = np.ones(len(self._content), dtype=bool)
         listed[np.fromiter(self._forgotten_rows, dtype=np.int64, count=len(self._forgotten_rows))] = False
-        taken = np.fromiter(map(self._row.get, items, itertools.repeat(-1)), dtype=np.int64, count=len(items))
-        listed[taken[taken >= 0]] = False
+        for rows in taken:
+            listed[rows[rows >= 0]] = False
         return np.flatnonzero(listed)
 
     def encode_listed(self, budget_s: float, clock: Callable[[], float] = time.perf_counter) -> int:
