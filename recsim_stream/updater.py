@@ -697,7 +697,7 @@ class Updater:
             arrays.input_vectors,
             arrays.output_vectors,
             arrays.counts,
-            learned_elsewhere=self._learned,
+            learned_elsewhere=() if full else self._learned,  # a full snapshot has every learned row
             changed_only=not full,
             encode_limit=0,  # newly listed items are encoded in the loop's spare time (_encode_listed)
         )

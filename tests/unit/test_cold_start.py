@@ -179,6 +179,14 @@ def test_a_full_completion_leaves_out_forgotten_items_and_items_learned_elsewher
     cold_start.forget("b")
     assert cold_start.complete(["a"], *learned).ids == ["a", "c", "d"]
     assert cold_start.complete(["a"], *learned, learned_elsewhere={"c"}).ids == ["a", "d"]
+    # A learned item without metadata has no content row: it takes none of the listed items' rows.
+    two = (np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), np.array([100, 7]))
+    assert cold_start.complete(["unlisted", "a"], *two, learned_elsewhere={"gone"}).ids == [
+        "unlisted",
+        "a",
+        "c",
+        "d",
+    ]
 
 
 def test_complete_leaves_a_well_known_item_as_learned():
