@@ -224,3 +224,9 @@ def test_learning_cpu_counts_work_on_other_threads() -> None:
     _learning(result, spin_on_a_thread)
     assert result.learn_cpu_s >= 0.04
     assert result.learn_s >= 0.04
+
+
+def test_the_stream_end_publishes_so_that_every_event_is_learned_and_timed() -> None:
+    model = Scripted()
+    run([ev(1, "u", "a"), ev(2, "u", "b"), ev(3, "u", "c")], model, refresh_every=2)
+    assert model.published == ["a", "b", "c"]
