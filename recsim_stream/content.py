@@ -161,8 +161,8 @@ class _RowSparseAdam(torch.optim.SparseAdam):
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = _untouched_zeros(param)
-                    state["exp_avg_sq"] = _untouched_zeros(param)
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
                 grad = param.grad.coalesce()  # the update is not linear: one value per row
                 rows, values = grad._indices()[0].contiguous(), grad._values().contiguous()
@@ -229,15 +229,6 @@ def _adam_rows(rows, exp_avg, roots, eps, minus_step, param):
         r = rows[k]
         for j in range(roots.shape[1]):
             param[r, j] = param[r, j] + minus_step * (exp_avg[r, j] / (roots[k, j] + eps))
-
-
-def _untouched_zeros(param: torch.Tensor) -> torch.Tensor:
-    """Zeros shaped as ``param`` that the process does not write: numpy's zeros come from calloc, whose
-    large blocks are fresh pages the kernel zeroes when a row is first touched. A sparse step touches
-    a few hundred of the tables' 53,248 rows; ``torch.zeros_like`` wrote both moments of all of them,
-    54 MB, in the tower's first step (20 of its 66 ms, BENCHMARKS.md)."""
-    dtype = torch.empty(0, dtype=param.dtype).numpy().dtype
-    return torch.from_numpy(np.zeros(tuple(param.shape), dtype=dtype))
 
 
 def _is_sparse(net: nn.Module, param_name: str) -> bool:
