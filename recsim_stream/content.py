@@ -146,7 +146,7 @@ class _RowSparseAdam(torch.optim.SparseAdam):
     ``_adam_rows``), rather than through sparse tensors (``sparse_mask``, sparse ``add_``): the same
     arithmetic in the same order, so the same weights and moments to the bit (tests/unit/test_content.py).
     Gathering and scattering the rows by index as tensor operations had taken 28% less time than torch's
-    (0.214 -> 0.155 s for 40 tower steps); the loops took a steady step from 16.5 to 13.8 ms (batch 256,
+    (0.214 -> 0.155 s for 40 tower steps); the loops took a steady step from 15.7 to 13.3 ms (batch 256,
     BENCHMARKS.md). The state is SparseAdam's, so checkpoints are unchanged."""
 
     @torch.no_grad()
