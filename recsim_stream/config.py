@@ -442,10 +442,10 @@ class ContentConfig:
     # 0.1659, cold 0.0459 -> 0.0453; REES46 0.4173 -> 0.4195, cold 0.5543 -> 0.5586), 0.03 since the
     # twentieth (MovieLens the same; REES46 0.4195 -> 0.4193, cold 0.5586 -> 0.5579), 0.02 since the
     # twenty-first (MovieLens 0.1659 -> 0.1658, cold the same; REES46 0.4193 -> 0.4205, cold 0.5579 ->
-    # 0.5596; 0.025 left MovieLens at 18.9-20.1%), each to keep the tower's training within the cold-start issue's 20% of the learner as
-    # the rest of the learner got cheaper (BENCHMARKS.md). On both eval
-    # streams the tower takes fewer steps than reencode_every_steps, so its weights never reach a served
-    # row there: what its steps change is the content rows' scale (``vector_norm``).
+    # 0.5596; 0.025 left MovieLens at 18.9-20.1%), each to keep the tower's training within the
+    # cold-start issue's 20% of the learner as the rest of the learner got cheaper (BENCHMARKS.md). On
+    # both eval streams the tower takes fewer steps than reencode_every_steps, so its weights never
+    # reach a served row there: what its steps change is the content rows' scale (``vector_norm``).
     train_batch: int = 256  # co-occurring pairs per tower step
     train_pairs_per_event: float = 0.02
     reservoir_pairs: int = 16384  # co-occurring pairs kept (uniform over the stream) to train on
