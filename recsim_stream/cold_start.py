@@ -6,9 +6,10 @@ The tower predicts an item's *pair* of learned vectors, input and output side by
 because a next-item candidate is scored by its output vector and a query is built from input
 vectors: a cold item must be able to play both parts.
 
-Blend (``content_features.blend``): ``w = n / (n + half_life)`` on the learned vector, ``1 - w`` on
-the content vector, with ``n`` the item's interaction count (positive pairs it took part in); an
-item with no interaction is served from content alone and flagged cold.
+Blend (``ServedRowsPlan.assemble``, ``content_features.blend_rows``): ``w = n / (n + half_life)`` on
+the learned vector, ``1 - w`` on the content vector scaled to the learned vectors' norm, with ``n`` the
+item's interaction count (positive pairs it took part in); an item with no interaction is served from
+content alone and flagged cold.
 
 What makes the cold component hit rather than merely cover:
 - the tower's output is a fixed per-field feature sketch (``content_features.FeatureSketch``) plus a

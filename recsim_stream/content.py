@@ -4,8 +4,9 @@ A never-seen item has no behavioural vector, so the tower gives it one from its 
 attributes and price. The tower is trained continually on items that already have learned vectors:
 siamese (one network encodes both items of a co-occurring pair) with an in-batch softmax, so items
 bought or viewed together land close, plus an alignment term pulling each output toward the item's
-own learned vector, so the output lives in the space the index serves. ``blend`` in
-content_features.py then hands an item over from this vector to its learned one as clicks arrive.
+own learned vector, so the output lives in the space the index serves. The cold start's blend
+(``cold_start.ServedRowsPlan``) then hands an item over from this vector to its learned one as clicks
+arrive.
 
 The only module here that imports torch (and, for ``encoder = minilm``, sentence-transformers).
 """

@@ -530,39 +530,3 @@ def blend_rows(
         for j in range(dim):
             served_inputs[r, j] = w * np.float64(inputs[r, j]) + scale * np.float64(content[r, j])
             served_outputs[r, j] = w * np.float64(outputs[r, j]) + scale * np.float64(content[r, dim + j])
-
-
-def blend(
-    content_vec: np.ndarray | None,
-    learned_vec: np.ndarray | None,
-    interactions: np.ndarray | float,
-    half_life: float,
-) -> np.ndarray:
-    """The vector to index for an item: content vector moved toward the learned one as clicks accumulate.
-
-    Works on one item (vectors of shape (dim,), a scalar count) or a batch ((n, dim), (n,)). An item
-    without metadata gets its learned vector; one that was never interacted with, its content vector.
-    """
-    if content_vec is None and learned_vec is None:
-        raise ValueError("blend needs a content vector, a learned vector or both; got neither")
-    if content_vec is None:
-        return np.asarray(learned_vec, dtype=np.float32)
-    if learned_vec is None:
-        return np.asarray(content_vec, dtype=np.float32)
-    if np.shape(content_vec) != np.shape(learned_vec):
-        raise ValueError(
-            f"content and learned vectors must have one shape, got {np.shape(content_vec)} "
-            f"and {np.shape(learned_vec)}"
-        )
-    weight = np.asarray(learned_weight(interactions, half_life), dtype=np.float64)
-    if np.ndim(content_vec) == 2:
-        weight = weight.reshape(-1, 1)
-    mixed = (1.0 - weight) * np.asarray(content_vec, np.float64) + weight * np.asarray(
-        learned_vec, np.float64
-    )
-    return mixed.astype(np.float32)
-
-
-def has_vector(has_metadata: bool, interactions: int) -> bool:
-    """Whether an item can be indexed: it needs metadata (content vector) or interactions (learned)."""
-    return has_metadata or interactions > 0

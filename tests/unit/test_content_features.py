@@ -19,10 +19,8 @@ from recsim_stream.content_features import (
     HashedTextEncoder,
     LruCache,
     attribute_tokens,
-    blend,
     bucket,
     category_tokens,
-    has_vector,
     item_attributes,
     learned_weight,
     price_features,
@@ -310,44 +308,6 @@ def test_content_config_refuses_a_dropout_of_one():
 
 def test_learned_weight_is_half_at_the_half_life():
     assert learned_weight(10, half_life=10.0) == 0.5
-
-
-def test_blend_of_a_new_item_is_its_content_vector():
-    assert blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0, half_life=10.0).tolist() == [1.0, 0.0]
-
-
-def test_blend_at_the_half_life_is_the_midpoint():
-    assert blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 10, half_life=10.0).tolist() == [0.5, 0.5]
-
-
-def test_blend_after_many_interactions_is_nearly_the_learned_vector():
-    mixed = blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 990, half_life=10.0)
-    assert mixed.tolist() == pytest.approx([0.01, 0.99])
-
-
-def test_blend_works_on_a_batch_with_one_count_per_item():
-    content = np.array([[1.0, 0.0], [1.0, 0.0]])
-    learned = np.array([[0.0, 1.0], [0.0, 1.0]])
-    assert blend(content, learned, np.array([0, 30]), half_life=10.0).tolist() == [[1.0, 0.0], [0.25, 0.75]]
-
-
-def test_blend_without_metadata_is_the_learned_vector():
-    assert blend(None, np.array([0.0, 2.0]), 3, half_life=10.0).tolist() == [0.0, 2.0]
-
-
-def test_blend_without_interactions_is_the_content_vector():
-    assert blend(np.array([2.0, 0.0]), None, 0, half_life=10.0).tolist() == [2.0, 0.0]
-
-
-def test_blend_of_neither_vector_is_refused():
-    with pytest.raises(ValueError, match="got neither"):
-        blend(None, None, 0, half_life=10.0)
-
-
-def test_an_item_with_neither_metadata_nor_interactions_has_no_vector():
-    assert has_vector(has_metadata=False, interactions=0) is False
-    assert has_vector(has_metadata=True, interactions=0) is True
-    assert has_vector(has_metadata=False, interactions=1) is True
 
 
 def test_a_negative_sketch_weight_is_refused():
