@@ -64,7 +64,8 @@ class SgnsStreamModel:
         What the learner computes is the same, since nothing served reads unpublished state. What
         changes is that the loop runs warm, as the updater's loop over a poll of records does: called
         between the driver's queries, which evict the learner's data and code from the caches, the
-        same per-event work took 6.1 instead of 2.8 us an event on MovieLens (BENCHMARKS.md)."""
+        same per-event work took 6.3 instead of 3.0 us an event on MovieLens
+        (``scripts/learn_loop_cost.py``, BENCHMARKS.md)."""
         self._pending.append(step)
         if len(self._pending) >= PENDING_STEPS:
             self._learn_pending()
