@@ -142,13 +142,63 @@ class _TowerNet(nn.Module):
         return residual
 
 
+class _RowMoments:
+    """Adam's moments of one embedding table, kept for the rows a gradient has touched only, in the
+    order they were first touched (``slot_of_row``: -1 for a row never touched, whose moments are
+    zero). Dense zeros for the tables (27 MB, twice) took 20 ms of the first step, most of the tower's
+    first-step cost in a REES46 eval; calloc'd dense zeros cost more later, a page fault at a time."""
+
+    def __init__(self, rows: int, dim: int) -> None:
+        self.slot_of_row = np.full(rows, -1, dtype=np.int64)
+        self.exp_avg = np.zeros((0, dim), dtype=np.float32)
+        self.exp_avg_sq = np.zeros((0, dim), dtype=np.float32)
+        self.used = 0
+
+    def slots(self, rows: np.ndarray) -> np.ndarray:
+        """The slots of ``rows`` (distinct), giving zero moments to those never touched before."""
+        slots = self.slot_of_row[rows]
+        new = rows[slots < 0]
+        if len(new):
+            start, self.used = self.used, self.used + len(new)
+            if self.used > len(self.exp_avg):
+                capacity = max(self.used, 2 * len(self.exp_avg), 1024)
+                for name in ("exp_avg", "exp_avg_sq"):
+                    grown = np.zeros((capacity, self.exp_avg.shape[1]), dtype=np.float32)
+                    grown[:start] = getattr(self, name)[:start]
+                    setattr(self, name, grown)
+            self.slot_of_row[new] = np.arange(start, self.used)
+            slots = self.slot_of_row[rows]
+        return slots
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        """The moments of every row (SparseAdam's state)."""
+        touched = np.flatnonzero(self.slot_of_row >= 0)
+        out = []
+        for moments in (self.exp_avg, self.exp_avg_sq):
+            full = np.zeros((len(self.slot_of_row), moments.shape[1]), dtype=np.float32)
+            full[touched] = moments[self.slot_of_row[touched]]
+            out.append(full)
+        return out[0], out[1]
+
+    @classmethod
+    def of_dense(cls, exp_avg: np.ndarray, exp_avg_sq: np.ndarray) -> _RowMoments:
+        """From SparseAdam's state: a row with zero moments is as if never touched."""
+        moments = cls(*exp_avg.shape)
+        touched = np.flatnonzero(exp_avg.any(axis=1) | exp_avg_sq.any(axis=1))
+        slots = moments.slots(touched)
+        moments.exp_avg[slots] = exp_avg[touched]
+        moments.exp_avg_sq[slots] = exp_avg_sq[touched]
+        return moments
+
+
 class _RowSparseAdam(torch.optim.SparseAdam):
     """torch's SparseAdam updating the gradient's rows in place, in compiled loops (``_adam_moments``,
     ``_adam_rows``), rather than through sparse tensors (``sparse_mask``, sparse ``add_``): the same
     arithmetic in the same order, so the same weights and moments to the bit (tests/unit/test_content.py).
     Gathering and scattering the rows by index as tensor operations had taken 28% less time than torch's
     (0.214 -> 0.155 s for 40 tower steps); the loops took a steady step from 15.7 to 13.3 ms (batch 256,
-    BENCHMARKS.md). The state is SparseAdam's, so checkpoints are unchanged."""
+    BENCHMARKS.md). The moments are kept for touched rows only (``_RowMoments``); ``dense_state`` and
+    ``load_dense_state`` give and take SparseAdam's state, so checkpoints are unchanged."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -162,8 +212,7 @@ class _RowSparseAdam(torch.optim.SparseAdam):
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    state["moments"] = _RowMoments(*param.shape)
                 state["step"] += 1
                 grad = param.grad.coalesce()  # the update is not linear: one value per row
                 rows, values = grad._indices()[0].contiguous(), grad._values().contiguous()
@@ -172,15 +221,16 @@ class _RowSparseAdam(torch.optim.SparseAdam):
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 rows = rows.numpy()
-                exp_avg, exp_avg_sq = state["exp_avg"].numpy(), state["exp_avg_sq"].numpy()
+                moments = state["moments"]
+                slots = moments.slots(rows)
                 # torch's float32 sqrt is not numpy's on every CPU (AVX-512 here: 20% of values differ
                 # in the last bit), so the square root stays torch's, over the same (rows, dim) block.
                 roots = torch.empty_like(values)
                 _adam_moments(
-                    rows,
+                    slots,
                     values.numpy(),
-                    exp_avg,
-                    exp_avg_sq,
+                    moments.exp_avg,
+                    moments.exp_avg_sq,
                     np.float32(1 - beta1),
                     np.float32(1 - beta2),
                     roots.numpy(),
@@ -188,12 +238,37 @@ class _RowSparseAdam(torch.optim.SparseAdam):
                 roots.sqrt_()
                 _adam_rows(
                     rows,
-                    exp_avg,
+                    slots,
+                    moments.exp_avg,
                     roots.numpy(),
                     np.float32(group["eps"]),
                     np.float32(-step_size),
                     param.detach().numpy(),
                 )
+
+    def dense_state(self) -> dict[int, dict[str, object]]:
+        """SparseAdam's ``state_dict()["state"]``: per parameter index, its step and dense moments."""
+        out = {}
+        for index, param in enumerate(self.param_groups[0]["params"]):
+            state = self.state.get(param)
+            if state:
+                exp_avg, exp_avg_sq = state["moments"].dense()
+                out[index] = {
+                    "step": state["step"],
+                    "exp_avg": torch.from_numpy(exp_avg),
+                    "exp_avg_sq": torch.from_numpy(exp_avg_sq),
+                }
+        return out
+
+    def load_dense_state(self, slots: dict[int, dict[str, object]]) -> None:
+        """Take what ``dense_state`` gave."""
+        self.state.clear()
+        params = self.param_groups[0]["params"]
+        for index, saved in slots.items():
+            self.state[params[index]] = {
+                "step": saved["step"],
+                "moments": _RowMoments.of_dense(saved["exp_avg"].numpy(), saved["exp_avg_sq"].numpy()),
+            }
 
 
 # SparseAdam's update of distinct rows, as torch's tensor operations compute it in float32, element by
@@ -207,10 +282,11 @@ class _RowSparseAdam(torch.optim.SparseAdam):
     cache=True,
     nogil=True,
 )  # fmt: skip
-def _adam_moments(rows, grads, exp_avg, exp_avg_sq, keep_avg, keep_sq, second):
-    """m += (g - m) * (1 - beta1); v += (g * g - v) * (1 - beta2); ``second[k]`` = row k's new v."""
-    for k in range(len(rows)):
-        r = rows[k]
+def _adam_moments(slots, grads, exp_avg, exp_avg_sq, keep_avg, keep_sq, second):
+    """m += (g - m) * (1 - beta1); v += (g * g - v) * (1 - beta2), row k's moments at ``slots[k]``;
+    ``second[k]`` = row k's new v."""
+    for k in range(len(slots)):
+        r = slots[k]
         for j in range(grads.shape[1]):
             g = grads[k, j]
             old_avg = exp_avg[r, j]
@@ -220,16 +296,19 @@ def _adam_moments(rows, grads, exp_avg, exp_avg_sq, keep_avg, keep_sq, second):
 
 
 @numba.njit(
-    void(reads(int64), reads(float32, 2), reads(float32, 2), float32, float32, writes(float32, 2)),
+    void(
+        reads(int64), reads(int64), reads(float32, 2), reads(float32, 2), float32, float32, writes(float32, 2)
+    ),
     cache=True,
     nogil=True,
 )  # fmt: skip
-def _adam_rows(rows, exp_avg, roots, eps, minus_step, param):
-    """param += -step_size * (m / (sqrt(v) + eps)), ``roots[k]`` holding row k's sqrt(v)."""
+def _adam_rows(rows, slots, exp_avg, roots, eps, minus_step, param):
+    """param += -step_size * (m / (sqrt(v) + eps)) for each row, its m at ``slots[k]``, ``roots[k]``
+    holding its sqrt(v)."""
     for k in range(len(rows)):
-        r = rows[k]
+        r, slot = rows[k], slots[k]
         for j in range(roots.shape[1]):
-            param[r, j] = param[r, j] + minus_step * (exp_avg[r, j] / (roots[k, j] + eps))
+            param[r, j] = param[r, j] + minus_step * (exp_avg[slot, j] / (roots[k, j] + eps))
 
 
 def _is_sparse(net: nn.Module, param_name: str) -> bool:
@@ -395,7 +474,9 @@ class ContentTower:
         state = {f"net.{k}": v.detach().numpy().copy() for k, v in self._net.state_dict().items()}
         for kind, optimizer in self._optimizers.items():
             names = self._param_names[kind]
-            for index, slots in optimizer.state_dict()["state"].items():
+            row_sparse = isinstance(optimizer, _RowSparseAdam)
+            saved = optimizer.dense_state() if row_sparse else optimizer.state_dict()["state"]
+            for index, slots in saved.items():
                 for slot, value in slots.items():
                     array = value.detach().numpy().copy() if torch.is_tensor(value) else np.asarray(value)
                     # float64 for the step count: float32 would round it past 2**24 steps
@@ -439,8 +520,11 @@ class ContentTower:
                     "exp_avg": torch.from_numpy(np.array(state[f"adam.{name}.exp_avg"])),
                     "exp_avg_sq": torch.from_numpy(np.array(state[f"adam.{name}.exp_avg_sq"])),
                 }
-            param_groups = optimizer.state_dict()["param_groups"]
-            optimizer.load_state_dict({"state": slots, "param_groups": param_groups})
+            if isinstance(optimizer, _RowSparseAdam):
+                optimizer.load_dense_state(slots)
+            else:
+                param_groups = optimizer.state_dict()["param_groups"]
+                optimizer.load_state_dict({"state": slots, "param_groups": param_groups})
         self._vector_norm = float(state["vector_norm"])
         self._steps = int(state["steps"])
 

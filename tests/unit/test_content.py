@@ -194,6 +194,9 @@ def test_resuming_from_state_equals_continuing(planted: PlantedCatalogue):
         resumed.train_step(*batch)
     assert resumed.steps == 5
     assert np.array_equal(resumed.encode(planted.items[:50]), continued.encode(planted.items[:50]))
+    resumed_state, continued_state = resumed.state(), continued.state()
+    for key, value in continued_state.items():  # the optimizers' moments included
+        assert np.array_equal(resumed_state[key], value), key
 
 
 def test_a_fresh_state_restores_into_a_fresh_tower(planted: PlantedCatalogue):
