@@ -395,7 +395,8 @@ class ColdStart:
         newly listed items now (oldest first); the others get their content-only rows in later calls,
         once encoded (``encode_listed``). Items among ``ids`` are encoded now whatever the limit: a
         clicked item's row is blended with its content from its first publish."""
-        self._encode_new(list(filter(self._unencoded.__contains__, ids)))
+        if self._unencoded:  # else a lookup per id, every publish, for nothing
+            self._encode_new(list(filter(self._unencoded.__contains__, ids)))
         self._refresh_content(encode_limit=encode_limit)
         id_rows = self._rows_of(ids)
         if changed_only:

@@ -69,10 +69,9 @@ from recsim_stream.reshard import fit_shard_count
 from recsim_stream.scoring import SESSION_ITEMS
 from recsim_stream.sessions import Arrival
 from recsim_stream.shard import ShardExport
-from recsim_stream.sharding import split_by_shard
 from recsim_stream.snapshot import SnapshotArrays
 from recsim_stream.snapshotter import DeferredArrays, Snapshotter
-from recsim_stream.trainer import PullFn, stack_rows
+from recsim_stream.trainer import PullFn, pull_learned
 
 log = logging.getLogger(__name__)
 
@@ -711,13 +710,7 @@ class Updater:
     def _pull_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
         keys = np.fromiter((self.learner.items.key(i) for i in ids), dtype=np.int64, count=len(ids))
-        parts = split_by_shard(keys, self.config.learn.shards)
-        pulled = self.shards.pull([[(keys[p], keys[p])] for p in parts])
-        back = np.argsort(np.concatenate(parts))
-        return (
-            stack_rows([rows.inputs for rows in pulled])[back],
-            stack_rows([rows.outputs for rows in pulled])[back],
-        )
+        return pull_learned(self.shards.pull, keys, self.config.learn.shards)
 
     def observe_shards(self, stats: Sequence[dict]) -> None:
         """Per-shard figures (``ParameterShard.stats()``) into the metrics."""

@@ -11,6 +11,7 @@ from recsim_stream import sgns_model
 from recsim_stream.config import Config, EvalConfig
 from recsim_stream.evaluate import EvalResult, Step, evaluate
 from recsim_stream.events import Event, EventKind, ItemMeta
+from recsim_stream.scoring import Embeddings
 from recsim_stream.sgns_model import SgnsStreamModel
 
 
@@ -90,3 +91,60 @@ def test_steps_wait_for_publish_or_a_full_buffer(monkeypatch):
     model.learn(steps[3])
     model.publish()
     assert model.learner.events_added == 4
+
+
+class _Previous(SgnsStreamModel):
+    """The eval learner's publish before it kept its rows' names and pulled the tower's rows: every
+    row named at every publish, the tower trained on all learned rows."""
+
+    def publish(self) -> None:
+        self._learn_pending()
+        self._train()
+        exports = [shard.export() for shard in self.shards]
+        ids = self.learner.items.name_array(np.concatenate([e.keys for e in exports]))
+        inputs = np.concatenate([e.input for e in exports])
+        outputs = np.concatenate([e.output for e in exports])
+        counts = np.concatenate([e.counts for e in exports])
+        self.cold_start.calibrate(self.served)
+        events = self.learner.events_added - self._events_at_publish
+        self._events_at_publish = self.learner.events_added
+        if self.cold_start.reservoir.left:
+            self.cold_start.train(events, dict(zip(ids, range(len(ids)), strict=True)), inputs, outputs)
+        rows = self.cold_start.complete(ids, inputs, outputs, counts)
+        self.served = Embeddings(
+            rows.ids,
+            rows.inputs,
+            rows.outputs,
+            rows.counts,
+            popularity_power=self.config.learn.sampler_power,
+            revisit_share=self.learner.revisits.value,
+            cold=rows.cold,
+            new_item_share=self.learner.new_items.value,
+            content=rows.content,
+            cold_temperature=self.cold_start.temperature.value,
+            new_item_share_after_cold=self.learner.new_items_after_cold.value,
+        )
+        self.learner.mark_published()
+
+
+def test_kept_names_and_pulled_tower_rows_serve_what_the_previous_publish_served():
+    previous, previous_result = _run(_Previous)
+    current, current_result = _run(SgnsStreamModel)
+    assert current.cold_start.tower.steps == previous.cold_start.tower.steps > 5
+    assert current.served.ids == previous.served.ids
+    for table in ("inputs", "outputs", "counts", "cold", "content"):
+        np.testing.assert_array_equal(getattr(current.served, table), getattr(previous.served, table))
+    assert current.cold_start.tower.state().keys() == previous.cold_start.tower.state().keys()
+    for key, value in previous.cold_start.tower.state().items():
+        np.testing.assert_array_equal(current.cold_start.tower.state()[key], value)
+    assert list(current_result.models[0].ranks) == list(previous_result.models[0].ranks)
+
+
+def test_rows_named_again_when_a_shards_rows_are_not_the_last_ones_extended():
+    model = SgnsStreamModel(_config())
+    keys = [model.learner.items.key(f"i{n}") for n in range(4)]
+    exports = [
+        [dataclasses.replace(model.shards[0].export(), keys=np.array(k, np.int64)), model.shards[1].export()]
+        for k in ([keys[0], keys[1]], [keys[0], keys[1], keys[2]], [keys[1], keys[3]])
+    ]
+    assert [model._names(e) for e in exports] == [["i0", "i1"], ["i0", "i1", "i2"], ["i1", "i3"]]
