@@ -421,9 +421,9 @@ def pull_learned(pull: PullFn, keys: np.ndarray, shards: int) -> tuple[np.ndarra
     parts = split_by_shard(keys, shards)
     pulled = pull([[(keys[p], keys[p])] for p in parts])
     back = np.argsort(np.concatenate(parts))
-    return stack_rows([rows.inputs for rows in pulled])[back], stack_rows([rows.outputs for rows in pulled])[
-        back
-    ]
+    inputs = stack_rows([rows.inputs for rows in pulled])[back]
+    outputs = stack_rows([rows.outputs for rows in pulled])[back]
+    return inputs, outputs
 
 
 def stack_rows(parts: list[Rows]) -> np.ndarray:
