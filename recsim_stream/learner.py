@@ -19,8 +19,8 @@ from recsim_stream.pairs import PairBatch, PairBuffer
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.scoring import Share
 from recsim_stream.sessions import Arrival, SessionWindows
-from recsim_stream.sharding import item_key
-from recsim_stream.trainer import ExchangeFn, PullFn, PushFn, Segment, SgnsTrainer, StepResult
+from recsim_stream.sharding import item_key, split_by_shard
+from recsim_stream.trainer import ExchangeFn, PullFn, PushFn, Segment, SgnsTrainer, StepResult, stack_rows
 
 
 class ItemKeys:
@@ -91,6 +91,7 @@ class Learner:
         self.pairs = PairBuffer(config.pairs)
         self.sampler = NegativeSampler(config.learn)
         self.trainer = SgnsTrainer(config.learn, self.sampler, pull, push, exchange)
+        self._pull = pull
         self._tokens = array("q")  # keys of the non-repeat events behind the pending pairs
         # Where a learner training every batch would have trained: train() trains each segment as
         # that call would have, so ``train_batches`` changes when training runs, not what it computes.
@@ -165,6 +166,15 @@ class Learner:
         # Checkpoints from before the split have neither: the split starts from no evidence.
         self.new_items_after_cold = Share(*state.get("new_items_after_cold", (0, 0)))
         self._fresh = set(np.asarray(state.get("fresh", ()), dtype=np.int64).tolist())
+
+    def learned_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Learned (inputs, outputs) of ``ids`` from the shards, in their order: what the content tower
+        trains on (``ColdStart.train_pulling``), pulled only for the pairs a due step draws."""
+        keys = np.fromiter(map(self.items.key, ids), dtype=np.int64, count=len(ids))
+        parts = split_by_shard(keys, self.config.learn.shards)
+        pulled = self._pull([[(keys[p], keys[p])] for p in parts])
+        back = np.argsort(np.concatenate(parts))
+        return stack_rows([r.inputs for r in pulled])[back], stack_rows([r.outputs for r in pulled])[back]
 
     def mark_published(self) -> None:
         """The served state now holds every item seen so far: none is fresh any more. An updater

@@ -19,7 +19,7 @@ from recsim_stream.events import BadEvent, ItemMeta
 from recsim_stream.learner import Learner
 from recsim_stream.scoring import Embeddings
 from recsim_stream.shard import ParameterShard, ShardExport
-from recsim_stream.trainer import local_shard_calls, pull_learned
+from recsim_stream.trainer import local_shard_calls
 
 PENDING_STEPS = 4096  # steps ``learn`` keeps at most before taking them in without a publish
 
@@ -41,8 +41,8 @@ class SgnsStreamModel:
         config = dataclasses.replace(config, sessions=_eval_sessions(config))
         self.config = config
         self.shards = [ParameterShard(config.learn, i) for i in range(config.learn.shards)]
-        self._pull, push = local_shard_calls(self.shards)
-        self.learner = Learner(config, self._pull, push)
+        pull, push = local_shard_calls(self.shards)
+        self.learner = Learner(config, pull, push)
         self.served = Embeddings.empty(config.learn.dim)
         self.cold_start = (
             # process_time: eval's learn CPU counts every thread (evaluate._learning), so the tower's
@@ -110,7 +110,7 @@ class SgnsStreamModel:
             self._events_at_publish = self.learner.events_added
             if self.cold_start.reservoir.left:
                 # As the updater does: the rows of the pairs a due step draws, pulled only then.
-                self.cold_start.train_pulling(events, self._learned_rows)
+                self.cold_start.train_pulling(events, self.learner.learned_rows)
             rows = self.cold_start.complete(ids, inputs, outputs, counts)
             ids, inputs, outputs, counts = rows.ids, rows.inputs, rows.outputs, rows.counts
             cold, content = rows.cold, rows.content
@@ -144,11 +144,6 @@ class SgnsStreamModel:
             self._shard_names[shard] = (export.keys, named)
             names += named
         return names
-
-    def _learned_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Learned (inputs, outputs) of ``ids`` from the shards."""
-        keys = np.fromiter(map(self.learner.items.key, ids), dtype=np.int64, count=len(ids))
-        return pull_learned(self._pull, keys, len(self.shards))
 
     @property
     def content_training_cpu_s(self) -> float:

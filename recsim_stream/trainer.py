@@ -23,7 +23,7 @@ from recsim_stream.config import LearnConfig
 from recsim_stream.sampler import NegativeSampler
 from recsim_stream.sgns import SgnsGradients, SgnsLoss, sgns_step
 from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_rows, put_rows, take_rows
-from recsim_stream.sharding import distinct, shard_of, split_by_shard
+from recsim_stream.sharding import distinct, shard_of
 
 
 class PairArrays(Protocol):
@@ -413,17 +413,6 @@ def _rows_in(rows: Rows, span: slice) -> list[np.ndarray]:
 def _writable(rows: np.ndarray) -> np.ndarray:
     """``rows``, or a copy when it is a read-only view (one chunk of a Ray object)."""
     return rows if rows.flags.writeable else rows.copy()
-
-
-def pull_learned(pull: PullFn, keys: np.ndarray, shards: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learned (inputs, outputs) of ``keys`` (int64, distinct), in their order: one pull per shard.
-    What the content tower trains on, fetched only for the pairs a due step draws."""
-    parts = split_by_shard(keys, shards)
-    pulled = pull([[(keys[p], keys[p])] for p in parts])
-    back = np.argsort(np.concatenate(parts))
-    inputs = stack_rows([rows.inputs for rows in pulled])[back]
-    outputs = stack_rows([rows.outputs for rows in pulled])[back]
-    return inputs, outputs
 
 
 def stack_rows(parts: list[Rows]) -> np.ndarray:

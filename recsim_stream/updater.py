@@ -71,7 +71,7 @@ from recsim_stream.sessions import Arrival
 from recsim_stream.shard import ShardExport
 from recsim_stream.snapshot import SnapshotArrays
 from recsim_stream.snapshotter import DeferredArrays, Snapshotter
-from recsim_stream.trainer import PullFn, pull_learned
+from recsim_stream.trainer import PullFn
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +556,7 @@ class Updater:
         self.shards.barrier()  # every push applied before the offsets can be committed
         self.dead_letters.flush()  # a dead letter must be durable before its offset is committed
         if self.cold_start is not None:
-            self.cold_start.train_pulling(len(records) - bad, self._pull_rows)
+            self.cold_start.train_pulling(len(records) - bad, learner.learned_rows)
             self.metrics.content_training_cpu.inc(self.cold_start.training_cpu_s - self._tower_cpu_reported)
             self._tower_cpu_reported = self.cold_start.training_cpu_s
         self.processed.update(next_offsets)
@@ -706,11 +706,6 @@ class Updater:
         if full:
             return DeferredArrays(plan.count, lambda: _served_arrays(plan.assemble()))
         return _served_arrays(plan.assemble())
-
-    def _pull_rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Learned (inputs, outputs) of ``ids`` from the shards, in the order of ``ids``."""
-        keys = np.fromiter((self.learner.items.key(i) for i in ids), dtype=np.int64, count=len(ids))
-        return pull_learned(self.shards.pull, keys, self.config.learn.shards)
 
     def observe_shards(self, stats: Sequence[dict]) -> None:
         """Per-shard figures (``ParameterShard.stats()``) into the metrics."""
