@@ -334,10 +334,12 @@ class ColdStart:
             )
         # Only the items of the pairs these steps will draw: a few thousand rows, not the reservoir's.
         started = self._cpu_clock()
-        reservoir, ids = self.reservoir, set()
+        reservoir, listed, ids = self.reservoir, self.metadata, set()
         for step in range(self.tower.steps, self.tower.steps + steps):
             for i in self._draw(step).tolist():
-                ids.update((reservoir.left[i], reservoir.right[i]))
+                a, b = reservoir.left[i], reservoir.right[i]
+                if a in listed and b in listed:  # as ``_step`` takes them
+                    ids.update((a, b))
         ids = sorted(ids)
         inputs, outputs = rows(ids)
         self.training_cpu_s += self._cpu_clock() - started
@@ -351,15 +353,20 @@ class ColdStart:
         return np.sort(np.asarray(chosen, dtype=np.int64))
 
     def _step(self, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> bool:
-        reservoir = self.reservoir
+        """One tower step on the drawn pairs whose items have learned rows (in ``position``) and are
+        still listed: an item deleted from the catalogue (``forget``) keeps its pairs in the reservoir
+        until they are replaced, but has no metadata to train on."""
+        reservoir, meta = self.reservoir, self.metadata
         pairs = [
-            (reservoir.left[i], reservoir.right[i])
+            (a, b)
             for i in self._draw(self.tower.steps).tolist()
-            if reservoir.left[i] in position and reservoir.right[i] in position
+            if (a := reservoir.left[i]) in position
+            and (b := reservoir.right[i]) in position
+            and a in meta
+            and b in meta
         ]
         if len(pairs) < 2:
             return False
-        meta = self.metadata
         left = [position[a] for a, _ in pairs]
         right = [position[b] for _, b in pairs]
         self.tower.train_step(

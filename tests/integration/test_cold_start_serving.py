@@ -217,3 +217,72 @@ def test_a_malformed_item_record_is_dead_lettered_with_its_reason(
     assert (updater.totals.items, updater.totals.items_dead_lettered) == (2, 1)
     assert registry.get_sample_value("recsim_events_dead_lettered_total", {"reason": "not_msgpack"}) == 1.0
     assert list(cold_start.metadata) == ["i2"]
+
+
+def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
+    kafka_config: KafkaConfig, shards: RayShards
+) -> None:
+    """A tombstone on ``items`` for an item whose pairs the tower's reservoir holds: the updater goes
+    on training the tower on the other pairs (the next tower step raised KeyError in its loop)."""
+    sim = Simulator(
+        SimConfig(
+            seed=4,
+            events=8_000,
+            rate=0,
+            items=60,
+            clusters=3,
+            users=200,
+            new_items_per_1k_events=0,
+            drift_per_1k_events=0,
+        ),  # fmt: skip
+        START_TS,
+    )
+    records = list(sim.stream())
+    events = [r for r in records if isinstance(r, Event)]
+    listed = [r for r in records if not isinstance(r, Event)]
+    half = len(events) // 2
+    publish(kafka_config, listed + events[:half])
+    config = Config(kafka=kafka_config, learn=LEARN, content=ContentConfig(train_pairs_per_event=0.5))
+    consumer, items, producer = (
+        EventConsumer(config.kafka),
+        ItemsReader(config.kafka),
+        RecordProducer(config.kafka),
+    )
+    cold_start = ColdStart(config.content, LEARN.dim, LEARN.torch_threads)
+    updater = Updater(
+        config,
+        consumer,
+        DeadLetterSink(producer),
+        Learner(config, shards.pull, shards.push),
+        shards,
+        None,
+        UpdaterMetrics(new_registry()),
+        items,
+        cold_start,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while updater.totals.records < half:
+            assert time.monotonic() < deadline, f"expected {half} events within 60 s"
+            updater.step()
+        reservoir = cold_start.reservoir.left + cold_start.reservoir.right
+        deleted = max(set(reservoir), key=reservoir.count)  # the item most of the tower's pairs have
+        steps = cold_start.tower.steps
+        producer.send_raw(kafka_config.items_topic, deleted.encode("utf-8"), None)
+        producer.flush()
+        while updater.totals.items < len(listed) + 1:  # the tombstone read before the next events
+            assert time.monotonic() < deadline, "expected the tombstone within 60 s"
+            updater.step()
+        assert deleted not in cold_start.metadata
+        for event in events[half:]:
+            producer.send_event(event)
+        producer.flush()
+        while updater.totals.records < len(events):
+            assert time.monotonic() < deadline, "expected the rest of the stream within 60 s"
+            updater.step()
+    finally:
+        consumer.close()
+        items.close()
+        producer.close()
+    assert deleted in cold_start.reservoir.left + cold_start.reservoir.right  # still drawn from
+    assert cold_start.tower.steps >= steps + 5  # 4,000 events at 0.5 pairs an event: ~7 steps of 256

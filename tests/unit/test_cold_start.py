@@ -272,6 +272,31 @@ def test_pairs_with_an_item_without_metadata_are_not_remembered():
     assert cold_start.reservoir.left == ["a"]
 
 
+def _forgetting_a() -> ColdStart:
+    """A cold start whose reservoir holds a pair with "a", then "a" deleted from the catalogue."""
+    cold_start = ColdStart(ContentConfig(hidden=16, train_batch=4, train_pairs_per_event=1.0), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(np.array([0, 1, 2, 1, 2]), np.array([1, 2, 1, 2, 1]), ["a", "b", "c"])
+    cold_start.forget("a")
+    return cold_start
+
+
+def test_the_tower_trains_past_the_pairs_of_an_item_deleted_from_the_catalogue():
+    """A tombstone on the items topic forgets an item whose pairs are in the reservoir: the tower's
+    next step leaves them out (it raised KeyError in the updater's loop), pulls no row for it."""
+    cold_start = _forgetting_a()
+    asked = []
+
+    def rows(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        asked.extend(ids)
+        return np.ones((len(ids), 2), np.float32), np.ones((len(ids), 2), np.float32)
+
+    assert cold_start.train_pulling(8, rows) == 2
+    assert sorted(set(asked)) == ["b", "c"]
+    vectors = np.ones((3, 2), np.float32)
+    assert _forgetting_a().train(4, {"a": 0, "b": 1, "c": 2}, vectors, vectors) == 1
+
+
 def test_calibration_on_a_target_matching_its_session_sharpens_the_temperature():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
