@@ -197,8 +197,11 @@ class ServedRowsPlan:
 
     def assemble(self) -> ServedRows:
         rows, inputs, outputs, counts, norm = self.rows, self.inputs, self.outputs, self.counts, self.norm
-        content = self.content[rows]
-        content[rows < 0] = 0.0
+        if len(self.content):
+            content = self.content[rows]
+            content[rows < 0] = 0.0
+        else:  # nothing encoded yet (a restart's first delta, its listing not encoded): every row is -1
+            content = np.zeros((len(rows), self.content.shape[1]), np.float32)
         n, dim = len(inputs), self.dim
         fresh = len(rows) - n
         # One copy of each table, learned rows first, content-only rows (scaled content) after.

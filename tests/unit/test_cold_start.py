@@ -297,6 +297,18 @@ def test_the_tower_trains_past_the_pairs_of_an_item_deleted_from_the_catalogue()
     assert _forgetting_a().train(4, {"a": 0, "b": 1, "c": 2}, vectors, vectors) == 1
 
 
+def test_a_delta_of_unlisted_items_before_any_encoding_has_no_content():
+    """The updater's first snapshot after a restart can come before its spare time encoded the
+    listing (``encode_limit=0``): no content row exists yet, and the delta's items have none."""
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items([ItemMeta("x", "oak table")])
+    learned = np.ones((1, 2), np.float32)
+    rows = cold_start.plan(
+        ["clicked"], learned, learned, np.array([3]), changed_only=True, encode_limit=0
+    ).assemble()
+    assert (rows.ids, rows.content.tolist(), rows.inputs.tolist()) == (["clicked"], [[0.0] * 4], [[1.0, 1.0]])
+
+
 def test_calibration_on_a_target_matching_its_session_sharpens_the_temperature():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
