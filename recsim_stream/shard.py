@@ -142,7 +142,8 @@ class ParameterShard:
 
     @property
     def version(self) -> int:
-        """Incremented by every call that changes rows (push, set_initial, expire)."""
+        """Incremented by every call that changes rows (push, set_initial, expire, and a pull or
+        push that creates rows)."""
         return self._version
 
     def pull(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -372,6 +373,9 @@ class ParameterShard:
             new_keys = np.unique(
                 np.concatenate([keys[m] for keys, m in zip(key_arrays, missing, strict=True)])
             )
+            # New rows are a change: a delta export since the current version must carry them, as
+            # the full export does (a snapshot chain would otherwise lack rows its next full has).
+            self._version += 1
             new_rows = self._take_rows(len(new_keys))
             self._index.insert(new_keys, new_rows)
             self._keys[new_rows] = new_keys

@@ -58,7 +58,19 @@ def test_zero_gradient_leaves_that_table_alone():
 def test_push_returns_the_version_incremented_per_push():
     shard = ParameterShard(CONFIG)
     zeros = np.zeros((1, 4), np.float32)
-    assert [shard.push(np.array([1]), zeros, zeros) for _ in range(3)] == [1, 2, 3]
+    shard.pull(np.array([1]))  # creating a row is a change too
+    assert shard.version == 1
+    assert [shard.push(np.array([1]), zeros, zeros) for _ in range(3)] == [2, 3, 4]
+
+
+def test_a_delta_export_carries_the_rows_a_pull_created_since_its_version():
+    """As the full export does: a snapshot chain must not lack rows its next full snapshot has."""
+    shard = ParameterShard(CONFIG)
+    shard.pull(np.array([1]))
+    since = shard.export().version
+    shard.pull(np.array([1, 2]))
+    assert shard.export(since).keys.tolist() == [2]
+    assert shard.export(shard.version).keys.tolist() == []
 
 
 def test_push_with_wrong_gradient_shape_names_the_argument():
@@ -68,10 +80,11 @@ def test_push_with_wrong_gradient_shape_names_the_argument():
 
 def test_export_since_a_version_holds_only_rows_changed_after_it():
     shard = ParameterShard(CONFIG)
+    shard.pull(np.array([1, 2, 3]))  # version 1: the rows are created
     shard.push(np.array([1, 2]), _grad([1, 0, 0, 0], [1, 0, 0, 0]), np.zeros((2, 4), np.float32))
     shard.push(np.array([2, 3]), _grad([1, 0, 0, 0], [1, 0, 0, 0]), np.zeros((2, 4), np.float32))
-    delta = shard.export(since_version=1)
-    assert (delta.version, sorted(delta.keys.tolist()), delta.versions.tolist()) == (2, [2, 3], [2, 2])
+    delta = shard.export(since_version=2)
+    assert (delta.version, sorted(delta.keys.tolist()), delta.versions.tolist()) == (3, [2, 3], [3, 3])
     assert sorted(shard.export().keys.tolist()) == [1, 2, 3]
 
 
