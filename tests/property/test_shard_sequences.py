@@ -5,7 +5,8 @@ initial rows, expiry, delta exports and restores.
 What is checked is what the rest of the system builds on: a reader that took a full export and then
 every delta export since holds, for every live key, exactly the shard's row (snapshot chains are
 built this way); a shard restored from its checkpoint state at any point goes on exactly like one
-that was not; an expired key comes back as a new row."""
+that was not; an expired key comes back as a new row. (``test_shard_props.py`` checks exports and
+restores over pulls, pushes and expiry given as lists of steps; this adds the calls and readers above.)"""
 
 from __future__ import annotations
 
