@@ -106,6 +106,11 @@ class PairReservoir:
                 self.left.append(a)
                 self.right.append(b)
 
+    def keep(self, wanted: Callable[[str, str], bool]) -> None:
+        """Drop the pairs ``wanted`` refuses. The sample fills again from the next pairs of the stream."""
+        kept = [(a, b) for a, b in zip(self.left, self.right, strict=True) if wanted(a, b)]
+        self.left, self.right = [a for a, _ in kept], [b for _, b in kept]
+
     def state(self) -> dict[str, object]:
         """Plain lists and ints (msgpack/JSON-able)."""
         return {"left": list(self.left), "right": list(self.right), "seen": self.seen}
@@ -275,6 +280,9 @@ class ColdStart:
         # Items with metadata whose content row is missing or outdated, oldest listing first.
         self._unencoded: dict[str, None] = {}
         self._changed: set[str] = set()  # items whose content vector changed since the last complete()
+        # The reservoir may hold pairs of items no longer listed (deleted, or gone while the updater was
+        # down): they are dropped before the tower next trains (``_drop_unlisted_pairs``).
+        self._unlisted_pairs = False
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
         for item in items:
@@ -285,7 +293,8 @@ class ColdStart:
 
     def forget(self, item_id: str) -> None:
         """The item was deleted from the catalogue (a tombstone on the items topic)."""
-        self.metadata.pop(item_id, None)
+        if self.metadata.pop(item_id, None) is not None:
+            self._unlisted_pairs = True
         self._unencoded.pop(item_id, None)
         row = self._row.pop(item_id, None)
         if row is not None:
@@ -311,6 +320,7 @@ class ColdStart:
         """Tower steps earned by ``events`` learner events, on reservoir pairs whose items both have
         learned rows (at ``position`` in ``inputs``/``outputs``). Returns the steps taken."""
         started = self._cpu_clock()
+        self._drop_unlisted_pairs()
         self._budget += events * self.config.train_pairs_per_event
         taken = 0
         while self._budget >= self.config.train_batch:
@@ -326,6 +336,7 @@ class ColdStart:
         """``train`` for a learner whose rows live elsewhere (the updater's shards): ``rows(ids)``
         returns the learned (inputs, outputs) of ``ids`` and is called only when a step is due, for
         the items of the pairs the due steps will draw, so a poll that earns no step costs nothing."""
+        self._drop_unlisted_pairs()  # before the draws: each drawn pair's items have metadata
         earned = self._budget + events * self.config.train_pairs_per_event
         steps = int(earned // self.config.train_batch)
         if not steps or not len(self.reservoir):
@@ -337,12 +348,10 @@ class ColdStart:
             )
         # Only the items of the pairs these steps will draw: a few thousand rows, not the reservoir's.
         started = self._cpu_clock()
-        reservoir, listed, ids = self.reservoir, self.metadata, set()
+        reservoir, ids = self.reservoir, set()
         for step in range(self.tower.steps, self.tower.steps + steps):
             for i in self._draw(step).tolist():
-                a, b = reservoir.left[i], reservoir.right[i]
-                if a in listed and b in listed:  # as ``_step`` takes them
-                    ids.update((a, b))
+                ids.update((reservoir.left[i], reservoir.right[i]))
         ids = sorted(ids)
         inputs, outputs = rows(ids)
         self.training_cpu_s += self._cpu_clock() - started
@@ -355,21 +364,25 @@ class ColdStart:
         chosen = rng.choice(size, min(size, self.config.train_batch), replace=False) if size else []
         return np.sort(np.asarray(chosen, dtype=np.int64))
 
+    def _drop_unlisted_pairs(self) -> None:
+        """Drop the reservoir's pairs with an item no longer listed: the tower trains on metadata, and
+        a deleted item's pairs would otherwise hold their slots until algorithm R replaced them, ever
+        more slowly as the stream grows (a tower step that drew one raised KeyError)."""
+        if self._unlisted_pairs:
+            listed = self.metadata
+            self.reservoir.keep(lambda a, b: a in listed and b in listed)
+            self._unlisted_pairs = False
+
     def _step(self, position: dict[str, int], inputs: np.ndarray, outputs: np.ndarray) -> bool:
-        """One tower step on the drawn pairs whose items have learned rows (in ``position``) and are
-        still listed: an item deleted from the catalogue (``forget``) keeps its pairs in the reservoir
-        until they are replaced, but has no metadata to train on."""
-        reservoir, meta = self.reservoir, self.metadata
+        reservoir = self.reservoir
         pairs = [
-            (a, b)
+            (reservoir.left[i], reservoir.right[i])
             for i in self._draw(self.tower.steps).tolist()
-            if (a := reservoir.left[i]) in position
-            and (b := reservoir.right[i]) in position
-            and a in meta
-            and b in meta
+            if reservoir.left[i] in position and reservoir.right[i] in position
         ]
         if len(pairs) < 2:
             return False
+        meta = self.metadata
         left = [position[a] for a, _ in pairs]
         right = [position[b] for _, b in pairs]
         self.tower.train_step(
@@ -572,6 +585,7 @@ class ColdStart:
         self._new_item_events.clear()
         self._new_item_events.extend((tuple(prefix), target) for prefix, target in state["new_item_events"])
         self._calibrations = int(state["calibrations"])
+        self._unlisted_pairs = True  # items may have been deleted while the state was on disk
         # Content vectors are re-encoded with the restored tower.
         self._row, self._item_of_row, self._forgotten_rows = {}, [], set()
         # New buffers: a served-rows plan may still read the old ones (ServedRowsPlan).

@@ -72,6 +72,8 @@ class ColdStartSequences(RuleBasedStateMachine):
     @rule(events=st.integers(0, 6))
     def tower_steps(self, events: int) -> None:
         self.cold_start.train_pulling(events, _vectors)
+        reservoir = self.cold_start.reservoir
+        assert set(reservoir.left + reservoir.right) <= set(self.listed)  # a deleted item's pairs left
 
     @rule()
     def calibrate(self) -> None:

@@ -281,20 +281,37 @@ def _forgetting_a() -> ColdStart:
     return cold_start
 
 
-def test_the_tower_trains_past_the_pairs_of_an_item_deleted_from_the_catalogue():
-    """A tombstone on the items topic forgets an item whose pairs are in the reservoir: the tower's
-    next step leaves them out (it raised KeyError in the updater's loop), pulls no row for it."""
-    cold_start = _forgetting_a()
-    asked = []
-
+def _asking(asked: list[str]):
     def rows(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         asked.extend(ids)
         return np.ones((len(ids), 2), np.float32), np.ones((len(ids), 2), np.float32)
 
-    assert cold_start.train_pulling(8, rows) == 2
+    return rows
+
+
+def test_the_tower_trains_past_the_pairs_of_an_item_deleted_from_the_catalogue():
+    """A tombstone on the items topic forgets an item whose pairs are in the reservoir: they leave the
+    reservoir before the tower's next step (which raised KeyError in the updater's loop), and no row is
+    pulled for the item."""
+    cold_start, asked = _forgetting_a(), []
+    assert cold_start.train_pulling(8, _asking(asked)) == 2
     assert sorted(set(asked)) == ["b", "c"]
+    assert "a" not in cold_start.reservoir.left + cold_start.reservoir.right
+    assert len(cold_start.reservoir) == 4
     vectors = np.ones((3, 2), np.float32)
     assert _forgetting_a().train(4, {"a": 0, "b": 1, "c": 2}, vectors, vectors) == 1
+
+
+def test_a_restored_reservoir_drops_the_pairs_of_items_deleted_while_it_was_on_disk():
+    cold_start = ColdStart(ContentConfig(hidden=16, train_batch=4, train_pairs_per_event=1.0), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.remember_pairs(np.array([0, 1, 2, 1, 2]), np.array([1, 2, 1, 2, 1]), ["a", "b", "c"])
+    restarted = ColdStart(cold_start.config, dim=2)
+    restarted.restore(cold_start.state())
+    restarted.observe_items(_items()[1:])  # the items topic re-read: "a" was deleted meanwhile
+    asked: list[str] = []
+    assert restarted.train_pulling(4, _asking(asked)) == 1
+    assert sorted(set(asked)) == ["b", "c"] and len(restarted.reservoir) == 4
 
 
 def test_a_delta_of_unlisted_items_before_any_encoding_has_no_content():
