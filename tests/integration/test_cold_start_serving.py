@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from recsim_stream.cold_start import ColdStart
 from recsim_stream.config import (
@@ -73,6 +75,38 @@ def publish(config: KafkaConfig, records: list[ItemMeta | Event]) -> None:
     producer.close()
 
 
+@contextmanager
+def running_updater(
+    config: Config, shards: RayShards, registry: CollectorRegistry, snapshotter: Snapshotter | None = None
+) -> Iterator[tuple[Updater, RecordProducer]]:
+    """The updater with a cold start, driven in process (``step()``), and the producer of its dead
+    letters; its Kafka clients are closed after."""
+    consumer, items, producer = (
+        EventConsumer(config.kafka),
+        ItemsReader(config.kafka),
+        RecordProducer(config.kafka),
+    )
+    try:
+        yield (
+            Updater(
+                config,
+                consumer,
+                DeadLetterSink(producer),
+                Learner(config, shards.pull, shards.push),
+                shards,
+                snapshotter,
+                UpdaterMetrics(registry),
+                items,
+                ColdStart(config.content, LEARN.dim, LEARN.torch_threads),
+            ),
+            producer,
+        )
+    finally:
+        consumer.close()
+        items.close()
+        producer.close()
+
+
 def test_a_new_item_never_clicked_is_recommended_to_a_session_of_its_cluster(
     kafka_config: KafkaConfig, shards: RayShards, tmp_path: Path
 ) -> None:
@@ -99,25 +133,9 @@ def test_a_new_item_never_clicked_is_recommended_to_a_session_of_its_cluster(
         content=ContentConfig(train_pairs_per_event=0.5),
     )
     registry = new_registry()
-    consumer, items, producer = (
-        EventConsumer(config.kafka),
-        ItemsReader(config.kafka),
-        RecordProducer(config.kafka),
-    )
     store = SnapshotStore(config.snapshot)
     snapshotter = Snapshotter(config.snapshot, store, SnapshotMetrics(registry), LEARN.shards)
-    updater = Updater(
-        config,
-        consumer,
-        DeadLetterSink(producer),
-        Learner(config, shards.pull, shards.push),
-        shards,
-        snapshotter,
-        UpdaterMetrics(registry),
-        items,
-        ColdStart(config.content, LEARN.dim, LEARN.torch_threads),
-    )
-    try:
+    with running_updater(config, shards, registry, snapshotter) as (updater, _):
         deadline = time.monotonic() + 60
         while updater.totals.records < len(events) or updater.totals.items < items_total:
             assert time.monotonic() < deadline, (
@@ -127,10 +145,6 @@ def test_a_new_item_never_clicked_is_recommended_to_a_session_of_its_cluster(
             updater.step()
         updater.snapshot()
         snapshotter.wait()
-    finally:
-        consumer.close()
-        items.close()
-        producer.close()
 
     api_registry = new_registry()
     holder = IndexHolder(ApiConfig(), ApiMetrics(api_registry))
@@ -174,29 +188,8 @@ def test_a_malformed_item_record_is_dead_lettered_with_its_reason(
     producer.close()
     config = Config(kafka=kafka_config, learn=LEARN)
     registry = new_registry()
-    consumer, items, producer = (
-        EventConsumer(kafka_config),
-        ItemsReader(kafka_config),
-        RecordProducer(kafka_config),
-    )
-    cold_start = ColdStart(config.content, LEARN.dim, LEARN.torch_threads)
-    updater = Updater(
-        config,
-        consumer,
-        DeadLetterSink(producer),
-        Learner(config, shards.pull, shards.push),
-        shards,
-        None,
-        UpdaterMetrics(registry),
-        items,
-        cold_start,
-    )
-    try:
+    with running_updater(config, shards, registry) as (updater, _):
         updater.step()  # the first step reads the items topic as it was at start
-    finally:
-        consumer.close()
-        items.close()
-        producer.close()
     dlq = EventConsumer(
         replace(kafka_config, group_id=kafka_config.group_id + "-dlq"), topic=kafka_config.dlq_topic
     )
@@ -216,7 +209,7 @@ def test_a_malformed_item_record_is_dead_lettered_with_its_reason(
     )
     assert (updater.totals.items, updater.totals.items_dead_lettered) == (2, 1)
     assert registry.get_sample_value("recsim_events_dead_lettered_total", {"reason": "not_msgpack"}) == 1.0
-    assert list(cold_start.metadata) == ["i2"]
+    assert list(updater.cold_start.metadata) == ["i2"]
 
 
 def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
@@ -243,25 +236,8 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
     half = len(events) // 2
     publish(kafka_config, listed + events[:half])
     config = Config(kafka=kafka_config, learn=LEARN, content=ContentConfig(train_pairs_per_event=0.5))
-    consumer, items, producer = (
-        EventConsumer(config.kafka),
-        ItemsReader(config.kafka),
-        RecordProducer(config.kafka),
-    )
-    cold_start = ColdStart(config.content, LEARN.dim, LEARN.torch_threads)
-    updater = Updater(
-        config,
-        consumer,
-        DeadLetterSink(producer),
-        Learner(config, shards.pull, shards.push),
-        shards,
-        None,
-        UpdaterMetrics(new_registry()),
-        items,
-        cold_start,
-    )
-    try:
-        deadline = time.monotonic() + 60
+    with running_updater(config, shards, new_registry()) as (updater, producer):
+        cold_start, deadline = updater.cold_start, time.monotonic() + 60
         while updater.totals.records < half:
             assert time.monotonic() < deadline, f"expected {half} events within 60 s"
             updater.step()
@@ -280,9 +256,5 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
         while updater.totals.records < len(events):
             assert time.monotonic() < deadline, "expected the rest of the stream within 60 s"
             updater.step()
-    finally:
-        consumer.close()
-        items.close()
-        producer.close()
     assert deleted not in cold_start.reservoir.left + cold_start.reservoir.right
     assert cold_start.tower.steps >= steps + 5  # 4,000 events at 0.5 pairs an event: ~7 steps of 256
