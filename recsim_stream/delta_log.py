@@ -222,6 +222,9 @@ def _cast(ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
+REMOVED = -2  # the row of an id a delta removed: served neither from a delta row nor from the main
+
+
 @dataclass(frozen=True)
 class IdRun:
     """The distinct ids of a run of consecutive delta rows, sorted, each with its newest row in the run."""
@@ -231,15 +234,21 @@ class IdRun:
     covered: int  # delta rows the run stands for: what decides merges
 
     @classmethod
-    def of(cls, ids: np.ndarray, start: int) -> tuple[IdRun, np.ndarray]:
-        """The run of rows ``start, start + 1, ...`` holding ``ids``, and the rows in it that a later
-        row of the same id supersedes (a delta names each id once, but nothing on the read path
-        checks that)."""
+    def of(cls, ids: np.ndarray, start: int, removed: np.ndarray | None = None) -> tuple[IdRun, np.ndarray]:
+        """The run of rows ``start, start + 1, ...`` holding ``ids``, with ``removed`` ids mapped to
+        ``REMOVED``, and the rows in it that a later row of the same id supersedes (a delta names
+        each id once, and removes none it writes, but nothing on the read path checks that: a row
+        wins over a removal, as in ``snapshot.apply_delta``)."""
+        rows = start + np.arange(len(ids))
+        if removed is not None and len(removed):
+            ids = np.concatenate([removed.astype(np.result_type(ids, removed), copy=False), ids])
+            rows = np.concatenate([np.full(len(removed), REMOVED), rows])
         order = np.argsort(ids, kind="stable")  # equal ids stay in row order: the last is the newest
         ordered = ids[order]
         last = np.ones(len(ids), bool)
         last[:-1] = ordered[1:] != ordered[:-1]
-        return cls(ordered[last], start + order[last], len(ids)), start + order[~last]
+        superseded = rows[order[~last]]
+        return cls(ordered[last], rows[order[last]], len(ids)), superseded[superseded >= 0]
 
     def then(self, newer: IdRun) -> IdRun:
         """This run followed by ``newer``: its rows win for the ids both hold. A merge of two sorted
@@ -276,17 +285,17 @@ class IdRuns:
     runs: tuple[IdRun, ...] = ()
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """The newest row of each of ``ids``, -1 where none."""
+        """The newest row of each of ``ids``, -1 where none, ``REMOVED`` where a delta removed it since."""
         found = np.full(len(ids), -1, dtype=np.int64)
         for run in reversed(self.runs):
-            missing = np.flatnonzero(found < 0)
+            missing = np.flatnonzero(found == -1)
             if not len(missing):
                 break
             found[missing] = _find(run.ids, run.rows, ids[missing])
         return found
 
     def row_of(self, item_id: str) -> int:
-        """The newest row of ``item_id``, -1 where none."""
+        """The newest row of ``item_id``, -1 where none, ``REMOVED`` where a delta removed it since."""
         for run in reversed(self.runs):
             at = int(np.searchsorted(run.ids, item_id))
             if at < len(run.ids) and run.ids[at] == item_id:
@@ -499,12 +508,12 @@ class DeltaLog:
             raise SnapshotError(f"delta: expected content vectors of one width, got widths {widths}")
 
     def _append(self, delta: SnapshotArrays) -> tuple[np.ndarray, np.ndarray]:
-        """Append one delta; returns (rows it supersedes, main positions it overrides)."""
+        """Append one delta; returns (rows it supersedes, main positions it overrides). An id it
+        removes supersedes its row as a new row would, and has none after."""
         start, m = len(self._ids), delta.count
-        run, repeated = IdRun.of(delta.ids, start)
+        run, repeated = IdRun.of(delta.ids, start, delta.removed_ids)
         before = self.ids.rows_of(run.ids)
-        first = before < 0
-        in_main = self.main.positions.positions_of(run.ids[first])
+        in_main = self.main.positions.positions_of(run.ids[before == -1])  # REMOVED: gone already
         self.ids = self.ids.appended(run)
         if delta.content_vectors is not None and self._content is None:
             self._add_content(delta.content_vectors.shape[1])
@@ -534,7 +543,7 @@ class DeltaLog:
                 content = np.zeros((m, self._content.view.shape[1]), np.float32)
             self._content.extend(content)
             self._cold_content.extend(content[cold_rows])
-        return np.concatenate([before[~first], repeated]), in_main[in_main >= 0]
+        return np.concatenate([before[before >= 0], repeated]), in_main[in_main >= 0]
 
     def _view(self, superseded_rows: np.ndarray, overridden: np.ndarray) -> DeltaView:
         previous, main = self.last, self.main
@@ -672,6 +681,8 @@ class StatePositions(Mapping[str, int]):
         row = self._view.ids.row_of(item_id)
         if row >= 0:
             return self._n_main + row
+        if row == REMOVED:
+            raise KeyError(item_id)
         return self._main.positions[item_id]
 
     def positions_of(self, ids: Sequence[str]) -> np.ndarray:
@@ -682,7 +693,8 @@ class StatePositions(Mapping[str, int]):
             return np.zeros(0, np.int64)
         wanted = np.array(ids, dtype=str)
         rows = self._view.ids.rows_of(wanted)
-        found = np.where(rows >= 0, self._n_main + rows, self._main.positions.positions_of(wanted))
+        in_main = np.where(rows == REMOVED, -1, self._main.positions.positions_of(wanted))
+        found = np.where(rows >= 0, self._n_main + rows, in_main)
         return np.where([i.endswith("\0") for i in ids], -1, found)
 
     def __iter__(self) -> Iterator[str]:

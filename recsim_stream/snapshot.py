@@ -9,8 +9,9 @@ caller keeps serving the previous one.
 
 A *full* snapshot holds every row; a *delta* holds only the rows changed since its parent (the
 previous snapshot) and names its base (the full snapshot its chain starts from). Serving applies
-base + deltas in order, newer rows winning. A delta cannot remove rows: expired items disappear at
-the next full snapshot. A full snapshot may also ship the serialised search indexes built over its rows
+base + deltas in order, newer rows winning. A delta may also name ids it removes (items deleted from
+the catalogue): their rows in earlier snapshots stop being served. Expired rows are not removed
+that way: they disappear at the next full snapshot. A full snapshot may also ship the serialised search indexes built over its rows
 (``index_<name>.npy`` byte arrays, described by the manifest's ``index`` entry), so that no reader has
 to build them. This module does no indexing (no FAISS) and reads no configuration but its own.
 """
@@ -25,7 +26,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,9 @@ class SnapshotArrays:
     # metadata: the query API scores cold items content-to-content with them. Absent in snapshots of
     # an updater without a content tower, and in those written before it existed.
     content_vectors: np.ndarray | None = None
+    # Optional, deltas only: (r,) fixed-width unicode ids whose rows in earlier snapshots of the chain
+    # are no longer served (deleted from the catalogue), none of them among ``ids``.
+    removed_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.ids.shape[0] if self.ids.ndim == 1 else -1
@@ -77,6 +81,12 @@ class SnapshotArrays:
             expected["content_vectors"] = (
                 f"float32 ({n}, width)",
                 content.dtype == np.float32 and content.ndim == 2 and content.shape[0] == n,
+            )
+        removed = self.removed_ids
+        if removed is not None:
+            expected["removed_ids"] = (
+                "1-d fixed-width unicode",
+                removed.dtype.kind == "U" and removed.ndim == 1,
             )
         for name, (description, ok) in expected.items():
             if not ok:
@@ -95,12 +105,23 @@ class SnapshotArrays:
     def dim(self) -> int:
         return int(self.input_vectors.shape[1])
 
+    @property
+    def removed(self) -> int:
+        return 0 if self.removed_ids is None else int(self.removed_ids.shape[0])
+
+    @property
+    def changes(self) -> int:
+        """Rows written plus ids removed: what a delta changes for its readers."""
+        return self.count + self.removed
+
     def validate_content(self) -> None:
         """Checks too costly for every load (the checksum covers reloads): unique, non-empty ids, finite vectors."""
         if self.count and int(np.char.str_len(self.ids).min()) == 0:
             raise SnapshotError("ids: expected non-empty item ids, got an empty string")
         if np.unique(self.ids).shape[0] != self.count:
             raise SnapshotError(f"ids: expected {self.count} distinct ids, got duplicates")
+        if self.removed and np.isin(self.removed_ids, self.ids).any():
+            raise SnapshotError("removed_ids: expected ids a delta removes, got ids it also writes")
         for name in ("input_vectors", "output_vectors", "content_vectors"):
             arr = getattr(self, name)
             if arr is not None and not np.isfinite(arr).all():
@@ -115,12 +136,17 @@ def _check_servable(arrays: SnapshotArrays, where: Path) -> None:
     """Refuse what would fail every answer naming it, even when the checksums match (a buggy or hostile
     writer): ids that are not unicode text, vectors that are not finite or whose scores would overflow,
     negative counts. Linear, no copy of the vectors: ~0.06 s at 1M rows x 64."""
-    ids = arrays.ids
-    codes = (
-        ids.astype(ids.dtype.newbyteorder("="), copy=False).view(np.uint32) if ids.dtype.itemsize else ids[:0]
-    )
-    if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes <= 0xDFFF)).any())):
-        raise SnapshotError(f"{where}: ids: expected unicode text, got code points that are not characters")
+    for name in ("ids", "removed_ids"):
+        ids = getattr(arrays, name)
+        if ids is None or not ids.dtype.itemsize:
+            continue
+        codes = ids.astype(ids.dtype.newbyteorder("="), copy=False).view(np.uint32)
+        if codes.size and (
+            int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes <= 0xDFFF)).any())
+        ):
+            raise SnapshotError(
+                f"{where}: {name}: expected unicode text, got code points that are not characters"
+            )
     for name in ("input_vectors", "output_vectors", "content_vectors"):
         arr = getattr(arrays, name)
         low, high = (float(arr.min()), float(arr.max())) if arr is not None and arr.size else (0.0, 0.0)
@@ -133,7 +159,7 @@ def _check_servable(arrays: SnapshotArrays, where: Path) -> None:
 
 
 _ARRAY_NAMES = ("ids", "input_vectors", "output_vectors", "counts", "cold")
-_OPTIONAL_ARRAYS = ("content_vectors",)
+_OPTIONAL_ARRAYS = ("content_vectors", "removed_ids")
 
 
 def _present_arrays(arrays: SnapshotArrays) -> tuple[str, ...]:
@@ -240,6 +266,8 @@ class SnapshotManifest:
                 f"{where}: expected files {sorted(_ARRAY_NAMES)} (and optionally {list(_OPTIONAL_ARRAYS)} "
                 f"and {INDEX_PREFIX}* files), got {sorted(manifest.files)}"
             )
+        if "removed_ids" in manifest.files and manifest.kind != KIND_DELTA:
+            raise SnapshotError(f"{where}: removed_ids belong to a delta")
         if index_files and (manifest.index is None or manifest.kind != KIND_FULL):
             raise SnapshotError(f"{where}: index files belong to a full snapshot with an index entry")
         return manifest
@@ -274,11 +302,19 @@ def folder_name(version: int) -> str:
 
 
 def apply_delta(base: SnapshotArrays, delta: SnapshotArrays) -> SnapshotArrays:
-    """Rows of ``delta`` replace the rows of ``base`` with the same id; new ids are appended."""
+    """Rows of ``delta`` replace the rows of ``base`` with the same id; new ids are appended; the
+    ids ``delta`` removes leave. The result removes what either removes and the other does not
+    write (so two deltas merged into one remove what applying both in turn would)."""
     if delta.dim != base.dim:  # even without rows: the arrays could not be concatenated
         raise SnapshotError(f"delta: expected dim {base.dim} like its base, got {delta.dim}")
     keep = ~np.isin(base.ids, delta.ids)
+    if delta.removed:
+        keep &= ~np.isin(base.ids, delta.removed_ids)
     merged = {n: np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES}
+    if base.removed or delta.removed:
+        older = base.removed_ids if base.removed else np.zeros(0, str)
+        older = older[~np.isin(older, delta.ids)]
+        merged["removed_ids"] = np.union1d(older, delta.removed_ids if delta.removed else np.zeros(0, str))
     if base.content_vectors is not None or delta.content_vectors is not None:
         width = next(a.shape[1] for a in (base.content_vectors, delta.content_vectors) if a is not None)
         parts = []
@@ -380,7 +416,7 @@ class SnapshotStore:
         arrays = chain[0].arrays
         for delta in chain[1:]:
             arrays = apply_delta(arrays, delta.arrays)
-        return Snapshot(chain[-1].manifest, arrays)
+        return Snapshot(chain[-1].manifest, replace(arrays, removed_ids=None))
 
     def read_index(self, version: int) -> ShippedIndex | None:
         """The index shipped with full snapshot ``version``, verified; None if it ships none."""
@@ -490,6 +526,10 @@ class SnapshotStore:
         """The base version ``version`` would have; raises if it cannot be published as asked."""
         if (index is not None or prepared is not None) and parent_version is not None:
             raise SnapshotError(f"delta {version}: an index or prepared files belong to a full snapshot")
+        if arrays.removed_ids is not None and parent_version is None:
+            raise SnapshotError(
+                f"snapshot {version}: removed ids belong to a delta, a full snapshot leaves rows out"
+            )
         if prepared is not None and (index is not None or prepared.arrays is not arrays):
             raise SnapshotError(f"snapshot {version}: prepared files must hold these arrays and their index")
         latest = self.latest_version()

@@ -2,6 +2,7 @@
 snapshot it had (the very same state) and counts the refusal. Each example copies a store holding a
 good v1 and a v2 (full, or a delta on v1), damages v2 and lets a real SnapshotWatcher try it."""
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -59,6 +60,11 @@ def world(tmp_path_factory):
             2, v2, offsets={"events": {0: 9}}, newest_event_ts=5.0, parent_version=parent, scoring=SCORING
         )
         templates[kind] = scratch / kind
+    removing = _store(scratch / "delta-removing")  # a delta that also removes ids (deleted items)
+    removing.write(1, _arrays(list("abcdef"), seed=1), offsets={}, newest_event_ts=None, scoring=SCORING)
+    v2 = dataclasses.replace(_arrays(["b", "new"], seed=3), removed_ids=np.array(["c", "zz"]))
+    removing.write(2, v2, offsets={}, newest_event_ts=None, parent_version=1, scoring=SCORING)
+    templates["delta-removing"] = scratch / "delta-removing"
     other = _store(scratch / "other-dim")  # a delta of dim 5, then moved beside a v1 of dim 4
     other.write(1, _arrays(list("abcdef"), seed=1, dim=5), offsets={}, newest_event_ts=None)
     other.write(2, _arrays(["b", "z"], seed=4, dim=5), offsets={}, newest_event_ts=None, parent_version=1)
@@ -344,3 +350,44 @@ def test_an_npy_header_that_does_not_parse_is_refused(world, name, header):
 def test_a_delta_of_another_dim_than_its_base_is_refused(world):
     root, _ = _copy(world, "delta-other-dim")
     _assert_refused_and_v1_still_served(world, root, match="expected dim 4 like its base, got 5")
+
+
+def _replace_removed_ids(folder, removed: np.ndarray) -> None:
+    """``removed_ids.npy`` replaced, its manifest entry (checksum, dtype, shape) made to match."""
+    _replace_array(folder, "removed_ids", _npy(removed), fix_checksum=True)
+    manifest = _manifest(folder)
+    manifest["files"]["removed_ids"].update(dtype=str(removed.dtype), shape=list(removed.shape))
+    _write_manifest(folder, manifest)
+
+
+@HYPOTHESIS
+@given(
+    st.sampled_from(
+        [np.arange(3), np.array([[b"c"]]), np.array([["c", "d"]]), np.array([1.5]), np.array([True])]
+    )
+    | st.integers(0x110000, 2**32 - 1).map(lambda code: np.array([code], np.uint32).view("<U1"))
+)
+def test_removed_ids_that_are_not_a_list_of_text_are_refused(world, removed):
+    root, folder = _copy(world, "delta-removing")
+    _replace_removed_ids(folder, removed)
+    _assert_refused_and_v1_still_served(world, root, match="removed_ids")
+
+
+@HYPOTHESIS
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", "new", "zz", "ü/é 😀"]), max_size=9, unique=True)
+)
+def test_a_delta_removing_any_ids_even_its_own_is_served_as_loaded(world, removed):
+    """Whatever ids a delta removes (all of them, none, ids it also writes, ids never served), the
+    API serves what ``SnapshotStore.load`` gives, with finite answers; a row wins over a removal."""
+    root, folder = _copy(world, "delta-removing")
+    _replace_removed_ids(folder, np.array(removed, dtype="U8").reshape(-1))
+    loaded = set(_store(root).load(2).arrays.ids.tolist())
+    assert loaded == (set("abcdef") - set(removed)) | {"b", "new"}
+    swapped, holder, _ = _watch(world, root)
+    assert swapped and holder.state.version == 2
+    assert set(holder.state.positions) == loaded
+    assert holder.state.item_count == len(loaded)
+    for item_id in loaded:
+        for _, score in holder.recommend([item_id], 5)[1] + holder.similar(item_id, 5)[1]:
+            assert math.isfinite(score)

@@ -4,8 +4,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_stream.config import SnapshotConfig
-from recsim_stream.snapshot import SnapshotArrays, SnapshotStore, apply_delta
+from recsim_stream.config import IndexConfig, SnapshotConfig
+from recsim_stream.delta_log import DeltaLog
+from recsim_stream.query import build_main, serve_view
+from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotManifest, SnapshotStore, apply_delta
 
 # numpy's fixed-width unicode strips trailing NULs, so ids never contain them (nor surrogates).
 _ID = st.text(
@@ -92,3 +94,59 @@ def test_loading_a_delta_chain_equals_applying_it_in_memory(ids, delta_picks):
             expected = apply_delta(expected, rows(chosen, step))
         loaded = store.load(len(delta_picks) + 1)
     assert _equal(loaded.arrays, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(_ID, min_size=1, max_size=12, unique=True),
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 11), max_size=5), st.lists(st.integers(0, 11), max_size=3)),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_a_chain_that_writes_and_removes_ids_is_served_as_a_dict_of_the_newest_rows(ids, steps):
+    """Each delta writes some ids and removes others: the chain loaded from disk, and the query API's
+    state appending the deltas one at a time, serve exactly the ids a dict would hold, each with its
+    newest row."""
+
+    def rows(chosen, step, removed=None):
+        n = len(chosen)
+        return SnapshotArrays(
+            ids=np.array(chosen, dtype="U12").reshape(-1),
+            input_vectors=np.full((n, 2), step + 1, np.float32),
+            output_vectors=np.full((n, 2), -step - 1, np.float32),
+            counts=np.full(n, step + 1, np.int64),
+            cold=np.zeros(n, bool),
+            removed_ids=None if removed is None else np.array(removed, dtype="U12").reshape(-1),
+        )
+
+    newest = dict.fromkeys(ids, 1)
+    base = rows(ids, 0)
+    log = DeltaLog(build_main(Snapshot(_manifest(1, None), base), IndexConfig()), IndexConfig())
+    state = None
+    with tempfile.TemporaryDirectory() as root:
+        store = SnapshotStore(SnapshotConfig(dir=root, keep=1))
+        store.write(1, base, offsets={}, newest_event_ts=None)
+        for step, (written, removed) in enumerate(steps, start=1):
+            chosen = sorted({ids[p % len(ids)] for p in written})
+            gone = sorted({ids[p % len(ids)] for p in removed} - set(chosen))
+            delta = rows(chosen, step, gone)
+            store.write(step + 1, delta, offsets={}, newest_event_ts=None, parent_version=step)
+            state = serve_view(log.append([delta]), _manifest(step + 1, step), IndexConfig(), state)
+            for item_id in gone:
+                newest.pop(item_id, None)
+            newest.update(dict.fromkeys(chosen, step + 1))
+        loaded = store.load(len(steps) + 1).arrays
+    assert dict(zip(loaded.ids.tolist(), loaded.counts.tolist(), strict=True)) == newest
+    served = {}
+    for item_id in state.positions:
+        arrays, row = state.row(state.positions[item_id])
+        served[item_id] = int(arrays.counts[row])
+    assert served == newest
+    assert state.item_count == len(newest)
+    assert state.positions.positions_of(ids).tolist().count(-1) == len(ids) - len(newest)
+
+
+def _manifest(version, parent):
+    return SnapshotManifest(version, "full" if parent is None else "delta", 1, parent, 2, 0, {}, None, 0.0)

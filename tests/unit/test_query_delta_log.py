@@ -10,7 +10,7 @@ import pytest
 from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
 from recsim_stream.delta_log import Appendable, DeltaLog, IdLookup, IdRun, IdRuns, Segments, StatePositions
 from recsim_stream.index import build_index
-from recsim_stream.query import IndexHolder, SnapshotWatcher, build_main, serve_view
+from recsim_stream.query import IndexHolder, SnapshotWatcher, UnknownItem, build_main, serve_view
 from recsim_stream.snapshot import Snapshot, SnapshotArrays, SnapshotError, SnapshotManifest, SnapshotStore
 from recsim_stream.threads import ThreadPriority
 
@@ -387,3 +387,72 @@ def test_an_appendable_grown_ahead_keeps_every_row_and_every_earlier_view():
         views.append(column.view)
     assert np.array_equal(column.view, np.arange(1_000_000))
     assert all(np.array_equal(view, np.arange(len(view))) for view in views)
+
+
+def _removal(ids, dim=8, width=4):
+    """A delta that only removes ``ids``."""
+    empty = _rows(np.random.default_rng(0), [], dim=dim, width=width)
+    return dataclasses.replace(empty, removed_ids=np.array(ids, dtype="U"))
+
+
+def _served_ids(holder, item, k=1000):
+    return {i for i, _ in holder.similar(item, k)[1]} | {i for i, _ in holder.recommend([item], k)[1]}
+
+
+def test_an_id_a_delta_removes_is_served_no_more_while_an_older_state_still_serves_it():
+    full, _ = _chain()
+    cold_id = str(full.ids[full.cold][0])
+    rng = np.random.default_rng(5)
+    log = DeltaLog(_main(full), INDEX)
+    one = serve_view(log.append([_rows(rng, ["new", "i8"], cold_share=0)]), _manifest(2), INDEX)
+    gone = ["i7", cold_id, "new", "never-served"]
+    two = serve_view(log.append([_removal(gone)]), _manifest(3), INDEX, one)
+    before, after = IndexHolder(ApiConfig()), IndexHolder(ApiConfig())
+    before.swap(one)
+    after.swap(two)
+    assert two.positions.positions_of(gone).tolist() == [-1] * 4
+    assert [g in two.positions for g in gone] == [False] * 4
+    assert sorted(two.positions) == sorted(set(one.positions) - set(gone))
+    assert (one.item_count, two.item_count) == (301, 298)
+    assert not _served_ids(after, "i8") & set(gone)
+    with pytest.raises(UnknownItem):
+        after.similar("i7", 5)
+    assert before.recommend(["i7"], 5)[2] == [] and after.recommend(["i8", "new"], 5)[2] == ["new"]
+    assert {"i7", cold_id, "new"} <= _served_ids(before, "i8")
+
+
+def test_an_id_removed_then_written_again_is_served_from_its_new_row():
+    full, _ = _chain()
+    rng = np.random.default_rng(6)
+    log = DeltaLog(_main(full), INDEX)
+    state = serve_view(log.append([_removal(["i7"])]), _manifest(2), INDEX)
+    again = _rows(rng, ["i7"], cold_share=0)
+    state = serve_view(log.append([again]), _manifest(3), INDEX, state)
+    assert state.input_vector(state.positions["i7"]).tolist() == again.input_vectors[0].tolist()
+    assert state.item_count == 300
+    holder = IndexHolder(ApiConfig())
+    holder.swap(state)
+    assert [i for i, _ in holder.similar("i8", 400)[1]].count("i7") == 1
+
+
+def test_a_state_after_swaps_with_removals_equals_the_state_built_from_the_same_snapshots_at_once():
+    full, chain = _chain()
+    rng = np.random.default_rng(8)
+    removed = [
+        str(i) for i in rng.choice(np.concatenate([full.ids, chain[0].ids, chain[3].ids]), 60, replace=False)
+    ]
+    chain = [*chain[:2], _removal(removed[:30]), *chain[2:5], _removal(removed[30:]), *chain[5:]]
+    main = _main(full)
+    log, state = DeltaLog(main, INDEX), None
+    for version, delta in enumerate(chain, start=2):
+        state = serve_view(log.append([delta]), _manifest(version), INDEX, state)
+    at_once = serve_view(DeltaLog(main, INDEX).append(chain), _manifest(len(chain) + 1), INDEX)
+    queries = [q for q in _queries(chain, full) if q in state.positions]
+    assert len(queries) >= 3
+    assert _answers(state, queries) == _answers(at_once, queries)
+    assert sorted(state.positions) == sorted(at_once.positions)
+    written_after = {r for r in removed[:30] if any(r in d.ids for d in chain[3:])} | {
+        r for r in removed[30:] if any(r in d.ids for d in chain[7:])
+    }
+    assert 0 < len(written_after) < 60
+    assert {r for r in removed if r in state.positions} == written_after

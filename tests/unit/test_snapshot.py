@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -220,6 +221,64 @@ def test_load_applies_the_chain_in_order(tmp_path):
     assert loaded.manifest.base_version == 1
     assert loaded.arrays.ids.tolist() == ["a", "b", "c"]
     assert loaded.arrays.input_vectors[1].tolist() == [20.0, 21.0, 22.0]
+
+
+def _removing(arrays, removed):
+    return dataclasses.replace(arrays, removed_ids=np.array(removed, dtype="U"))
+
+
+def test_a_delta_that_removes_ids_round_trips_and_load_leaves_their_rows_out(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 1, ["a", "b", "c"])
+    store.write(
+        2, _removing(_arrays(["d"]), ["b", "ü-😀"]), offsets={}, newest_event_ts=None, parent_version=1
+    )
+    assert store.read(2).arrays.removed_ids.tolist() == ["b", "ü-😀"]
+    loaded = store.load(2)
+    assert (loaded.arrays.ids.tolist(), loaded.arrays.removed_ids) == (["a", "c", "d"], None)
+
+
+def test_an_id_a_later_delta_writes_again_is_served_again(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 1, ["a", "b"])
+    store.write(2, _removing(_arrays([]), ["b"]), offsets={}, newest_event_ts=None, parent_version=1)
+    _write(store, 3, ["b"], parent=2, fill=7.0)
+    assert store.load(3).arrays.ids.tolist() == ["a", "b"]
+    assert store.load(3).arrays.input_vectors[1].tolist() == [7.0, 8.0, 9.0]
+
+
+def test_two_deltas_merged_remove_what_applying_both_in_turn_removes():
+    base = _arrays(["a", "b", "c", "d"])
+    first = _removing(_arrays(["e"], fill=5.0), ["a", "b"])
+    second = _removing(_arrays(["b"], fill=9.0), ["c", "e"])
+    merged = apply_delta(first, second)
+    assert merged.removed_ids.tolist() == ["a", "c", "e"]
+    in_turn = apply_delta(apply_delta(base, first), second)
+    at_once = apply_delta(base, merged)
+    assert in_turn.ids.tolist() == at_once.ids.tolist() == ["d", "b"]
+    assert np.array_equal(in_turn.input_vectors, at_once.input_vectors)
+
+
+def test_removed_ids_are_refused_on_a_full_snapshot_and_among_the_ids_written(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(SnapshotError, match="removed ids belong to a delta"):
+        store.write(1, _removing(_arrays(["a"]), ["b"]), offsets={}, newest_event_ts=None)
+    _write(store, 1, ["a", "b"])
+    with pytest.raises(SnapshotError, match="also writes"):
+        store.write(2, _removing(_arrays(["a"]), ["a"]), offsets={}, newest_event_ts=None, parent_version=1)
+    with pytest.raises(SnapshotError, match="removed_ids: expected 1-d fixed-width unicode"):
+        dataclasses.replace(_arrays(["a"]), removed_ids=np.array([1, 2]))
+
+
+def test_a_full_snapshot_whose_manifest_lists_removed_ids_is_refused(tmp_path):
+    store = _store(tmp_path)
+    _write(store, 1, ["a"])
+    path = tmp_path / "snaps" / folder_name(1) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["removed_ids"] = manifest["files"]["ids"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotError, match="removed_ids belong to a delta"):
+        store.read(1)
 
 
 def test_read_chain_after_a_served_version_returns_only_newer_deltas(tmp_path):
