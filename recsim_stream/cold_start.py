@@ -283,16 +283,25 @@ class ColdStart:
         # The reservoir may hold pairs of items no longer listed (deleted, or gone while the updater was
         # down): they are dropped before the tower next trains (``_drop_unlisted_pairs``).
         self._unlisted_pairs = False
+        # Items whose last catalogue record is a tombstone: never served, even when clicked again,
+        # until listed again. Checkpointed, since compaction drops a tombstone after a while
+        # (delete.retention.ms) and the items topic re-read at a start would no longer say so.
+        self.deleted: set[str] = set()
+        self._removed: set[str] = set()  # deleted since the served rows were last taken (take_removed)
 
     def observe_items(self, items: Sequence[ItemMeta]) -> None:
         for item in items:
             self.metadata[item.item_id] = item
+            self.deleted.discard(item.item_id)
+            self._removed.discard(item.item_id)
             self._unencoded.pop(item.item_id, None)  # (re-)encode with this metadata, after the older ones
             self._unencoded[item.item_id] = None
             self._changed.add(item.item_id)
 
     def forget(self, item_id: str) -> None:
         """The item was deleted from the catalogue (a tombstone on the items topic)."""
+        self.deleted.add(item_id)
+        self._removed.add(item_id)
         if self.metadata.pop(item_id, None) is not None:
             self._unlisted_pairs = True
         self._unencoded.pop(item_id, None)
@@ -300,6 +309,11 @@ class ColdStart:
         if row is not None:
             self._item_of_row[row] = None
             self._forgotten_rows.add(row)
+
+    def take_removed(self) -> set[str]:
+        """Items deleted since the last call, for a delta to remove from the served rows."""
+        removed, self._removed = self._removed, set()
+        return removed
 
     def remember_pairs(self, left_keys: np.ndarray, right_keys: np.ndarray, names: Sequence[str]) -> None:
         """Offer a trained batch of co-occurring pairs (learner keys, named by ``names[key]``) to the
@@ -560,8 +574,8 @@ class ColdStart:
         self._forgotten_rows = set()
 
     def state(self) -> dict:
-        """The learned part (tower, reservoir, temperature evidence, budget) for a checkpoint. The
-        metadata is not in it: the items topic is re-read at every start."""
+        """The learned part (tower, reservoir, temperature evidence, budget) and the deleted items
+        for a checkpoint. The metadata is not in it: the items topic is re-read at every start."""
         return {
             "tower": self.tower.state(),
             "reservoir": self.reservoir.state(),
@@ -569,6 +583,7 @@ class ColdStart:
             "budget": self._budget,
             "new_item_events": [[list(prefix), target] for prefix, target in self._new_item_events],
             "calibrations": self._calibrations,
+            "deleted": sorted(self.deleted),
         }
 
     def restore(self, state: dict) -> None:
@@ -585,6 +600,10 @@ class ColdStart:
         self._new_item_events.clear()
         self._new_item_events.extend((tuple(prefix), target) for prefix, target in state["new_item_events"])
         self._calibrations = int(state["calibrations"])
+        # Whatever the items topic said since (listed again, or deleted) wins. Older checkpoints: none.
+        restored = {str(item_id) for item_id in state.get("deleted", ())} - self.metadata.keys()
+        self.deleted |= restored
+        self._removed |= self.deleted
         self._unlisted_pairs = True  # items may have been deleted while the state was on disk
         # Content vectors are re-encoded with the restored tower.
         self._row, self._item_of_row, self._forgotten_rows = {}, [], set()

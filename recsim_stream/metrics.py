@@ -122,6 +122,11 @@ class UpdaterMetrics:
             "CPU seconds the updater's loop spent training the content tower (keeping pairs, pulling, steps).",
             registry=registry,
         )
+        self.items_deleted = Counter(
+            "recsim_items_deleted_total",
+            "Tombstones read on the items topic: items deleted from the catalogue, no longer served.",
+            registry=registry,
+        )
         self.items_cold_started = Counter(
             "recsim_items_cold_started_total",
             "Items given a content-based initial vector.",

@@ -326,7 +326,7 @@ class Snapshotter:
         if self._chain is not None or plan == DELTA:
             since = self._since if plan == FULL else None  # a delta export holds only changed rows
             changed = complete(self._delta_rows(exports, names, cold_keys, since), False)
-        if plan == FULL and (changed is None or moved or changed.count or self._full_owed()):
+        if plan == FULL and (changed is None or moved or changed.changes or self._full_owed()):
             return self._prepare_full(exports, names, cold_keys, versions, changed, meta, complete)
         build = self._build
         if build is not None:
@@ -337,7 +337,7 @@ class Snapshotter:
                     self._since, self._idle = versions, False
                     return self._publish_build(build, meta)
                 self._refuse_build(build)
-        if not moved and changed.count == 0:
+        if not moved and changed.changes == 0:
             self._idle = True
             return []
         self._since, self._idle = versions, False
@@ -384,7 +384,7 @@ class Snapshotter:
         if self._chain is None:  # nothing to extend: serve this cut exactly meanwhile
             return [self._full(whole, meta, exact=True)]
         # The chain goes on while the index builds: what changed up to this cut is published on it too.
-        return [self._delta(changed, meta)] if changed is not None and changed.count else []
+        return [self._delta(changed, meta)] if changed is not None and changed.changes else []
 
     def _delta_rows(self, exports, names, cold_keys, since) -> SnapshotArrays:
         """The rows a delta publishes: changed since ``since`` (when the exports are full ones), and
@@ -421,11 +421,13 @@ class Snapshotter:
     def _delta(self, arrays: SnapshotArrays, meta: _Meta, parent: int | None = None) -> _Write:
         self._last_version += 1
         self._changed.update(arrays.ids.tolist())
+        if arrays.removed:
+            self._changed.update(arrays.removed_ids.tolist())
         return _Write(self._last_version, arrays, self._chain if parent is None else parent, meta)
 
     def _publish_build(self, build: _FullBuild, meta: _Meta) -> list[_Write]:
         """The built full snapshot, and the catch-up delta on it that becomes the latest."""
-        if build.catch_up.count == 0:
+        if build.catch_up.changes == 0:
             return [self._full(build.arrays, build.meta, prepared=build.prepared, exact_base=build.exact)]
         full = self._full(
             build.arrays, build.meta, make_latest=False, prepared=build.prepared, exact_base=build.exact

@@ -50,7 +50,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -518,6 +518,7 @@ class Updater:
         for record in records:
             if record.value is None and record.key:
                 self.cold_start.forget(record.key.decode("utf-8", "replace"))
+                self.metrics.items_deleted.inc()
                 continue
             item = decode_item(record.value, self.config.limits)
             if isinstance(item, BadEvent):
@@ -682,7 +683,22 @@ class Updater:
         so a delta costs what changed, not the catalogue), low-count rows blended with content, cold
         flags and content vectors. A learned row's content vector is refreshed when the row is next
         exported: between full snapshots it may be a few tower steps old. A full snapshot's tables
-        are left for its build thread to assemble (``cold_start.ServedRowsPlan``)."""
+        are left for its build thread to assemble (``cold_start.ServedRowsPlan``).
+
+        Items deleted from the catalogue are left out, and a delta removes those deleted since the
+        last snapshot (``SnapshotArrays.removed_ids``); a full snapshot just lacks them."""
+        assert self.cold_start is not None
+        removed = self.cold_start.take_removed()
+        self._learned -= removed  # listed again, such an item is served by content until it is learned
+        if self.cold_start.deleted:
+            arrays = _without(arrays, self.cold_start.deleted)
+        served = self._served_rows(arrays, full)
+        if full or not removed:
+            return served
+        assert isinstance(served, SnapshotArrays)
+        return dataclasses.replace(served, removed_ids=np.array(sorted(removed), dtype=str))
+
+    def _served_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         assert self.cold_start is not None
         learned = arrays.ids[arrays.counts > 0].tolist()
         if full:
@@ -730,6 +746,22 @@ class Updater:
             if time.monotonic() >= next_report:
                 report(self.totals)
                 next_report += report_every_s
+
+
+def _without(arrays: SnapshotArrays, ids: Set[str]) -> SnapshotArrays:
+    """``arrays`` without the rows of ``ids`` (a Python pass: ``np.isin`` sorts strings, ~1 s at 1M rows)."""
+    keep = np.fromiter((i not in ids for i in arrays.ids.tolist()), dtype=bool, count=arrays.count)
+    if keep.all():
+        return arrays
+    content = arrays.content_vectors
+    return SnapshotArrays(
+        arrays.ids[keep],
+        arrays.input_vectors[keep],
+        arrays.output_vectors[keep],
+        arrays.counts[keep],
+        arrays.cold[keep],
+        None if content is None else content[keep],
+    )
 
 
 def _served_arrays(rows: ServedRows) -> SnapshotArrays:

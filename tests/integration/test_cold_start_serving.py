@@ -212,11 +212,13 @@ def test_a_malformed_item_record_is_dead_lettered_with_its_reason(
     assert list(updater.cold_start.metadata) == ["i2"]
 
 
-def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
-    kafka_config: KafkaConfig, shards: RayShards
+def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past_and_served_no_more(
+    kafka_config: KafkaConfig, shards: RayShards, tmp_path: Path
 ) -> None:
     """A tombstone on ``items`` for an item whose pairs the tower's reservoir holds: the pairs leave
-    the reservoir and the updater goes on training the tower (its next step raised KeyError)."""
+    the reservoir and the updater goes on training the tower (its next step raised KeyError). The
+    next snapshot, a delta, removes the item from what the API serves, and clicks after the deletion
+    do not bring it back; listing it again does."""
     sim = Simulator(
         SimConfig(
             seed=4,
@@ -235,14 +237,38 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
     listed = [r for r in records if not isinstance(r, Event)]
     half = len(events) // 2
     publish(kafka_config, listed + events[:half])
-    config = Config(kafka=kafka_config, learn=LEARN, content=ContentConfig(train_pairs_per_event=0.5))
-    with running_updater(config, shards, new_registry()) as (updater, producer):
+    config = Config(
+        kafka=kafka_config,
+        learn=LEARN,
+        # Deltas only after the first full snapshot: the removal must reach the API through one.
+        snapshot=SnapshotConfig(
+            dir=str(tmp_path / "snapshots"), interval_s=3600.0, full_every=1000, full_after_changed=0
+        ),
+        content=ContentConfig(train_pairs_per_event=0.5),
+    )
+    registry = new_registry()
+    store = SnapshotStore(config.snapshot)
+    snapshotter = Snapshotter(config.snapshot, store, SnapshotMetrics(registry), LEARN.shards)
+    holder = IndexHolder(ApiConfig())
+    watcher = SnapshotWatcher(store, holder, IndexConfig(), poll_s=1.0)
+
+    def served() -> set[str]:
+        snapshotter.wait()
+        watcher.poll_once()
+        assert watcher.wait_for_base(timeout=30)
+        watcher.poll_once()
+        assert holder.state.version == store.latest_version()
+        return set(holder.state.positions)
+
+    with running_updater(config, shards, registry, snapshotter) as (updater, producer):
         cold_start, deadline = updater.cold_start, time.monotonic() + 60
         while updater.totals.records < half:
             assert time.monotonic() < deadline, f"expected {half} events within 60 s"
             updater.step()
+        updater.snapshot()
         reservoir = cold_start.reservoir.left + cold_start.reservoir.right
         deleted = max(set(reservoir), key=reservoir.count)  # the item most of the tower's pairs have
+        assert deleted in served()
         steps = cold_start.tower.steps
         producer.send_raw(kafka_config.items_topic, deleted.encode("utf-8"), None)
         producer.flush()
@@ -250,11 +276,28 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past(
             assert time.monotonic() < deadline, "expected the tombstone within 60 s"
             updater.step()
         assert deleted not in cold_start.metadata
+        assert registry.get_sample_value("recsim_items_deleted_total") == 1.0
+        updater.snapshot()
+        assert deleted not in served()
+        assert store.read(store.latest_version()).arrays.removed_ids.tolist() == [deleted]
         for event in events[half:]:
             producer.send_event(event)
         producer.flush()
         while updater.totals.records < len(events):
             assert time.monotonic() < deadline, "expected the rest of the stream within 60 s"
             updater.step()
+        assert any(e.item_id == deleted for e in events[half:])  # clicked after its deletion
+        updater.snapshot()
+        assert deleted not in served()
+        session = [e.item_id for e in events[-3:] if e.item_id != deleted]
+        assert deleted not in [item for item, _ in holder.recommend(session, len(listed))[1]]
+        producer.send_item(next(item for item in listed if item.item_id == deleted))
+        producer.flush()
+        while updater.totals.items < len(listed) + 2 or cold_start.listed_unencoded:
+            assert time.monotonic() < deadline, "expected the listing read and encoded within 60 s"
+            updater.step()
+        updater.snapshot()
+        assert deleted in served()
     assert deleted not in cold_start.reservoir.left + cold_start.reservoir.right
     assert cold_start.tower.steps >= steps + 5  # 4,000 events at 0.5 pairs an event: ~7 steps of 256
+    assert store.read_manifest(store.latest_version()).kind == "delta"

@@ -314,6 +314,36 @@ def test_a_restored_reservoir_drops_the_pairs_of_items_deleted_while_it_was_on_d
     assert sorted(set(asked)) == ["b", "c"] and len(restarted.reservoir) == 4
 
 
+def test_a_deleted_item_stays_deleted_until_listed_again_and_through_a_checkpoint(tmp_path):
+    from recsim_stream.checkpoint import CheckpointStore
+    from recsim_stream.config import CheckpointConfig
+
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.forget("a")
+    cold_start.forget("never-listed")
+    assert cold_start.deleted == {"a", "never-listed"}
+    assert (cold_start.take_removed(), cold_start.take_removed()) == ({"a", "never-listed"}, set())
+    cold_start.observe_items([ItemMeta("never-listed", "oak table")])
+    cold_start.forget("b")
+    cold_start.observe_items([_items()[1]])  # listed again before a snapshot took the removal
+    assert (cold_start.deleted, cold_start.take_removed()) == ({"a"}, set())
+    store = CheckpointStore(CheckpointConfig(dir=str(tmp_path)))
+    store.write({}, {"cold_start": cold_start.state()})
+    state = store.newest().state["cold_start"]
+
+    restarted = ColdStart(cold_start.config, dim=2)
+    restarted.restore(state)  # a tombstone compaction has since dropped is still known
+    assert (restarted.deleted, restarted.take_removed()) == ({"a"}, {"a"})
+    restarted.observe_items([_items()[0]])
+    assert restarted.deleted == set()
+    listed_first = ColdStart(cold_start.config, dim=2)
+    listed_first.observe_items(_items())  # the items topic, read before the checkpoint, lists "a" again
+    listed_first.forget("c")
+    listed_first.restore(state)
+    assert listed_first.deleted == {"c"}
+
+
 def test_a_delta_of_unlisted_items_before_any_encoding_has_no_content():
     """The updater's first snapshot after a restart can come before its spare time encoded the
     listing (``encode_limit=0``): no content row exists yet, and the delta's items have none."""

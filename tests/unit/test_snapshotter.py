@@ -1,5 +1,6 @@
 """The snapshotter: what it publishes, and when, from shard exports (real store, real FAISS)."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -373,3 +374,75 @@ def test_a_large_full_snapshots_rows_are_assembled_by_its_build_thread(tmp_path)
     _take(snapshotter, shard, complete)  # v4: the exact full, v5: row 2 on it
     assert assembled_on == [threading.current_thread().name, "index-build"]
     assert store.read(4).arrays.count == 500
+
+
+class Deleting:
+    """A cold start that leaves deleted ids out and has a delta remove those deleted since the last
+    snapshot, as Updater.complete_rows does."""
+
+    def __init__(self) -> None:
+        self.deleted: set[str] = set()
+        self.pending: set[str] = set()
+
+    def delete(self, *ids: str) -> None:
+        self.deleted.update(ids)
+        self.pending.update(ids)
+
+    def __call__(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
+        keep = np.array([i not in self.deleted for i in arrays.ids.tolist()], dtype=bool)
+        rows = SnapshotArrays(
+            arrays.ids[keep],
+            arrays.input_vectors[keep],
+            arrays.output_vectors[keep],
+            arrays.counts[keep],
+            arrays.cold[keep],
+        )
+        removed, self.pending = sorted(self.pending), set()
+        return (
+            rows
+            if full or not removed
+            else dataclasses.replace(rows, removed_ids=np.array(removed, dtype=str))
+        )
+
+
+def test_a_delta_that_only_removes_ids_is_published_though_no_shard_moved(tmp_path):
+    snapshotter, store = _snapshotter(tmp_path)
+    shard, deleting = Shard(), Deleting()
+    shard.train(range(50))
+    _take(snapshotter, shard, deleting)
+    deleting.delete("item-3", "item-4")
+    _take(snapshotter, shard, deleting)
+    _take(snapshotter, shard, deleting)  # nothing moved and nothing removed: nothing to publish
+    shard.train([3, 5])  # a deleted item clicked again stays out
+    _take(snapshotter, shard, deleting)
+    assert store.versions() == [1, 2, 3]
+    assert store.read(2).arrays.removed_ids.tolist() == ["item-3", "item-4"]
+    assert store.read(3).arrays.ids.tolist() == ["item-5"]
+    served = store.load(3).arrays.ids.tolist()
+    assert len(served) == 48 and "item-3" not in served and "item-4" not in served
+
+
+def test_a_removal_while_the_full_snapshot_builds_reaches_its_catch_up_delta(tmp_path, builds):
+    snapshotter, store = _snapshotter(tmp_path, full_every=2)
+    shard, deleting = Shard(), Deleting()
+    shard.train(range(500))
+    _take(snapshotter, shard, deleting)  # v1: exact indexes while the first build runs
+    builds.release()
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([1, 2])
+    _take(snapshotter, shard, deleting)  # v2: full with its index, v3: rows 1 and 2; a full is due next
+    shard.train([7])
+    _take(snapshotter, shard, deleting)  # v4: on the current chain, while the next index builds from its cut
+    deleting.delete("item-7", "item-40")
+    _take(snapshotter, shard, deleting)  # v5: the removal, on the current chain
+    builds.release()
+    assert snapshotter.wait_for_index(timeout=60)
+    shard.train([9])
+    _take(snapshotter, shard, deleting)  # v6: the full cut before the removal, v7: its catch-up
+    parents = [store.read_manifest(v).parent_version for v in range(1, 8)]
+    assert (parents, store.latest_version()) == ([None, None, 2, 3, 4, None, 6], 7)
+    assert "item-7" in store.read(6).arrays.ids.tolist()
+    assert store.read(7).arrays.removed_ids.tolist() == ["item-40", "item-7"]
+    served = store.load(7).arrays.ids.tolist()
+    assert len(served) == 498 and not {"item-7", "item-40"} & set(served)
+    assert not {"item-7", "item-40"} & set(store.load(5).arrays.ids.tolist())
