@@ -10,7 +10,9 @@ Freshness is wall-clock: for each item listed while the stream runs, the time fr
 first click (the wall time of the send, which is also the Kafka record's timestamp) to the first
 ``GET /items/{id}`` that shows the item with at least one learned interaction (its own behaviour
 reached the served vectors; a cold-start vector from metadata alone does not count). Never the
-simulator's event time, whose clock runs far ahead of the wall clock. The summary also records the
+simulator's event time, whose clock runs far ahead of the wall clock. Deletion is measured the same
+way: while the stream runs, the query process deletes a served item from the catalogue now and then
+(a tombstone on ``items``) and times it from the send to the first ``GET /items/{id}`` answering 404. The summary also records the
 machine's 1-minute load average, sampled through the run: on a shared 2-core machine the figures mean
 little without it. Everything started here is stopped on the way out, also on Ctrl-C and on failure.
 """
@@ -94,6 +96,9 @@ class E2EOptions:
     # training CPUs its own waits for a core counted as query latency (10% of queries over 10 ms as
     # it saw them, 4.6% as the API did, at 1M items). Empty: every process may run anywhere.
     api_cpus: str = ""
+    deletions_per_s: float = (
+        0.2  # served items the query process deletes from the catalogue, while the stream runs
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -109,6 +114,7 @@ class E2EOptions:
             "catalogue_first_s": self.catalogue_first_s >= 0,
             "training_niceness": 0 <= self.training_niceness <= 19,
             "api_cpus": not self.api_cpus or _split_cpus(self.api_cpus) is not None,
+            "deletions_per_s": self.deletions_per_s >= 0 and math.isfinite(self.deletions_per_s),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -322,17 +328,34 @@ class _Connection:
             self._conn = None
 
 
+@dataclass(frozen=True)
+class Deletions:
+    """What the query process deletes: ``per_s`` served items a second through ``kafka``'s items topic."""
+
+    kafka: KafkaConfig
+    per_s: float
+
+
 def query_worker(
-    api: str, inbox: mp.Queue, stop: mp.Event, shared: mp.Array, out_path: str, qps: float, seed: int
+    api: str,
+    inbox: mp.Queue,
+    stop: mp.Event,
+    shared: mp.Array,
+    out_path: str,
+    qps: float,
+    seed: int,
+    deletions: Deletions | None = None,
 ) -> None:
     """Runs in its own process: queries at up to ``qps`` (one at a time, like one client) on items the
     API is known to serve, while a thread probes new items until each is served with a learned
     interaction; the probes run beside the queries so that many waiting items neither slow the query
-    rate nor coarsen the freshness measurement. ``shared`` holds (queries, failed, new items waiting,
-    new items fresh) for progress lines; the full record goes to ``out_path`` as JSON.
+    rate nor coarsen the freshness measurement. While the stream runs, the same thread deletes a
+    served item (``deletions``) now and then and probes it until the API answers 404. ``shared`` holds
+    (queries, failed, new items waiting, new items fresh, deletions waiting, deletions served no more)
+    for progress lines; the full record goes to ``out_path`` as JSON.
 
-    Queries use only items the API has already returned (from a probe or a result), so a 404 or 503
-    is a real failure, not an item that has not reached the snapshot yet."""
+    Queries use only items the API has already returned (from a probe or a result) and that were not
+    deleted since, so a 404 or 503 is a real failure, not an item that has not reached the snapshot yet."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     # The prober thread shares this process's GIL: at Python's default 5 ms switch interval a query
     # whose answer came while the prober ran Python could wait the whole interval before its clock
@@ -351,11 +374,15 @@ def query_worker(
     server_ms: list[float | None] = []  # the API's own time to each answer (Server-Timing), as queries
     snapshots: dict[int, tuple[float, float]] = {}  # version served -> (written, loaded by the API)
     served_items: dict[int, tuple[float, int]] = {}  # version served -> (loaded by the API, items)
+    deleted: set[str] = set()  # items this process deleted: never query subjects again
+    deleting: dict[str, float] = {}  # deleted item -> wall time its tombstone was sent
+    gone: list[tuple[str, float, float]] = []  # (item, tombstone sent, first answered 404)
+    streaming = [True]  # whether the producer still streams (deletions happen only meanwhile)
 
     def learn_served(ids: Sequence[str]) -> None:
         with lock:
             for item in ids:
-                if item not in served_set and len(served) < 50_000:
+                if item not in served_set and item not in deleted and len(served) < 50_000:
                     served_set.add(item)
                     served.append(item)
 
@@ -367,6 +394,32 @@ def query_worker(
         learn_served([item])
         return response.json()["interactions"] >= 1
 
+    def delete_one(client: _Connection, producer: RecordProducer) -> None:
+        """Delete a served item (not a new one still timed for freshness) confirmed served just before."""
+        with lock:
+            candidates = [i for i in served[-500:] if i not in pending]
+        if not candidates:
+            return
+        item = rng.choice(candidates)
+        response = client.request("GET", f"/items/{quote(item, safe='')}")
+        if response is None or response.status_code != 200:
+            return
+        with lock:
+            deleted.add(item)
+            served_set.discard(item)
+            served.remove(item)
+        sent = time.time()
+        producer.send_raw(deletions.kafka.items_topic, item.encode("utf-8"), None)
+        producer.flush()
+        deleting[item] = sent
+
+    def probe_deleted(client: _Connection) -> None:
+        for item, sent in list(deleting.items()):
+            response = client.request("GET", f"/items/{quote(item, safe='')}")
+            if response is not None and response.status_code == 404:
+                gone.append((item, sent, time.time()))
+                del deleting[item]
+
     def probe_loop() -> None:
         # A new item can only become fresh when the API swaps in a new version, so the items still
         # waiting are asked about once per version served (and when they arrive), not every round:
@@ -374,6 +427,8 @@ def query_worker(
         # events/s, most of it for items that never become fresh (clicked only alone in a session).
         client = _Connection(api)
         asked_at: int | None = None  # the version served when the waiting items were last asked about
+        producer = RecordProducer(deletions.kafka) if deletions is not None and deletions.per_s > 0 else None
+        next_deletion = time.monotonic() + (1.0 / deletions.per_s if producer is not None else 0.0)
         try:
             while not stop.is_set():
                 response = client.request("GET", "/snapshot")
@@ -397,10 +452,21 @@ def query_worker(
                             del pending[item]
                 for item in bootstrap:  # until the first results: find a few served items
                     probe(client, item)
-                shared[2], shared[3] = len(pending), len(fresh)
+                if producer is not None and streaming[0] and time.monotonic() >= next_deletion:
+                    delete_one(client, producer)
+                    next_deletion = max(next_deletion + 1.0 / deletions.per_s, time.monotonic())
+                probe_deleted(client)
+                shared[2], shared[3], shared[4], shared[5] = (
+                    len(pending),
+                    len(fresh),
+                    len(deleting),
+                    len(gone),
+                )
                 stop.wait(_PROBE_EVERY_S)
         finally:
             client.close()
+            if producer is not None:
+                producer.close()
 
     def query(client: _Connection) -> None:
         with lock:
@@ -431,7 +497,7 @@ def query_worker(
     try:
         while not stop.is_set():
             while not inbox.empty():
-                clicks, first_clicks = inbox.get()
+                clicks, first_clicks, streaming[0] = inbox.get()
                 with lock:
                     clicked.extend(clicks)
                     pending.update(first_clicks)
@@ -449,6 +515,8 @@ def query_worker(
             "server_ms": server_ms,
             "fresh": fresh,
             "unresolved": pending,
+            "gone": gone,
+            "deletions_unresolved": deleting,
             "snapshots": list(snapshots.values()),
             "served_items": sorted(served_items.values()),
         }
@@ -509,7 +577,8 @@ def _progress_line(produced: _Produced, probe: _Probe, shared: mp.Array, phase: 
     return (
         f"bench e2e [{phase}]: {produced.events:,} events sent, {trained:,.0f} trained, "
         f"{shared[0]:,} queries ({shared[1]:,} failed), {swaps:,.0f} swaps, "
-        f"new items fresh {shared[3]:,} (waiting {shared[2]:,})"
+        f"new items fresh {shared[3]:,} (waiting {shared[2]:,}), "
+        f"deleted and gone {shared[5]:,} (waiting {shared[4]:,})"
     )
 
 
@@ -569,7 +638,7 @@ def _produce(
             continue
         now = time.monotonic()
         if now >= ship_at:
-            inbox.put((clicks[-256:], first_clicks))
+            inbox.put((clicks[-256:], first_clicks, True))
             out.new_items_clicked += len(first_clicks)
             clicks, first_clicks = [], {}
             ship_at = now + _SHIP_EVERY_S
@@ -585,7 +654,7 @@ def _produce(
     producer.flush()
     out.ended = time.time()
     out.paced_end = out.paced_end or out.ended
-    inbox.put((clicks[-256:], first_clicks))
+    inbox.put((clicks[-256:], first_clicks, False))
     out.new_items_clicked += len(first_clicks)
     return out
 
@@ -615,7 +684,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
     rss.watch("bench", os.getpid())
     children = Children(folder)
     ctx = mp.get_context("spawn")  # never fork a process that holds Kafka client threads
-    stop, inbox, shared = ctx.Event(), ctx.Queue(), ctx.Array("q", 4)
+    stop, inbox, shared = ctx.Event(), ctx.Queue(), ctx.Array("q", 6)
     worker: mp.process.BaseProcess | None = None
     rss.start()
     api_pin: list[str] = []
@@ -657,7 +726,16 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                       _READY_TIMEOUT_S)  # fmt: skip
             worker = ctx.Process(
                 target=query_worker,
-                args=(api_url, inbox, stop, shared, str(folder / "queries.json"), options.qps, options.seed),
+                args=(
+                    api_url,
+                    inbox,
+                    stop,
+                    shared,
+                    str(folder / "queries.json"),
+                    options.qps,
+                    options.seed,
+                    Deletions(kafka, options.deletions_per_s),
+                ),  # fmt: skip
                 name="bench-queries",
             )
             with pinned:
@@ -744,11 +822,12 @@ def _drain(
 
 
 def _wait_fresh(shared: mp.Array, produced: _Produced, children: Children, options: E2EOptions) -> None:
-    """Give new items clicked near the end up to ``fresh_grace_s`` to reach the served snapshot."""
+    """Give new items clicked near the end up to ``fresh_grace_s`` to reach the served snapshot, and
+    items deleted near the end as long to leave it."""
     deadline = time.monotonic() + options.fresh_grace_s
     while time.monotonic() < deadline:
-        pending, fresh = shared[2], shared[3]
-        if pending == 0 and fresh >= produced.new_items_clicked:
+        pending, fresh, deleting = shared[2], shared[3], shared[4]
+        if pending == 0 and fresh >= produced.new_items_clicked and deleting == 0:
             return
         children.check()
         time.sleep(0.1)
@@ -806,6 +885,7 @@ def summarise(
     """The JSON summary: counts, rates over [first event produced, updater drained], percentiles."""
     window = max(drained_at - produced.started, 1e-9)
     freshness = [served - produced_at for _item, produced_at, served in queried["fresh"]]
+    deletion = [gone - sent for _item, sent, gone in queried["gone"]]
     latencies = [ms for _t, _endpoint, _status, ms in queried["queries"]]
     times = [t for t, _endpoint, _status, _ms in queried["queries"]]
     failed = sum(1 for _t, _endpoint, status, _ms in queried["queries"] if status != 200)
@@ -826,6 +906,10 @@ def summarise(
         "freshness_unresolved": len(queried["unresolved"]),
         "freshness_p50_s": _round(percentile(freshness, 50), 3),
         "freshness_p95_s": _round(percentile(freshness, 95), 3),
+        "deletions_measured": len(deletion),
+        "deletions_unresolved": len(queried["deletions_unresolved"]),
+        "deletion_p50_s": _round(percentile(deletion, 50), 3),
+        "deletion_p95_s": _round(percentile(deletion, 95), 3),
         "queries": len(latencies),
         "failed_queries": failed,
         "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,
@@ -942,9 +1026,16 @@ def plot(path: str, queried: dict, started: float) -> None:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     fresh = queried["fresh"]
-    top.scatter([p - started for _i, p, _s in fresh], [s - p for _i, p, s in fresh], s=12)
-    top.set_ylabel("freshness (s)\nfirst click produced -> served")
-    top.set_title("new items: time from first click to being served with it")
+    top.scatter([p - started for _i, p, _s in fresh], [s - p for _i, p, s in fresh], s=12, label="new item")
+    gone = queried["gone"]
+    if gone:
+        top.scatter(
+            [d - started for _i, d, _g in gone], [g - d for _i, d, g in gone], s=24, marker="v",
+            color="tab:red", label="deleted item",
+        )  # fmt: skip
+    top.set_ylabel("seconds\nproduced -> served (or gone)")
+    top.set_title("new items: first click to served with it; deleted items: tombstone to 404")
+    top.legend(loc="upper right")
     top.grid(alpha=0.3)
     for endpoint, colour in (("recommend", "tab:blue"), ("similar", "tab:orange")):
         points = [(t - started, ms) for t, e, _status, ms in queried["queries"] if e == endpoint]

@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help='CPUs of the query API alone (e.g. "1"); every other process runs on the rest',
     )
+    e2e.add_argument(
+        "--deletions-per-s",
+        type=float,
+        default=0.2,
+        help="served items deleted from the catalogue per second while the stream runs, each timed"
+        " until the API answers 404 (0 = none)",
+    )
     scaling = parser.add_argument_group("bench scaling (also --repeats, --bootstrap, --plot, --seed)")
     scaling.add_argument("--no-costs", action="store_true", help="skip the per-component cost model")
     scaling.add_argument(
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 catalogue_first_s=args.catalogue_first_s,
                 training_niceness=args.training_niceness,
                 api_cpus=args.api_cpus,
+                deletions_per_s=args.deletions_per_s,
             )
         except ValueError as exc:
             print(f"recsim-stream {exc}", file=sys.stderr)

@@ -67,6 +67,12 @@ def test_options_refuse_a_negative_wait_for_the_catalogue() -> None:
         E2EOptions(catalogue_first_s=-1.0)
 
 
+@pytest.mark.parametrize("rate", [-0.1, float("nan"), float("inf")])
+def test_options_refuse_a_deletion_rate_that_is_negative_or_not_finite(rate: float) -> None:
+    with pytest.raises(ValueError, match="deletions_per_s="):
+        E2EOptions(deletions_per_s=rate)
+
+
 @pytest.mark.parametrize(
     ("served", "steady"),
     [
