@@ -62,7 +62,9 @@ def _snapshotter(tmp_path, index=SHIPPING, full_every=20, registry=None):
     return Snapshotter(store.config, store, metrics, shards=1, index=index), store
 
 
-def _take(snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0, listed_rows=0) -> None:
+def _take(
+    snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0, listed_rows=0, excluded_keys=None
+) -> None:
     since = snapshotter.since(coming_rows, listed_rows)
     snapshotter.take(
         [shard.export(since[0])],
@@ -71,6 +73,7 @@ def _take(snapshotter: Snapshotter, shard: Shard, complete=None, coming_rows=0, 
         {"events": {0: shard.version}},
         None,
         complete=complete,
+        excluded_keys=excluded_keys,
     )
     snapshotter.wait()
 
@@ -377,44 +380,38 @@ def test_a_large_full_snapshots_rows_are_assembled_by_its_build_thread(tmp_path)
 
 
 class Deleting:
-    """A cold start that leaves deleted ids out and has a delta remove those deleted since the last
-    snapshot, as Updater.complete_rows does."""
+    """Items deleted from the catalogue, as the updater hands them to a snapshot: their keys left out
+    of every export (``excluded_keys``), and a delta's ``complete`` naming those deleted since the last
+    snapshot (Updater.complete_rows)."""
 
     def __init__(self) -> None:
-        self.deleted: set[str] = set()
+        self.keys: list[int] = []
         self.pending: set[str] = set()
 
-    def delete(self, *ids: str) -> None:
-        self.deleted.update(ids)
-        self.pending.update(ids)
+    def delete(self, *keys: int) -> None:
+        self.keys.extend(keys)
+        self.pending.update(f"item-{k}" for k in keys)
 
-    def __call__(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
-        keep = np.array([i not in self.deleted for i in arrays.ids.tolist()], dtype=bool)
-        rows = SnapshotArrays(
-            arrays.ids[keep],
-            arrays.input_vectors[keep],
-            arrays.output_vectors[keep],
-            arrays.counts[keep],
-            arrays.cold[keep],
-        )
+    def complete(self, rows: SnapshotArrays, full: bool) -> SnapshotArrays:
         removed, self.pending = sorted(self.pending), set()
-        return (
-            rows
-            if full or not removed
-            else dataclasses.replace(rows, removed_ids=np.array(removed, dtype=str))
-        )
+        if full or not removed:
+            return rows
+        return dataclasses.replace(rows, removed_ids=np.array(removed, dtype=str))
+
+    def take(self, snapshotter: Snapshotter, shard: Shard) -> None:
+        _take(snapshotter, shard, self.complete, excluded_keys=np.array(self.keys, np.int64))
 
 
 def test_a_delta_that_only_removes_ids_is_published_though_no_shard_moved(tmp_path):
     snapshotter, store = _snapshotter(tmp_path)
     shard, deleting = Shard(), Deleting()
     shard.train(range(50))
-    _take(snapshotter, shard, deleting)
-    deleting.delete("item-3", "item-4")
-    _take(snapshotter, shard, deleting)
-    _take(snapshotter, shard, deleting)  # nothing moved and nothing removed: nothing to publish
+    deleting.take(snapshotter, shard)
+    deleting.delete(3, 4)
+    deleting.take(snapshotter, shard)
+    deleting.take(snapshotter, shard)  # nothing moved and nothing removed: nothing to publish
     shard.train([3, 5])  # a deleted item clicked again stays out
-    _take(snapshotter, shard, deleting)
+    deleting.take(snapshotter, shard)
     assert store.versions() == [1, 2, 3]
     assert store.read(2).arrays.removed_ids.tolist() == ["item-3", "item-4"]
     assert store.read(3).arrays.ids.tolist() == ["item-5"]
@@ -426,23 +423,24 @@ def test_a_removal_while_the_full_snapshot_builds_reaches_its_catch_up_delta(tmp
     snapshotter, store = _snapshotter(tmp_path, full_every=2)
     shard, deleting = Shard(), Deleting()
     shard.train(range(500))
-    _take(snapshotter, shard, deleting)  # v1: exact indexes while the first build runs
+    deleting.take(snapshotter, shard)  # v1: exact indexes while the first build runs
     builds.release()
     assert snapshotter.wait_for_index(timeout=60)
     shard.train([1, 2])
-    _take(snapshotter, shard, deleting)  # v2: full with its index, v3: rows 1 and 2; a full is due next
+    deleting.take(snapshotter, shard)  # v2: full with its index, v3: rows 1 and 2; a full is due next
     shard.train([7])
-    _take(snapshotter, shard, deleting)  # v4: on the current chain, while the next index builds from its cut
-    deleting.delete("item-7", "item-40")
-    _take(snapshotter, shard, deleting)  # v5: the removal, on the current chain
+    deleting.take(snapshotter, shard)  # v4: on the current chain, while the next index builds from its cut
+    deleting.delete(7, 40)
+    deleting.take(snapshotter, shard)  # v5: the removal, on the current chain
     builds.release()
     assert snapshotter.wait_for_index(timeout=60)
-    shard.train([9])
-    _take(snapshotter, shard, deleting)  # v6: the full cut before the removal, v7: its catch-up
+    shard.train([7, 9])  # a deleted item clicked again stays out of the catch-up too
+    deleting.take(snapshotter, shard)  # v6: the full cut before the removal, v7: its catch-up
     parents = [store.read_manifest(v).parent_version for v in range(1, 8)]
     assert (parents, store.latest_version()) == ([None, None, 2, 3, 4, None, 6], 7)
     assert "item-7" in store.read(6).arrays.ids.tolist()
     assert store.read(7).arrays.removed_ids.tolist() == ["item-40", "item-7"]
+    assert store.read(7).arrays.ids.tolist() == ["item-9"]
     served = store.load(7).arrays.ids.tolist()
     assert len(served) == 498 and not {"item-7", "item-40"} & set(served)
     assert not {"item-7", "item-40"} & set(store.load(5).arrays.ids.tolist())
