@@ -456,3 +456,13 @@ def test_a_state_after_swaps_with_removals_equals_the_state_built_from_the_same_
     }
     assert 0 < len(written_after) < 60
     assert {r for r in removed if r in state.positions} == written_after
+
+
+def test_a_removed_row_in_a_sealed_run_is_never_returned():
+    log, state = _segmented_log(chunks=2)
+    state = serve_view(log.append([]), _manifest(4), SEGMENTED, state)
+    assert len(state.view.similar) == 2  # one run, and the (empty) rows after it
+    state = serve_view(log.append([_removal(["n0-0", "n0-1", "i3"])]), _manifest(5), SEGMENTED, state)
+    for endpoint in ("similar", "recommend"):
+        ids = [i for i, _ in _answer(state, "n0-5", k=300, endpoint=endpoint)]
+        assert not {"n0-0", "n0-1", "i3"} & set(ids) and len(ids) == 300
