@@ -11,8 +11,9 @@ first click (the wall time of the send, which is also the Kafka record's timesta
 ``GET /items/{id}`` that shows the item with at least one learned interaction (its own behaviour
 reached the served vectors; a cold-start vector from metadata alone does not count). Never the
 simulator's event time, whose clock runs far ahead of the wall clock. Deletion is measured the same
-way: while the stream runs, the query process deletes a served item from the catalogue now and then
-(a tombstone on ``items``) and times it from the send to the first ``GET /items/{id}`` answering 404. The summary also records the
+way: while the stream runs, the producer deletes a served item from the catalogue now and then (a
+tombstone on ``items``), and the query process times it from the send to the first
+``GET /items/{id}`` answering 404. The summary also records the
 machine's 1-minute load average, sampled through the run: on a shared 2-core machine the figures mean
 little without it. Everything started here is stopped on the way out, also on Ctrl-C and on failure.
 """
@@ -96,9 +97,7 @@ class E2EOptions:
     # training CPUs its own waits for a core counted as query latency (10% of queries over 10 ms as
     # it saw them, 4.6% as the API did, at 1M items). Empty: every process may run anywhere.
     api_cpus: str = ""
-    deletions_per_s: float = (
-        0.2  # served items the query process deletes from the catalogue, while the stream runs
-    )
+    deletions_per_s: float = 0.2  # served items deleted from the catalogue while the stream runs
 
     def __post_init__(self) -> None:
         checks = {
@@ -328,14 +327,6 @@ class _Connection:
             self._conn = None
 
 
-@dataclass(frozen=True)
-class Deletions:
-    """What the query process deletes: ``per_s`` served items a second through ``kafka``'s items topic."""
-
-    kafka: KafkaConfig
-    per_s: float
-
-
 def query_worker(
     api: str,
     inbox: mp.Queue,
@@ -344,13 +335,12 @@ def query_worker(
     out_path: str,
     qps: float,
     seed: int,
-    deletions: Deletions | None = None,
 ) -> None:
     """Runs in its own process: queries at up to ``qps`` (one at a time, like one client) on items the
     API is known to serve, while a thread probes new items until each is served with a learned
     interaction; the probes run beside the queries so that many waiting items neither slow the query
-    rate nor coarsen the freshness measurement. While the stream runs, the same thread deletes a
-    served item (``deletions``) now and then and probes it until the API answers 404. ``shared`` holds
+    rate nor coarsen the freshness measurement. The same thread probes each item the producer deleted
+    until the API answers 404. ``shared`` holds
     (queries, failed, new items waiting, new items fresh, deletions waiting, deletions served no more)
     for progress lines; the full record goes to ``out_path`` as JSON.
 
@@ -374,10 +364,9 @@ def query_worker(
     server_ms: list[float | None] = []  # the API's own time to each answer (Server-Timing), as queries
     snapshots: dict[int, tuple[float, float]] = {}  # version served -> (written, loaded by the API)
     served_items: dict[int, tuple[float, int]] = {}  # version served -> (loaded by the API, items)
-    deleted: set[str] = set()  # items this process deleted: never query subjects again
+    deleted: set[str] = set()  # items the producer deleted: never query subjects again
     deleting: dict[str, float] = {}  # deleted item -> wall time its tombstone was sent
     gone: list[tuple[str, float, float]] = []  # (item, tombstone sent, first answered 404)
-    streaming = [True]  # whether the producer still streams (deletions happen only meanwhile)
 
     def learn_served(ids: Sequence[str]) -> None:
         with lock:
@@ -394,31 +383,15 @@ def query_worker(
         learn_served([item])
         return response.json()["interactions"] >= 1
 
-    def delete_one(client: _Connection, producer: RecordProducer) -> None:
-        """Delete a served item (not a new one still timed for freshness) confirmed served just before."""
-        with lock:
-            candidates = [i for i in served[-500:] if i not in pending]
-        if not candidates:
-            return
-        item = rng.choice(candidates)
-        response = client.request("GET", f"/items/{quote(item, safe='')}")
-        if response is None or response.status_code != 200:
-            return
-        with lock:
-            deleted.add(item)
-            served_set.discard(item)
-            served.remove(item)
-        sent = time.time()
-        producer.send_raw(deletions.kafka.items_topic, item.encode("utf-8"), None)
-        producer.flush()
-        deleting[item] = sent
-
     def probe_deleted(client: _Connection) -> None:
-        for item, sent in list(deleting.items()):
+        with lock:
+            waiting = list(deleting.items())
+        for item, sent in waiting:
             response = client.request("GET", f"/items/{quote(item, safe='')}")
             if response is not None and response.status_code == 404:
-                gone.append((item, sent, time.time()))
-                del deleting[item]
+                with lock:
+                    gone.append((item, sent, time.time()))
+                    del deleting[item]
 
     def probe_loop() -> None:
         # A new item can only become fresh when the API swaps in a new version, so the items still
@@ -427,8 +400,6 @@ def query_worker(
         # events/s, most of it for items that never become fresh (clicked only alone in a session).
         client = _Connection(api)
         asked_at: int | None = None  # the version served when the waiting items were last asked about
-        producer = RecordProducer(deletions.kafka) if deletions is not None and deletions.per_s > 0 else None
-        next_deletion = time.monotonic() + (1.0 / deletions.per_s if producer is not None else 0.0)
         try:
             while not stop.is_set():
                 response = client.request("GET", "/snapshot")
@@ -452,9 +423,6 @@ def query_worker(
                             del pending[item]
                 for item in bootstrap:  # until the first results: find a few served items
                     probe(client, item)
-                if producer is not None and streaming[0] and time.monotonic() >= next_deletion:
-                    delete_one(client, producer)
-                    next_deletion = max(next_deletion + 1.0 / deletions.per_s, time.monotonic())
                 probe_deleted(client)
                 shared[2], shared[3], shared[4], shared[5] = (
                     len(pending),
@@ -465,8 +433,6 @@ def query_worker(
                 stop.wait(_PROBE_EVERY_S)
         finally:
             client.close()
-            if producer is not None:
-                producer.close()
 
     def query(client: _Connection) -> None:
         with lock:
@@ -497,10 +463,16 @@ def query_worker(
     try:
         while not stop.is_set():
             while not inbox.empty():
-                clicks, first_clicks, streaming[0] = inbox.get()
+                clicks, first_clicks, tombstones = inbox.get()
                 with lock:
                     clicked.extend(clicks)
                     pending.update(first_clicks)
+                    deleted.update(tombstones)
+                    deleting.update(tombstones)
+                    for item in tombstones:
+                        if item in served_set:
+                            served_set.discard(item)
+                            served.remove(item)
             if served and time.monotonic() >= next_query:
                 query(client)
                 next_query = max(next_query + 1.0 / qps, time.monotonic() - 1.0)
@@ -531,6 +503,7 @@ class _Produced:
     events: int = 0
     items: int = 0
     new_items_clicked: int = 0
+    deletions: int = 0  # tombstones sent for served items
     listing_started: float = 0.0  # wall time the first item of the catalogue was produced
     catalogue_listed: float = 0.0  # wall time the last item of the initial catalogue was produced
     started: float = 0.0  # wall time of the first event
@@ -557,6 +530,11 @@ class _Probe:
         info = response.json()
         keys = ("version", "kind", "items", "index_kind", "index_shipped", "delta_rows")
         return {key: info.get(key) for key in keys}
+
+    def serves(self, item: str) -> bool:
+        """Whether the API serves ``item`` now."""
+        response = _get(self.client, f"{self.api}/items/{quote(item, safe='')}")
+        return response is not None and response.status_code == 200
 
     def updater(self) -> dict[str, float]:
         response = _get(self.client, self.updater_metrics)
@@ -590,18 +568,24 @@ def _produce(
     progress: Callable[[str, _Produced], None],
     updater_metrics: Callable[[], dict[str, float]],
     catalogue_served: Callable[[], bool],
+    serves: Callable[[str], bool],
 ) -> _Produced:
-    """The simulator into Kafka: ``duration`` s at ``rate``, then ``full_speed_s`` s unpaced."""
+    """The simulator into Kafka: ``duration`` s at ``rate``, then ``full_speed_s`` s unpaced; every
+    ``1 / deletions_per_s`` s a tombstone for a recently clicked item of the initial catalogue that
+    the API serves (``serves``)."""
     sim_config = SimConfig(items=options.items, seed=options.seed, rate=options.rate)
     simulator = Simulator(sim_config, start_ts=time.time())
     listed_new: set[str] = set()
     seen_new: set[str] = set()
     clicks: list[str] = []
     first_clicks: dict[str, float] = {}
+    tombstones: dict[str, float] = {}  # item deleted -> wall time of its tombstone's send
+    deleted: set[str] = set()
     out = _Produced()
     limiter = RateLimiter(options.rate)
     phase, phase_end = "paced", float("inf")
     ship_at = report_at = time.monotonic()
+    delete_at = math.inf
     catalogue = options.items
     for record in simulator.stream():
         if isinstance(record, ItemMeta):
@@ -626,6 +610,9 @@ def _produce(
                 out.catalogue_first_waited_s = time.monotonic() - waited
             out.started = time.time()
             phase_end = time.monotonic() + options.duration
+            delete_at = (
+                time.monotonic() + 1.0 / options.deletions_per_s if options.deletions_per_s else math.inf
+            )
         if phase == "paced":
             limiter.admit()
         producer.send_event(record)
@@ -637,10 +624,18 @@ def _produce(
         if out.events % 64:
             continue
         now = time.monotonic()
+        if now >= delete_at:
+            # The newest click's item of the initial catalogue, confirmed served just before its tombstone.
+            item = next((i for i in reversed(clicks) if i not in listed_new and i not in deleted), None)
+            if item is not None and serves(item):
+                deleted.add(item)
+                producer.send_raw(producer.config.items_topic, item.encode("utf-8"), None)
+                tombstones[item] = time.time()
+            delete_at = now + 1.0 / options.deletions_per_s
         if now >= ship_at:
-            inbox.put((clicks[-256:], first_clicks, True))
+            inbox.put((clicks[-256:], first_clicks, tombstones))
             out.new_items_clicked += len(first_clicks)
-            clicks, first_clicks = [], {}
+            clicks, first_clicks, tombstones = [], {}, {}
             ship_at = now + _SHIP_EVERY_S
         if now >= report_at:
             children.check()
@@ -654,8 +649,9 @@ def _produce(
     producer.flush()
     out.ended = time.time()
     out.paced_end = out.paced_end or out.ended
-    inbox.put((clicks[-256:], first_clicks, False))
+    inbox.put((clicks[-256:], first_clicks, tombstones))
     out.new_items_clicked += len(first_clicks)
+    out.deletions = len(deleted)
     return out
 
 
@@ -734,7 +730,6 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                     str(folder / "queries.json"),
                     options.qps,
                     options.seed,
-                    Deletions(kafka, options.deletions_per_s),
                 ),  # fmt: skip
                 name="bench-queries",
             )
@@ -754,6 +749,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                     lambda phase, out: log(_progress_line(out, probe, shared, phase)),
                     probe.updater,
                     lambda: steady_state(probe.served(), options.items, exact_below),
+                    probe.serves,
                 )
             finally:
                 producer.close()
@@ -826,8 +822,8 @@ def _wait_fresh(shared: mp.Array, produced: _Produced, children: Children, optio
     items deleted near the end as long to leave it."""
     deadline = time.monotonic() + options.fresh_grace_s
     while time.monotonic() < deadline:
-        pending, fresh, deleting = shared[2], shared[3], shared[4]
-        if pending == 0 and fresh >= produced.new_items_clicked and deleting == 0:
+        pending, fresh, gone = shared[2], shared[3], shared[5]
+        if pending == 0 and fresh >= produced.new_items_clicked and gone >= produced.deletions:
             return
         children.check()
         time.sleep(0.1)
@@ -906,6 +902,7 @@ def summarise(
         "freshness_unresolved": len(queried["unresolved"]),
         "freshness_p50_s": _round(percentile(freshness, 50), 3),
         "freshness_p95_s": _round(percentile(freshness, 95), 3),
+        "deletions": produced.deletions,
         "deletions_measured": len(deletion),
         "deletions_unresolved": len(queried["deletions_unresolved"]),
         "deletion_p50_s": _round(percentile(deletion, 50), 3),
