@@ -328,13 +328,7 @@ class _Connection:
 
 
 def query_worker(
-    api: str,
-    inbox: mp.Queue,
-    stop: mp.Event,
-    shared: mp.Array,
-    out_path: str,
-    qps: float,
-    seed: int,
+    api: str, inbox: mp.Queue, stop: mp.Event, shared: mp.Array, out_path: str, qps: float, seed: int
 ) -> None:
     """Runs in its own process: queries at up to ``qps`` (one at a time, like one client) on items the
     API is known to serve, while a thread probes new items until each is served with a learned
@@ -722,15 +716,7 @@ def _run_in(options: E2EOptions, folder: Path, log: Log) -> dict:
                       _READY_TIMEOUT_S)  # fmt: skip
             worker = ctx.Process(
                 target=query_worker,
-                args=(
-                    api_url,
-                    inbox,
-                    stop,
-                    shared,
-                    str(folder / "queries.json"),
-                    options.qps,
-                    options.seed,
-                ),  # fmt: skip
+                args=(api_url, inbox, stop, shared, str(folder / "queries.json"), options.qps, options.seed),
                 name="bench-queries",
             )
             with pinned:

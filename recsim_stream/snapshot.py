@@ -106,13 +106,13 @@ class SnapshotArrays:
         return int(self.input_vectors.shape[1])
 
     @property
-    def removed(self) -> int:
+    def removed_count(self) -> int:
         return 0 if self.removed_ids is None else int(self.removed_ids.shape[0])
 
     @property
     def changes(self) -> int:
         """Rows written plus ids removed: what a delta changes for its readers."""
-        return self.count + self.removed
+        return self.count + self.removed_count
 
     def validate_content(self) -> None:
         """Checks too costly for every load (the checksum covers reloads): unique, non-empty ids, finite vectors."""
@@ -120,7 +120,7 @@ class SnapshotArrays:
             raise SnapshotError("ids: expected non-empty item ids, got an empty string")
         if np.unique(self.ids).shape[0] != self.count:
             raise SnapshotError(f"ids: expected {self.count} distinct ids, got duplicates")
-        if self.removed and np.isin(self.removed_ids, self.ids).any():
+        if self.removed_count and np.isin(self.removed_ids, self.ids).any():
             raise SnapshotError("removed_ids: expected ids a delta removes, got ids it also writes")
         for name in ("input_vectors", "output_vectors", "content_vectors"):
             arr = getattr(self, name)
@@ -308,13 +308,15 @@ def apply_delta(base: SnapshotArrays, delta: SnapshotArrays) -> SnapshotArrays:
     if delta.dim != base.dim:  # even without rows: the arrays could not be concatenated
         raise SnapshotError(f"delta: expected dim {base.dim} like its base, got {delta.dim}")
     keep = ~np.isin(base.ids, delta.ids)
-    if delta.removed:
+    if delta.removed_count:
         keep &= ~np.isin(base.ids, delta.removed_ids)
     merged = {n: np.concatenate([getattr(base, n)[keep], getattr(delta, n)]) for n in _ARRAY_NAMES}
-    if base.removed or delta.removed:
-        older = base.removed_ids if base.removed else np.zeros(0, str)
+    if base.removed_count or delta.removed_count:
+        older = base.removed_ids if base.removed_count else np.zeros(0, str)
         older = older[~np.isin(older, delta.ids)]
-        merged["removed_ids"] = np.union1d(older, delta.removed_ids if delta.removed else np.zeros(0, str))
+        merged["removed_ids"] = np.union1d(
+            older, delta.removed_ids if delta.removed_count else np.zeros(0, str)
+        )
     if base.content_vectors is not None or delta.content_vectors is not None:
         width = next(a.shape[1] for a in (base.content_vectors, delta.content_vectors) if a is not None)
         parts = []

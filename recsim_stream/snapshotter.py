@@ -427,7 +427,7 @@ class Snapshotter:
     def _delta(self, arrays: SnapshotArrays, meta: _Meta, parent: int | None = None) -> _Write:
         self._last_version += 1
         self._changed.update(arrays.ids.tolist())
-        if arrays.removed:
+        if arrays.removed_count:
             self._changed.update(arrays.removed_ids.tolist())
         return _Write(self._last_version, arrays, self._chain if parent is None else parent, meta)
 
