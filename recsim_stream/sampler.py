@@ -91,6 +91,18 @@ class NegativeSampler:
         self._counts[pos] = old + added
         _fenwick_add(self._tree, pos + 1, self._weights(old + added) - self._weights(old))
 
+    def forget(self, keys: np.ndarray) -> None:
+        """Stop drawing ``keys`` (items expired from the shards): their counts drop to 0, and a later
+        observation counts from 1 again. Left in, an expired item would be drawn as a negative in
+        proportion to its past clicks, and its row, recreated by the pull, would never stay gone.
+        Their positions stay (24 bytes each)."""
+        pos = self._index.get(np.asarray(keys, dtype=np.int64))
+        pos = np.unique(pos[pos >= 0])
+        pos = pos[self._counts[pos] > 0]
+        if len(pos):
+            _fenwick_add(self._tree, pos + 1, -self._weights(self._counts[pos]))
+            self._counts[pos] = 0
+
     def sample(self, n: int) -> np.ndarray:
         """``n`` keys drawn independently from count^power."""
         if self._size == 0:
@@ -126,9 +138,9 @@ class NegativeSampler:
         sampler) rebuilds it from the counts: the same distribution, other draws."""
         keys = np.asarray(state["keys"], dtype=np.int64)
         counts = np.asarray(state["counts"], dtype=np.int64)
-        if keys.ndim != 1 or counts.shape != keys.shape or (counts < 1).any():
+        if keys.ndim != 1 or counts.shape != keys.shape or (counts < 0).any():
             raise ValueError(
-                f"NegativeSampler.restore: expected one positive count per key, got keys {keys.shape} "
+                f"NegativeSampler.restore: expected one count >= 0 per key (0: forgotten), got keys {keys.shape} "
                 f"and counts {counts.shape}"
             )
         capacity = _capacity_for(len(keys))

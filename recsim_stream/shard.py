@@ -188,7 +188,10 @@ class ParameterShard:
 
         A row whose gradient is all zero in one table keeps that table's row and accumulator (a key
         that only served as a negative has no input gradient). The counts add to each row's count of
-        positive pairs; ``ts`` (event time of the batch) marks the rows as touched.
+        positive pairs; ``ts`` (event time of the batch) marks the rows with a positive pair as
+        touched. A row that only served as a negative is not: the sampler goes on drawing an item
+        long after its last click, in proportion to its past clicks, so a once-popular item would
+        never expire.
         """
         dim = self._config.dim
         sides = []
@@ -224,8 +227,9 @@ class ParameterShard:
         if update.ts is not None:
             ts = float(update.ts)
             self._clock = max(self._clock, ts)
-            for rows in (in_rows, out_rows):
-                self._touched[rows] = np.maximum(self._touched[rows], ts)
+            for rows, counts in ((in_rows, in_counts), (out_rows, out_counts)):
+                positive = rows[counts > 0]
+                self._touched[positive] = np.maximum(self._touched[positive], ts)
         return self._version
 
     def set_initial(
@@ -263,7 +267,8 @@ class ParameterShard:
 
     def expire(self, now_ts: float) -> np.ndarray:
         """Drop rows untouched (event time) for more than expire_after_s; returns their keys.
-        Their rows are recycled for new keys. Does nothing when expire_after_s is 0."""
+        A row is touched when it is created, given an initial vector, or takes part in a positive
+        pair. Its row is recycled for new keys. Does nothing when expire_after_s is 0."""
         if self._config.expire_after_s <= 0:
             return np.zeros(0, dtype=np.int64)
         cutoff = float(now_ts) - self._config.expire_after_s

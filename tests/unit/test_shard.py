@@ -91,13 +91,28 @@ def test_export_since_a_version_holds_only_rows_changed_after_it():
 def test_expire_drops_rows_untouched_for_expire_after_s_and_reuses_them():
     shard = ParameterShard(CONFIG)
     zeros = np.zeros((2, 4), np.float32)
-    shard.push(np.array([1, 2]), zeros, zeros, ts=1000.0)
-    shard.push(np.array([2]), zeros[:1], zeros[:1], ts=1200.0)
+    shard.push(np.array([1, 2]), zeros, zeros, np.ones(2, np.int64), ts=1000.0)
+    shard.push(np.array([2]), zeros[:1], zeros[:1], np.ones(1, np.int64), ts=1200.0)
     assert shard.expire(now_ts=1250.0).tolist() == [1]
     assert sorted(shard.export().keys.tolist()) == [2]
     assert shard.export(since_version=2).removed.tolist() == [1]
     shard.pull(np.array([9]))
     assert (shard.stats()["rows"], shard.stats()["capacity"] - shard.stats()["free_rows"]) == (2, 2)
+
+
+def test_a_row_that_only_serves_as_a_negative_expires_while_a_clicked_one_stays():
+    shard = ParameterShard(CONFIG)
+    keys, grad = np.array([1, 2]), np.full((2, 4), 0.1, np.float32)
+    shard.pull(keys)  # created while the shard's clock is unset
+    for ts in (1000.0, 1100.0, 1200.0):  # key 1 a context of positive pairs, key 2 only a negative
+        shard.apply(RowUpdate(keys[:0], grad[:0], keys, grad, np.zeros(0, np.int64), np.array([1, 0]), ts))
+    assert shard.expire(now_ts=1150.0).tolist() == [2]
+    assert shard.export().keys.tolist() == [1]
+    shard.apply(
+        RowUpdate(keys[:0], grad[:0], keys[1:], grad[1:], np.zeros(0, np.int64), np.array([0]), 1300.0)
+    )
+    assert shard.expire(now_ts=1200.0 + CONFIG.expire_after_s - 1).tolist() == []  # recreated at 1200
+    assert sorted(shard.expire(now_ts=1400.0).tolist()) == [1, 2]
 
 
 def test_expire_does_nothing_when_expiry_is_off():
@@ -156,7 +171,13 @@ def test_restore_refuses_a_state_of_another_dimension():
 def test_an_update_whose_pulled_rows_an_expiry_recycled_updates_its_own_keys():
     shard = ParameterShard(CONFIG)
     *_, in_rows, out_rows = shard.pull_for_update([(np.array([1, 2]), np.array([1, 2]))])
-    shard.push(np.array([9]), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), ts=1000.0)
+    shard.push(
+        np.array([9]),
+        np.zeros((1, 4), np.float32),
+        np.zeros((1, 4), np.float32),
+        np.ones(1, np.int64),
+        ts=1000.0,
+    )
     shard.expire(1000.0)  # rows of 1 and 2 (touched at -inf) are freed...
     others_before, _ = shard.pull(np.array([3, 4]))  # ...and recycled for 3 and 4
     keys, zeros = np.array([1, 2]), np.zeros(2, np.int64)
