@@ -310,6 +310,17 @@ class ColdStart:
             self._item_of_row[row] = None
             self._forgotten_rows.add(row)
 
+    def unlearn(self, item_ids: Collection[str]) -> None:
+        """These items lost their learned rows (expired from the shards): their pairs leave the
+        reservoir, since the tower would pull fresh random rows for them as targets, and the next
+        ``plan`` gives each listed one its content-only row again, as to an item never clicked."""
+        if not item_ids:
+            return
+        gone = set(item_ids)
+        self.reservoir.keep(lambda a, b: a not in gone and b not in gone)
+        meta = self.metadata
+        self._changed.update(i for i in gone if i in meta)
+
     def take_removed(self) -> set[str]:
         """Items deleted since the last call, for a delta to remove from the served rows."""
         removed, self._removed = self._removed, set()

@@ -224,7 +224,10 @@ class LearnConfig:
     shards: int = 2
     batch_pairs: int = 8192  # pairs per pull/step/push trip (larger: less CPU, lower HR@20; BENCHMARKS.md)
     seed: int = 13
-    expire_after_s: float = 0.0  # rows untouched this long (event time) expire; 0 = never
+    # An item without a click (a positive pair) for this long in event time leaves the shards, the
+    # sampler and what is served (a listed one is served from its content again); 0 = never. It
+    # bounds the updater's memory under catalogue churn. The snapshotting updater expires.
+    expire_after_s: float = 0.0
     torch_threads: int = 1  # pinned: 2 threads collapse when another process takes a core
     blas_threads: int = 1  # numpy's BLAS in the updater and eval (threads.py says why)
     # Distinct negatives per batch: each pair draws its negatives from a pool this large, drawn from

@@ -182,6 +182,13 @@ class Learner:
         back = np.argsort(np.concatenate(parts))
         return stack_rows([r.inputs for r in pulled])[back], stack_rows([r.outputs for r in pulled])[back]
 
+    def expired(self, keys: np.ndarray) -> list[str]:
+        """The shards dropped the rows of ``keys`` (``learn.expire_after_s``): the sampler stops
+        drawing them as negatives, which would recreate their rows. Returns their item ids."""
+        self.sampler.forget(keys)
+        names = self.items.names
+        return [names[k] for k in keys.tolist() if k in names]
+
     def mark_published(self) -> None:
         """The served state now holds every item seen so far: none is fresh any more. An updater
         that does not publish calls it every poll (its shares are never served)."""

@@ -85,6 +85,13 @@ class ParameterShardActor(ParameterShard):
         acknowledged at the barrier, the rows are fetched when the trainer reaches them)."""
         return self.apply_wire(updates, shard), self.pull_chunks(pieces)
 
+    def expire_unrecorded(self, now_ts: float) -> np.ndarray:
+        """``expire``, keeping no record of the keys for delta exports: the updater takes them from
+        this answer (Updater.expire)."""
+        keys = self.expire(now_ts)
+        self.forget_removed(self.version)
+        return keys
+
     def pull_chunks(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> PulledRows:
         inputs, outputs, *rest = self.pull_for_update(pieces)
         return PulledRows(chunked(inputs), chunked(outputs), *rest)
@@ -293,6 +300,12 @@ class RayShards:
 
     def export(self, since: Sequence[int | None]) -> list[ShardExport]:
         return ray.get([a.export.remote(s) for a, s in zip(self.actors, since, strict=True)])
+
+    def expire(self, now_ts: float) -> np.ndarray:
+        """Expire the rows untouched since ``now_ts - learn.expire_after_s`` on every shard (after
+        the pushes sent before: an actor runs one caller's calls in order); returns their keys."""
+        expired = ray.get([a.expire_unrecorded.remote(now_ts) for a in self.actors])
+        return np.concatenate(expired) if expired else np.zeros(0, np.int64)
 
     def set_initial(self, parts: list[tuple[np.ndarray, np.ndarray]], ts: float | None) -> list[int]:
         return ray.get(

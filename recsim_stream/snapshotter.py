@@ -128,6 +128,13 @@ class PublishedCounts:
         moved[found] = self.counts[at[found]] != counts[found]
         return moved
 
+    def forget(self, keys: np.ndarray) -> None:
+        """Rows no longer published (expired): a key that comes back is new, whatever its count."""
+        at, found = self._find(keys)
+        keep = np.ones(len(self.keys), dtype=bool)
+        keep[at[found]] = False
+        self.keys, self.counts = self.keys[keep], self.counts[keep]
+
     def update(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Rows (distinct keys) as published now."""
         at, found = self._find(keys)
@@ -237,6 +244,11 @@ class Snapshotter:
         self._idle = False  # the last snapshot found nothing to publish
         self.published = 0
         self.failed = 0
+
+    def expired(self, keys: np.ndarray) -> None:
+        """The shards dropped these rows: when one comes back, a delta publishes it even if its
+        count equals the one last published (an item clicked once, expired, clicked once again)."""
+        self._counts.forget(np.asarray(keys, dtype=np.int64))
 
     def due(self) -> bool:
         return self._clock() >= self._next_due and not self._busy.locked()

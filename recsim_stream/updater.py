@@ -122,6 +122,7 @@ class NameExchange(Protocol):
 
 class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
+    def expire(self, now_ts: float) -> np.ndarray: ...
     def barrier(self) -> object: ...
     def state(self) -> list[dict]: ...
     def restore(self, states: Sequence[dict]) -> None: ...
@@ -227,6 +228,7 @@ class Updater:
         self.failed: BaseException | None = None  # set by a poll that failed half way
         self._lag_partitions: set[int] = set()
         self._expired_seen = 0
+        self._expired: set[str] = set()  # items whose rows expired since the served rows were taken
         self.handoff = handoff
         self.group_offsets = group_offsets
         self.names = names
@@ -647,6 +649,7 @@ class Updater:
         started = time.perf_counter()
         coming = 0 if self.cold_start is None else self.cold_start.listed_unencoded
         listed, self._listed_since_snapshot = self._listed_since_snapshot, 0
+        self.expire()
         since = self.snapshotter.since(coming, listed)
         kind = "full" if all(version is None for version in since) else "delta"
         exports = self.shards.export(since)
@@ -662,7 +665,7 @@ class Updater:
             set(),
             self.offsets,
             newest,
-            complete=None if cold_start is None else self.complete_rows,
+            complete=self.complete_rows,
             newest_record_ts=self.newest_record_ts,
             excluded_keys=deleted,
             scoring=None
@@ -679,6 +682,23 @@ class Updater:
         if kind == "full":
             log.info("snapshot: a full export held the loop for %.2f s", paused)
 
+    def expire(self) -> None:
+        """Drop the rows no positive pair has touched for ``learn.expire_after_s`` of event time
+        (the newest event's) from the shards, and their items from the sampler; the next snapshot
+        stops serving them, or serves a listed one by its content again. Only the snapshotting
+        updater expires; the others' samplers go on drawing such items as negatives until their
+        next restart, each draw recreating a row that expires again."""
+        newest = self.learner.newest_ts
+        if self.config.learn.expire_after_s <= 0 or not np.isfinite(newest):
+            return
+        keys = self.shards.expire(newest)
+        if not len(keys):
+            return
+        self._expired.update(self.learner.expired(keys))
+        assert self.snapshotter is not None  # called by snapshot()
+        self.snapshotter.expired(keys)
+        log.info("expiry: %d rows untouched since event time %.0f left the shards", len(keys), newest)
+
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no
         learned row (in a delta, only those whose content vector changed since the last snapshot,
@@ -688,18 +708,25 @@ class Updater:
         are left for its build thread to assemble (``cold_start.ServedRowsPlan``).
 
         A delta also removes the items deleted from the catalogue since the last snapshot
-        (``SnapshotArrays.removed_ids``; ``snapshot`` left their rows out of the export's)."""
-        assert self.cold_start is not None
-        removed = self.cold_start.take_removed()
-        self._learned -= removed  # listed again, such an item is served by content until it is learned
+        (``SnapshotArrays.removed_ids``; ``snapshot`` left their rows out of the export's) and those
+        whose rows expired, unless it serves them again (a listed one, by its content)."""
+        expired, self._expired = self._expired, set()
+        removed = expired if self.cold_start is None else expired | self.cold_start.take_removed()
+        self._learned -= removed  # listed (again), such an item is served by content until it is learned
+        if self.cold_start is not None:
+            self.cold_start.unlearn(expired)
         served = self._served_rows(arrays, full)
         if full or not removed:
             return served
         assert isinstance(served, SnapshotArrays)
-        return dataclasses.replace(served, removed_ids=np.array(sorted(removed), dtype=str))
+        gone = removed - set(served.ids.tolist())
+        if not gone:
+            return served
+        return dataclasses.replace(served, removed_ids=np.array(sorted(gone), dtype=str))
 
     def _served_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
-        assert self.cold_start is not None
+        if self.cold_start is None:
+            return arrays
         learned = arrays.ids[arrays.counts > 0].tolist()
         if full:
             self._learned = set(learned)

@@ -7,7 +7,7 @@ loaded by the query API's watcher and queried through the FastAPI app.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +29,7 @@ from recsim_stream.config import (
     SnapshotConfig,
 )
 from recsim_stream.dead_letter import decode_dead_letter
-from recsim_stream.events import BadReason, Event, ItemMeta
+from recsim_stream.events import BadReason, Event, EventKind, ItemMeta
 from recsim_stream.http_api import create_app
 from recsim_stream.kafka_io import DeadLetterSink, EventConsumer, ItemsReader, RecordProducer
 from recsim_stream.learner import Learner
@@ -105,6 +105,27 @@ def running_updater(
         consumer.close()
         items.close()
         producer.close()
+
+
+def serving(
+    config: Config, registry: CollectorRegistry
+) -> tuple[SnapshotStore, Snapshotter, IndexHolder, Callable[[], set[str]]]:
+    """A snapshotter for the updater, and the query API's state fed by a real watcher: ``served()``
+    waits for the snapshot being written, loads it and returns the item ids the API serves."""
+    store = SnapshotStore(config.snapshot)
+    snapshotter = Snapshotter(config.snapshot, store, SnapshotMetrics(registry), config.learn.shards)
+    holder = IndexHolder(ApiConfig())
+    watcher = SnapshotWatcher(store, holder, IndexConfig(), poll_s=1.0)
+
+    def served() -> set[str]:
+        snapshotter.wait()
+        watcher.poll_once()
+        assert watcher.wait_for_base(timeout=30)
+        watcher.poll_once()
+        assert holder.state.version == store.latest_version()
+        return set(holder.state.positions)
+
+    return store, snapshotter, holder, served
 
 
 def test_a_new_item_never_clicked_is_recommended_to_a_session_of_its_cluster(
@@ -247,19 +268,7 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past_and_serve
         content=ContentConfig(train_pairs_per_event=0.5),
     )
     registry = new_registry()
-    store = SnapshotStore(config.snapshot)
-    snapshotter = Snapshotter(config.snapshot, store, SnapshotMetrics(registry), LEARN.shards)
-    holder = IndexHolder(ApiConfig())
-    watcher = SnapshotWatcher(store, holder, IndexConfig(), poll_s=1.0)
-
-    def served() -> set[str]:
-        snapshotter.wait()
-        watcher.poll_once()
-        assert watcher.wait_for_base(timeout=30)
-        watcher.poll_once()
-        assert holder.state.version == store.latest_version()
-        return set(holder.state.positions)
-
+    store, snapshotter, holder, served = serving(config, registry)
     with running_updater(config, shards, registry, snapshotter) as (updater, producer):
         cold_start, deadline = updater.cold_start, time.monotonic() + 60
         while updater.totals.records < half:
@@ -301,3 +310,82 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past_and_serve
     assert deleted not in cold_start.reservoir.left + cold_start.reservoir.right
     assert cold_start.tower.steps >= steps + 5  # 4,000 events at 0.5 pairs an event: ~7 steps of 256
     assert store.read_manifest(store.latest_version()).kind == "delta"
+
+
+def _sessions(prefix: str, items: list[str], sessions: int, start: float) -> list[Event]:
+    """``sessions`` sessions of five clicks each over ``items``, one every 10 s of event time."""
+    rng = np.random.default_rng(len(items) + sessions)
+    return [
+        Event(f"{prefix}{n}", str(item), EventKind.CLICK, start + 10.0 * n + i)
+        for n in range(sessions)
+        for i, item in enumerate(rng.choice(items, 5, replace=False))
+    ]
+
+
+@pytest.fixture
+def expiring_shards(ray_cluster: None) -> Iterator[RayShards]:
+    shards = RayShards(replace(LEARN, expire_after_s=3600.0))
+    yield shards
+    shards.kill()
+
+
+def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
+    kafka_config: KafkaConfig, expiring_shards: RayShards, tmp_path: Path
+) -> None:
+    """``learn.expire_after_s``: items nobody clicked for an hour of event time leave the shards and
+    the sampler (drawn as negatives meanwhile, they are not kept alive by it). The next delta removes
+    the unlisted ones from what the API serves and serves the listed ones by their content again; a
+    click brings an expired item back."""
+    unlisted = [f"u{i}" for i in range(10)]
+    listed = [ItemMeta(f"l{i}", f"red shoe model {i}", "shoes", 20.0 + i) for i in range(10)]
+    others = [f"k{i}" for i in range(10)]
+    early = _sessions("p", unlisted + [m.item_id for m in listed], 200, START_TS)
+    late = _sessions("q", others, 200, START_TS + 7200.0)
+    shards = expiring_shards
+    config = Config(
+        kafka=kafka_config,
+        learn=replace(LEARN, expire_after_s=3600.0),
+        snapshot=SnapshotConfig(
+            dir=str(tmp_path / "snapshots"), interval_s=3600.0, full_every=1000, full_after_changed=0
+        ),
+    )
+    registry = new_registry()
+    store, snapshotter, _holder, served = serving(config, registry)
+    publish(kafka_config, [*listed, *early])
+    with running_updater(config, shards, registry, snapshotter) as (updater, producer):
+        deadline = time.monotonic() + 60
+
+        def consume(records: int) -> None:
+            while updater.totals.records < records or updater.cold_start.listed_unencoded:
+                assert time.monotonic() < deadline, f"expected {records} events within 60 s"
+                updater.step()
+
+        consume(len(early))
+        updater.snapshot()
+        assert {*unlisted, "l0", "l9"} <= served()
+        rows_before = sum(s["rows"] for s in shards.stats())
+        publish(kafka_config, late)
+        consume(len(early) + len(late))
+        updater.snapshot()
+        assert not set(unlisted) & served()
+        assert {"l0", "l9", *others} <= served()
+        latest = store.read(store.latest_version())
+        assert store.read_manifest(store.latest_version()).kind == "delta"
+        assert sorted(latest.arrays.removed_ids.tolist()) == sorted(unlisted)
+        served_listed = np.isin(latest.arrays.ids, [m.item_id for m in listed])
+        assert served_listed.sum() == 10 and latest.arrays.cold[served_listed].all()
+        gone = updater.learner.items.keys_of_known([*unlisted, "l0"])
+        assert not updater.learner.sampler.count(gone).any()
+        stats = shards.stats()
+        assert sum(s["rows"] for s in stats) == rows_before + len(others) - 20
+        updater.observe_shards(stats)
+        assert registry.get_sample_value("recsim_rows_expired_total") == 20.0
+        back = [
+            Event("r0", item, EventKind.CLICK, START_TS + 9500.0 + i)
+            for i, item in enumerate(["u0", "u1", "k0"])
+        ]
+        publish(kafka_config, back)
+        consume(len(early) + len(late) + len(back))
+        updater.snapshot()
+        assert {"u0", "u1"} <= served()
+    assert not {"l0", "l9"} & {*updater.cold_start.reservoir.left, *updater.cold_start.reservoir.right}

@@ -419,6 +419,16 @@ def test_a_delta_gives_no_content_row_to_a_changed_item_learned_elsewhere():
     assert sorted(_complete_changed(cold_start, learned={"a"})) == ["b", "c"]
 
 
+def test_items_whose_learned_rows_expired_get_content_rows_again_and_leave_the_reservoir():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.reservoir.add(["a", "b", "a"], ["b", "c", "c"])
+    _complete_changed(cold_start, learned={"a", "b"})
+    cold_start.unlearn(["a", "gone"])  # "gone" was never listed: nothing to serve it by
+    assert sorted(_complete_changed(cold_start, learned={"b"})) == ["a"]
+    assert cold_start.reservoir.state()["left"] == ["b"]
+
+
 def test_re_encoding_after_the_tower_moved_takes_at_most_a_chunk_per_refresh():
     config = ContentConfig(
         hidden=16,

@@ -444,3 +444,23 @@ def test_a_removal_while_the_full_snapshot_builds_reaches_its_catch_up_delta(tmp
     served = store.load(7).arrays.ids.tolist()
     assert len(served) == 498 and not {"item-7", "item-40"} & set(served)
     assert not {"item-7", "item-40"} & set(store.load(5).arrays.ids.tolist())
+
+
+def test_an_expired_row_that_comes_back_with_its_old_count_is_published_again(tmp_path):
+    """Deltas skip rows whose count did not move; an expired row's comeback must not look like that."""
+    snapshotter, store = _snapshotter(tmp_path)
+    shard = Shard()
+    shard.train(range(10))  # every count 1
+    _take(snapshotter, shard)
+
+    def removing_item_3(arrays: SnapshotArrays, full: bool) -> SnapshotArrays:
+        return arrays if full else dataclasses.replace(arrays, removed_ids=np.array(["item-3"]))
+
+    del shard.rows[3]  # the shard expired it
+    shard.version += 1
+    snapshotter.expired(np.array([3]))
+    _take(snapshotter, shard, complete=removing_item_3)
+    assert "item-3" not in store.load(store.latest_version()).arrays.ids.tolist()
+    shard.train([3])  # clicked again: count 1, as published before it expired
+    _take(snapshotter, shard)
+    assert "item-3" in store.load(store.latest_version()).arrays.ids.tolist()
