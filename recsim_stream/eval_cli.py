@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {write_plot(result, args.plot)}")
     if args.json:
+        if hasattr(models[0], "shard_rows"):  # memory: what learn.expire_after_s bounds
+            report["shard_rows_by_publish"] = models[0].shard_rows  # [events learned, live rows]
+            report["rows_expired"] = models[0].rows_expired
         if without_content is not None:
             # The part of the tower's cost the cold-start issue budgets: training it (the rest is
             # encoding the catalogue, blending and calibrating, which serving cold items needs).

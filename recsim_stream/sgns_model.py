@@ -52,6 +52,8 @@ class SgnsStreamModel:
             else None
         )
         self._events_at_publish = 0
+        self.rows_expired = 0  # rows dropped by learn.expire_after_s
+        self.shard_rows: list[tuple[int, int]] = []  # (events learned, live shard rows) at each publish
         self._pending: list[Step] = []  # learned steps not yet taken in (see ``learn``)
         # Per shard, the keys of its rows at the last publish and their item ids (``_names``).
         self._shard_names: list[tuple[np.ndarray, list[str]]] = [
@@ -97,6 +99,7 @@ class SgnsStreamModel:
     def publish(self) -> None:
         self._learn_pending()
         self._train()
+        self._expire()
         exports = [shard.export() for shard in self.shards]
         ids = self._names(exports)
         inputs = np.concatenate([e.input for e in exports])
@@ -129,6 +132,22 @@ class SgnsStreamModel:
             new_item_share_after_cold=self.learner.new_items_after_cold.value,
         )
         self.learner.mark_published()
+
+    def _expire(self) -> None:
+        """``learn.expire_after_s`` as the updater applies it at a snapshot (``Updater.expire``): rows
+        no positive pair touched for that long in event time leave the shards and the sampler, their
+        items the tower's reservoir, and a listed one is served by its content again (the full
+        completion gives it a content-only row). Records the live rows after each publish."""
+        newest = self.learner.newest_ts
+        if self.config.learn.expire_after_s > 0 and np.isfinite(newest):
+            keys = np.concatenate([shard.expire(newest) for shard in self.shards])
+            for shard in self.shards:
+                shard.forget_removed(shard.version)  # nothing reads deltas here
+            expired = self.learner.expired(keys)
+            if self.cold_start is not None:
+                self.cold_start.unlearn(expired)
+            self.rows_expired += len(keys)
+        self.shard_rows.append((self.learner.events_added, sum(s.stats()["rows"] for s in self.shards)))
 
     def _names(self, exports: list[ShardExport]) -> list[str]:
         """The item ids of the exported rows. A shard's live rows only grow at their end here (eval
