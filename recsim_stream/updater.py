@@ -697,7 +697,12 @@ class Updater:
         self._expired.update(self.learner.expired(keys))
         assert self.snapshotter is not None  # called by snapshot()
         self.snapshotter.expired(keys)
-        log.info("expiry: %d rows untouched since event time %.0f left the shards", len(keys), newest)
+        log.debug(
+            "expiry: %d rows untouched for %.0f s before event time %.0f left the shards",
+            len(keys),
+            self.config.learn.expire_after_s,
+            newest,
+        )
 
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no
