@@ -1,5 +1,5 @@
 """The cold start under any order of what the updater does to it: listings, deletions (tombstones),
-trained pairs, new-item events, tower steps, full and delta publishes, calibration, spare-time
+expired rows, trained pairs, new-item events, tower steps, full and delta publishes, calibration, spare-time
 encoding and checkpoint restores. Each publish must give a well-formed served table; nothing may
 raise. (A deletion followed by a tower step raised KeyError in the updater's loop.)"""
 
@@ -38,6 +38,7 @@ class ColdStartSequences(RuleBasedStateMachine):
         self.cold_start = ColdStart(CONFIG, DIM)
         self.listed: dict[str, ItemMeta] = {}  # the catalogue as the items topic has it now
         self.counts: dict[str, int] = {}  # items with a learned row, and their interactions
+        self.unlearned: set[str] = set()  # items whose rows expired and that no pair has trained since
 
     @initialize(listed=st.lists(items_, unique=True))
     def list_catalogue(self, listed: list[str]) -> None:
@@ -63,7 +64,16 @@ class ColdStartSequences(RuleBasedStateMachine):
         right = np.array([b for _, b in pairs] + [a for a, _ in pairs], dtype=np.int64)
         for key in {*left.tolist(), *right.tolist()}:
             self.counts[NAMES[key]] = self.counts.get(NAMES[key], 0) + 1
+            self.unlearned.discard(NAMES[key])
         self.cold_start.remember_pairs(left, right, NAMES)
+
+    @rule(items=st.lists(items_, unique=True, min_size=1))
+    def expire_rows(self, items: list[str]) -> None:
+        """The shards dropped these items' rows (learn.expire_after_s), as Updater.expire reports."""
+        for item in items:
+            self.counts.pop(item, None)
+        self.unlearned.update(items)
+        self.cold_start.unlearn(items)
 
     @rule(prefix=st.lists(items_, min_size=0, max_size=4), item=items_)
     def new_item_event(self, prefix: list[str], item: str) -> None:
@@ -74,6 +84,7 @@ class ColdStartSequences(RuleBasedStateMachine):
         self.cold_start.train_pulling(events, _vectors)
         reservoir = self.cold_start.reservoir
         assert set(reservoir.left + reservoir.right) <= set(self.listed)  # a deleted item's pairs left
+        assert not set(reservoir.left + reservoir.right) & self.unlearned  # so did an expired one's
 
     @rule()
     def calibrate(self) -> None:
