@@ -132,6 +132,9 @@ class SimConfig:
     clusters: int = 50
     users: int = 2000
     new_items_per_1k_events: float = 2.0  # items listed while the stream runs
+    # Items taken off the catalogue while the stream runs (a tombstone on items; never a cluster's
+    # last item). Sessions already under way may still click one.
+    retired_items_per_1k_events: float = 0.0
     drift_per_1k_events: float = 0.02  # probability a user's interest moves, per 1k events
     popularity_skew: float = 1.1  # Zipf exponent of item popularity within a cluster
     out: str = ""  # write canonical CSV to this folder instead of Kafka
@@ -155,6 +158,7 @@ class SimConfig:
         _require(1 <= self.clusters <= self.items, "sim.clusters", "must be between 1 and sim.items")
         _require(self.users >= 1, "sim.users", "must be >= 1")
         _require(self.new_items_per_1k_events >= 0, "sim.new_items_per_1k_events", "must be >= 0")
+        _require(self.retired_items_per_1k_events >= 0, "sim.retired_items_per_1k_events", "must be >= 0")
         _require(0 <= self.drift_per_1k_events <= 1, "sim.drift_per_1k_events", "must be within [0, 1]")
         _require(self.popularity_skew >= 0, "sim.popularity_skew", "must be >= 0")
         _require(self.interests_per_user >= 1, "sim.interests_per_user", "must be >= 1")

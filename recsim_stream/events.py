@@ -85,6 +85,14 @@ class ItemMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemDeleted:
+    """An item taken off the catalogue: on the items topic, a tombstone (its key, no value)."""
+
+    item_id: str
+    ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BadEvent:
     reason: BadReason
     detail: str

@@ -342,6 +342,10 @@ class RecordProducer:
     def send_item(self, item: ItemMeta) -> None:
         self.send_raw(self.config.items_topic, item.item_id.encode("utf-8"), encode_item(item))
 
+    def send_item_deletion(self, item_id: str) -> None:
+        """A tombstone: the item's key and no value, which compaction keeps until it drops the key."""
+        self.send_raw(self.config.items_topic, item_id.encode("utf-8"), None)
+
     def send_raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Queue already-encoded bytes (dead letters, replays, and malformed records in tests).
         A record without a key goes wherever kafka-python's partitioner puts it. Blocks while

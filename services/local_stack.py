@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         RECSIM_CHECKPOINT_DIR=str(data / "checkpoints"),
         RECSIM_KAFKA_GROUP_INSTANCE_ID="updater-0",
     )
+    # The demo's catalogue churns: items leave it (tombstones on items) as new ones arrive, so the
+    # deletion path and its dashboard panel move. Set the variable to 0 to keep every item.
+    env.setdefault("RECSIM_SIM_RETIRED_ITEMS_PER_1K_EVENTS", "1")
     # A fresh demo each time: the simulator's event clock runs ahead of the wall clock, so events kept
     # from an earlier run would put the watermark hours ahead of the new run's events.
     subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False, capture_output=True)  # one left by a crash

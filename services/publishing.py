@@ -1,7 +1,8 @@
 """Publishing a stream of events and item metadata into Kafka, paced and with progress.
 
-Shared by ``simulate`` and ``replay``: both turn an iterator of ``ItemMeta | Event`` into records,
-and report at the end the events/s they achieved into the broker (flush included).
+Shared by ``simulate`` and ``replay``: both turn an iterator of ``ItemMeta | ItemDeleted | Event``
+into records (an ``ItemDeleted`` into a tombstone on the items topic), and report at the end the
+events/s they achieved into the broker (flush included).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from recsim_stream.events import Event, EventKind, ItemMeta
+from recsim_stream.events import Event, EventKind, ItemDeleted, ItemMeta
 from recsim_stream.kafka_io import RecordProducer
 from recsim_stream.metrics import SimulatorMetrics
 from recsim_stream.progress import Progress
@@ -40,7 +41,7 @@ _METRICS_EVERY_S = 0.5
 
 
 def publish(
-    records: Iterable[ItemMeta | Event],
+    records: Iterable[ItemMeta | ItemDeleted | Event],
     producer: RecordProducer,
     progress: Progress,
     before_event: Callable[[Event], None] = lambda _e: None,
@@ -57,6 +58,10 @@ def publish(
             producer.send_item(record)
             items += 1
             unreported_items += 1
+            continue
+        if isinstance(record, ItemDeleted):
+            producer.send_item_deletion(record.item_id)
+            items += 1
             continue
         before_event(record)
         producer.send_event(record)

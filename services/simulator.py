@@ -32,7 +32,7 @@ def _write_csv(simulator: Simulator, out: Path) -> str:
         for record in simulator.stream():
             if isinstance(record, Event):
                 yield record
-            else:
+            elif isinstance(record, ItemMeta):  # the canonical CSV has no deletions: retired items stay
                 items.append(record)
 
     n = write_events(out / "events.csv", events())

@@ -31,6 +31,7 @@ _SHARED_WORDS = ("new", "pro", "classic", "set", "mini", "max", "plus", "origina
 _CONSONANTS = "bcdfghklmnprstvz"
 _VOWELS = "aeiou"
 WORDS_PER_CLUSTER = 12
+_RETIRE_DRAWS = 32  # random items tried before a retirement scans the catalogue
 BRANDS_PER_CLUSTER = 3
 
 
@@ -85,8 +86,10 @@ class Catalogue:
         self.cluster_of: dict[str, int] = {}
         self.item_ids: list[str] = []  # item index -> id, for building events without a lookup
         self.members: list[list[int]] = [[] for _ in profiles]  # cluster -> item indices
-        self._weights: list[float] = []  # item index -> popularity weight
+        self._weights: list[float] = []  # item index -> popularity weight (0 once retired)
         self._sampler: tuple[np.ndarray, np.ndarray] | None = None
+        self.retired: set[int] = set()  # item indices taken off the catalogue
+        self._live = [0] * len(profiles)  # cluster -> items not retired
 
     @classmethod
     def generate(cls, config: SimConfig, rng: np.random.Generator, ts: float | None = None) -> Catalogue:
@@ -104,6 +107,30 @@ class Catalogue:
             raise ValueError(f"cluster must be in [0, {len(self.profiles)}), got {cluster}")
         rank = int(rng.integers(1, len(self.members[cluster]) + 2))
         return self._append(cluster, rng, ts, rank**-self.config.popularity_skew)
+
+    def retire(self, rng: np.random.Generator) -> int | None:
+        """Take a random item off the catalogue, never a cluster's last one: sessions stop drawing it.
+        Returns its index, or None when every cluster is down to one item."""
+
+        def retirable(i: int) -> bool:
+            return i not in self.retired and self._live[self._cluster(i)] > 1
+
+        # Draws until one qualifies (cheap while most items do), then a scan of the catalogue.
+        drawn = rng.integers(0, len(self.items), _RETIRE_DRAWS).tolist()
+        index = next((i for i in drawn if retirable(i)), None)
+        if index is None:
+            candidates = [i for i in range(len(self.items)) if retirable(i)]
+            if not candidates:
+                return None
+            index = candidates[int(rng.integers(0, len(candidates)))]
+        self.retired.add(index)
+        self._live[self._cluster(index)] -= 1
+        self._weights[index] = 0.0
+        self._sampler = None
+        return index
+
+    def _cluster(self, index: int) -> int:
+        return self.cluster_of[self.item_ids[index]]
 
     def _append(self, cluster: int, rng: np.random.Generator, ts: float | None, weight: float) -> ItemMeta:
         profile = self.profiles[cluster]
@@ -126,6 +153,7 @@ class Catalogue:
         self.cluster_of[item.item_id] = cluster
         self.item_ids.append(item.item_id)
         self.members[cluster].append(index)
+        self._live[cluster] += 1
         self._weights.append(weight)
         self._sampler = None
         return item

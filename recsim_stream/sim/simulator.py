@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsim_stream.config import SimConfig
-from recsim_stream.events import Event, EventKind, ItemMeta
+from recsim_stream.events import Event, EventKind, ItemDeleted, ItemMeta
 from recsim_stream.sim.catalogue import Catalogue
 from recsim_stream.sim.users import Users
 
@@ -58,6 +58,7 @@ class SimTruth:
         self._catalogue = catalogue
         self._users = users
         self.new_items: list[str] = []  # ids listed while the stream ran, in listing order
+        self.retired: list[str] = []  # ids taken off the catalogue while the stream ran, in order
 
     @property
     def cluster_of(self) -> dict[str, int]:
@@ -75,7 +76,7 @@ class SimTruth:
 
 
 class Simulator:
-    """``Simulator(config, start_ts).stream()`` yields ItemMeta | Event in event-time order.
+    """``Simulator(config, start_ts).stream()`` yields ItemMeta | ItemDeleted | Event in event-time order.
 
     Deterministic for a given ``config`` (seed included) and ``start_ts``.
     """
@@ -94,11 +95,12 @@ class Simulator:
         self._pending = _Pending.empty()
         self._started = False
 
-    def __iter__(self) -> Iterator[ItemMeta | Event]:
+    def __iter__(self) -> Iterator[ItemMeta | ItemDeleted | Event]:
         return self.stream()
 
-    def stream(self) -> Iterator[ItemMeta | Event]:
-        """The initial catalogue, then events and new items; stops after ``config.events`` events if > 0."""
+    def stream(self) -> Iterator[ItemMeta | ItemDeleted | Event]:
+        """The initial catalogue, then events, new items and retired ones (``ItemDeleted``); stops
+        after ``config.events`` events if > 0."""
         if self._started:
             raise RuntimeError("Simulator.stream() can run once; build a new Simulator to replay")
         self._started = True
@@ -118,7 +120,9 @@ class Simulator:
         scale = c.session_events / (c.session_events - 1) if c.session_events > 1 else 1.0
         return c.purchase_share * scale, c.cart_share * scale, c.repeat_view * scale
 
-    def _window(self, start: float, end: float, limit: int) -> tuple[list[ItemMeta | Event], int]:
+    def _window(
+        self, start: float, end: float, limit: int
+    ) -> tuple[list[ItemMeta | ItemDeleted | Event], int]:
         fresh, new_metas = self._start_sessions(start, end)
         pool = self._pending.concat(fresh)
         due = pool.ts < end
@@ -130,17 +134,33 @@ class Simulator:
         emitted = pool.take(order)
         self.users.drift(len(order), self._rng)
         events = self._build_events(emitted)
-        positions = np.searchsorted(emitted.ts, [m.ts for m in new_metas], side="left")
-        records: list[ItemMeta | Event] = []
+        changes = sorted([*new_metas, *self._retire_items(start, end, len(events))], key=lambda r: r.ts)
+        positions = np.searchsorted(emitted.ts, [r.ts for r in changes], side="left")
+        records: list[ItemMeta | ItemDeleted | Event] = []
         last = 0
-        for meta, position in zip(new_metas, positions.tolist(), strict=True):
+        for change, position in zip(changes, positions.tolist(), strict=True):
             if limit > 0 and position >= len(events):
-                break  # listed after the stream's last event: its clicks will never come
+                break  # after the stream's last event: no click will follow it
             records.extend(events[last:position])
-            records.append(meta)
+            records.append(change)
             last = position
         records.extend(events[last:])
         return records, len(events)
+
+    def _retire_items(self, start: float, end: float, events: int) -> list[ItemDeleted]:
+        """Take items off the catalogue at random times of this window (``retired_items_per_1k_events``)."""
+        rate = self.config.retired_items_per_1k_events
+        if rate == 0:
+            return []
+        rng, deleted = self._rng, []
+        for ts in np.sort(rng.uniform(start, end, int(rng.poisson(rate * events / 1000.0)))).tolist():
+            index = self.catalogue.retire(rng)
+            if index is None:
+                break
+            item_id = self.catalogue.item_ids[index]
+            self.truth.retired.append(item_id)
+            deleted.append(ItemDeleted(item_id, ts))
+        return deleted
 
     def _start_sessions(self, start: float, end: float) -> tuple[_Pending, list[ItemMeta]]:
         c, rng, users = self.config, self._rng, self.users

@@ -91,6 +91,25 @@ def test_simulator_publishes_every_item_keyed_by_item_id_before_its_first_click(
     assert [item for item in new_clicked if listed_ms[item] > first_click_ms[item]] == []
 
 
+def test_items_the_simulator_retires_are_tombstoned_after_their_listing(kafka_config: KafkaConfig) -> None:
+    config = SimConfig(events=3000, rate=0, items=300, users=200, retired_items_per_1k_events=5.0)
+    simulator = Simulator(config, start_ts=1_700_000_000.0)
+    producer = RecordProducer(kafka_config)
+    try:
+        report = publish(simulator.stream(), producer, Progress("test", out=None))
+    finally:
+        producer.close()
+    records = sorted(
+        read_topic(kafka_config, kafka_config.items_topic), key=lambda r: (r.partition, r.offset)
+    )
+    tombstoned = [r.key.decode() for r in records if r.value is None]
+    assert len(tombstoned) >= 5 and sorted(tombstoned) == sorted(simulator.truth.retired)
+    assert report.items == len(records)
+    for item in tombstoned:  # on its key's partition, the listing first
+        mine = [r for r in records if r.key == item.encode()]
+        assert [r.value is None for r in mine] == [False, True]
+
+
 def test_keys_land_on_the_partition_kafka_pythons_default_partitioner_picks(
     kafka_config: KafkaConfig,
 ) -> None:
