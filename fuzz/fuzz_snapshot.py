@@ -2,19 +2,21 @@
 
 A store holds a good full snapshot v1, already served. Each input is a fuzzed v2 folder, cut into
 sections at ``SEP``: flags, the ``LATEST`` pointer, ``manifest.json``, then the bytes of ``ids.npy``,
-``input_vectors.npy``, ``output_vectors.npy``, ``counts.npy``, ``cold.npy``, ``content_vectors.npy``
-(a missing section is a missing file). So that the fuzzer gets past the checksums, flag bit 0 makes
+``input_vectors.npy``, ``output_vectors.npy``, ``counts.npy``, ``cold.npy``, ``content_vectors.npy``,
+``removed_ids.npy`` (a missing section is a missing file). So that the fuzzer gets past the checksums, flag bit 0 makes
 the harness write each file's real sha256 into the manifest, bit 1 each file's real dtype and shape
 (from its .npy header), bit 2 the count and dim of ids / input_vectors.
 
 Invariant: ``SnapshotWatcher.poll_once`` never raises; when it refuses v2 the holder still serves v1
 (the very same state); when it swaps v2 in, every query on it answers or raises UnknownItem, with
-finite scores and ids of the snapshot. ``SnapshotStore.load(2)`` returns or raises SnapshotError.
+finite scores and ids of the snapshot, and an id a delta removes (and does not write) is not served.
+``SnapshotStore.load(2)`` returns or raises SnapshotError.
 
     .venv/bin/python fuzz/fuzz_snapshot.py var/fuzz/snapshot/corpus fuzz/seeds/snapshot -max_total_time=60
     .venv/bin/python fuzz/fuzz_snapshot.py --write-seeds fuzz/seeds/snapshot    # regenerate the seeds
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -41,7 +43,7 @@ with atheris.instrument_imports(include=["recsim_stream"]):
     )
 
 SEP = b"\n\x00--8<--\x00\n"
-ARRAYS = ("ids", "input_vectors", "output_vectors", "counts", "cold", "content_vectors")
+ARRAYS = ("ids", "input_vectors", "output_vectors", "counts", "cold", "content_vectors", "removed_ids")
 API = ApiConfig(max_k=50)
 INDEX = IndexConfig(recall_sample=8)
 SCORING = {"new_item_share": 0.2, "cold_temperature": 0.1}
@@ -126,6 +128,10 @@ def seed_inputs(scratch: Path) -> dict[str, bytes]:
             values=SnapshotArrays(*(getattr(arrays(["p", "q", "r"], 4), n) for n in ARRAYS[:5])), parent=None
         ),
         "delta-empty": dict(values=arrays([], seed=5), parent=1),
+        "delta-removing": dict(
+            values=dataclasses.replace(arrays(["b", "new"], seed=6), removed_ids=np.array(["c", "gone"])),
+            parent=1,
+        ),
     }
     for name, case in cases.items():
         root = scratch / name
@@ -171,6 +177,10 @@ class Target:
             return
         state = holder.state
         assert state.version == 2, state.version
+        delta = self.store.read(2).arrays  # it was served, so it reads
+        if delta.removed_ids is not None:
+            removed = set(delta.removed_ids.tolist()) - set(delta.ids.tolist())
+            assert not any(i in state.positions for i in removed), "a removed id is still served"
         json.dumps(holder.snapshot_info(), allow_nan=False)  # what /snapshot answers
         ids = [state.item_id(p) for p in range(min(state.item_count, 8))]
         for item_id in ids + ["not-there"]:
