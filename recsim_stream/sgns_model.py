@@ -150,9 +150,9 @@ class SgnsStreamModel:
         self.shard_rows.append((self.learner.events_added, sum(s.stats()["rows"] for s in self.shards)))
 
     def _names(self, exports: list[ShardExport]) -> list[str]:
-        """The item ids of the exported rows. A shard's live rows only grow at their end here (eval
-        expires no row), so each shard's names from the last publish are kept and only its new rows
-        are named; naming every row took 0.5 ms a publish on REES46."""
+        """The item ids of the exported rows. A shard's live rows only grow at their end here unless
+        rows expired (``learn.expire_after_s``), so each shard's names from the last publish are kept
+        and only its new rows are named; naming every row took 0.5 ms a publish on REES46."""
         names: list[str] = []
         for shard, export in enumerate(exports):
             keys, named = self._shard_names[shard]

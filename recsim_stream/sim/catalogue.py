@@ -108,12 +108,17 @@ class Catalogue:
         rank = int(rng.integers(1, len(self.members[cluster]) + 2))
         return self._append(cluster, rng, ts, rank**-self.config.popularity_skew)
 
-    def retire(self, rng: np.random.Generator) -> int | None:
-        """Take a random item off the catalogue, never a cluster's last one: sessions stop drawing it.
-        Returns its index, or None when every cluster is down to one item."""
+    def retire(self, rng: np.random.Generator, ts: float | None = None) -> int | None:
+        """Take a random item listed before ``ts`` off the catalogue, never a cluster's last one:
+        sessions stop drawing it. Returns its index, or None when no item qualifies."""
 
         def retirable(i: int) -> bool:
-            return i not in self.retired and self._live[self._cluster(i)] > 1
+            listed = self.items[i].ts
+            return (
+                i not in self.retired
+                and self._live[self._cluster(i)] > 1
+                and (ts is None or listed is None or listed < ts)
+            )
 
         # Draws until one qualifies (cheap while most items do), then a scan of the catalogue.
         drawn = rng.integers(0, len(self.items), _RETIRE_DRAWS).tolist()

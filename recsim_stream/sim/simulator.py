@@ -154,7 +154,7 @@ class Simulator:
             return []
         rng, deleted = self._rng, []
         for ts in np.sort(rng.uniform(start, end, int(rng.poisson(rate * events / 1000.0)))).tolist():
-            index = self.catalogue.retire(rng)
+            index = self.catalogue.retire(rng, ts)
             if index is None:
                 break
             item_id = self.catalogue.item_ids[index]

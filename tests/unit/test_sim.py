@@ -205,6 +205,14 @@ def test_a_retired_item_is_never_sampled_and_each_cluster_keeps_an_item() -> Non
     assert sorted(catalogue.cluster_of[catalogue.item_ids[i]] for i in set(picks.tolist())) == [0, 1, 2, 3]
 
 
+def test_an_item_is_retired_only_after_its_listing() -> None:
+    rng = np.random.default_rng(7)
+    catalogue = Catalogue.generate(SimConfig(items=4, clusters=2), rng, ts=0.0)
+    late = catalogue.add_item(0, rng, ts=100.0)
+    retired = {catalogue.retire(rng, ts=50.0) for _ in range(10)} - {None}
+    assert len(retired) == 3 and catalogue.item_ids.index(late.item_id) not in retired
+
+
 CHURN = SimConfig(seed=3, events=20_000, items=400, clusters=12, users=300, retired_items_per_1k_events=2.0)
 
 
@@ -213,8 +221,8 @@ def test_retired_items_leave_in_event_time_order_and_new_sessions_stop_clicking_
     deleted = [(n, r) for n, r in enumerate(records) if isinstance(r, ItemDeleted)]
     assert 25 <= len(deleted) <= 60  # 2 per 1,000 of 20,000 events
     assert [r.item_id for _, r in deleted] == sim.truth.retired
-    listed = {r.item_id for r in records if isinstance(r, ItemMeta)}
-    assert {r.item_id for _, r in deleted} <= listed
+    listed_at = {r.item_id: n for n, r in enumerate(records) if isinstance(r, ItemMeta)}
+    assert all(listed_at[r.item_id] < n for n, r in deleted)  # listed first, never listed again
     timed = [r.ts for r in records if isinstance(r, Event | ItemDeleted)]
     assert timed == sorted(timed)
     # Sessions started after an item's retirement never click it (those under way may).
