@@ -686,8 +686,8 @@ class Updater:
         """Drop the rows no positive pair has touched for ``learn.expire_after_s`` of event time
         (the newest event's) from the shards, and their items from the sampler; the next snapshot
         stops serving them, or serves a listed one by its content again. Only the snapshotting
-        updater expires; the others' samplers go on drawing such items as negatives until their
-        next restart, each draw recreating a row that expires again."""
+        updater expires; the others' samplers go on drawing such items as negatives (until they
+        next start from the publisher's checkpoint), each draw recreating a row that expires again."""
         newest = self.learner.newest_ts
         if self.config.learn.expire_after_s <= 0 or not np.isfinite(newest):
             return
