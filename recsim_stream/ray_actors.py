@@ -85,13 +85,6 @@ class ParameterShardActor(ParameterShard):
         acknowledged at the barrier, the rows are fetched when the trainer reaches them)."""
         return self.apply_wire(updates, shard), self.pull_chunks(pieces)
 
-    def expire_unrecorded(self, now_ts: float) -> np.ndarray:
-        """``expire``, keeping no record of the keys for delta exports: the updater takes them from
-        this answer (Updater.expire)."""
-        keys = self.expire(now_ts)
-        self.forget_removed(self.version)
-        return keys
-
     def pull_chunks(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> PulledRows:
         inputs, outputs, *rest = self.pull_for_update(pieces)
         return PulledRows(chunked(inputs), chunked(outputs), *rest)
@@ -304,8 +297,15 @@ class RayShards:
     def expire(self, now_ts: float) -> np.ndarray:
         """Expire the rows untouched since ``now_ts - learn.expire_after_s`` on every shard (after
         the pushes sent before: an actor runs one caller's calls in order); returns their keys."""
-        expired = ray.get([a.expire_unrecorded.remote(now_ts) for a in self.actors])
+        expired = ray.get([a.expire.remote(now_ts) for a in self.actors])
         return np.concatenate(expired) if expired else np.zeros(0, np.int64)
+
+    def removed_since(self, seen: Sequence[int | None] | None) -> tuple[np.ndarray, list[int]]:
+        """The keys every shard expired after the versions ``seen`` (None: nothing, the versions
+        only), and the versions to ask from next (ParameterShard.removed_since)."""
+        versions = [None] * len(self.actors) if seen is None else list(seen)
+        answers = ray.get([a.removed_since.remote(v) for a, v in zip(self.actors, versions, strict=True)])
+        return np.concatenate([keys for keys, _ in answers]), [version for _, version in answers]
 
     def set_initial(self, parts: list[tuple[np.ndarray, np.ndarray]], ts: float | None) -> list[int]:
         return ray.get(

@@ -25,6 +25,8 @@ from recsim_stream.sharding import _GOLDEN, KeyIndex, mix64
 
 State = dict[str, np.ndarray | int | float]
 
+REMOVED_KEPT = 1 << 20  # expirations kept on record (16 MB), newest first (ParameterShard.removed_since)
+
 # Per-row arrays, saved by state(); the vector tables are handled alongside them.
 _ROW_FIELDS = ("keys", "acc_in", "acc_out", "counts", "updated", "touched", "live")
 
@@ -281,10 +283,21 @@ class ParameterShard:
         self._index.remove(keys)
         self._live[rows] = False
         self._free = np.concatenate([self._free, rows])
-        self._removed_keys = np.concatenate([self._removed_keys, keys])
-        self._removed_versions = np.concatenate([self._removed_versions, np.full(len(keys), self._version)])
+        # The newest REMOVED_KEPT expirations stay on record for ``removed_since`` and delta exports.
+        self._removed_keys = np.concatenate([self._removed_keys, keys])[-REMOVED_KEPT:]
+        versions = np.full(len(keys), self._version)
+        self._removed_versions = np.concatenate([self._removed_versions, versions])[-REMOVED_KEPT:]
         self._expired_total += len(keys)
         return keys
+
+    def removed_since(self, version: int | None) -> tuple[np.ndarray, int]:
+        """Keys expired after ``version`` (none for None: a first call only takes the version), and
+        the version to ask from next. How an updater that does not expire learns what the expiring
+        one dropped, so that its sampler forgets them too; one that asks more than REMOVED_KEPT
+        expirations late misses the oldest."""
+        if version is None:
+            return np.zeros(0, dtype=np.int64), self._version
+        return self._removed_keys[self._removed_versions > version].copy(), self._version
 
     def forget_removed(self, up_to_version: int) -> None:
         """Drop the record of expirations at or before a version (once every delta reader has them)."""

@@ -123,6 +123,7 @@ class NameExchange(Protocol):
 class Shards(Protocol):
     def export(self, since: Sequence[int | None]) -> list[ShardExport]: ...
     def expire(self, now_ts: float) -> np.ndarray: ...
+    def removed_since(self, seen: Sequence[int | None] | None) -> tuple[np.ndarray, list[int]]: ...
     def barrier(self) -> object: ...
     def state(self) -> list[dict]: ...
     def restore(self, states: Sequence[dict]) -> None: ...
@@ -229,6 +230,10 @@ class Updater:
         self._lag_partitions: set[int] = set()
         self._expired_seen = 0
         self._expired: set[str] = set()  # items whose rows expired since the served rows were taken
+        # An updater that does not snapshot: the shard versions up to which its sampler forgot what
+        # the snapshotting one expired, and when to ask again (forget_expired_elsewhere).
+        self._expiry_seen: list[int] | None = None
+        self._next_expiry_check = 0.0
         self.handoff = handoff
         self.group_offsets = group_offsets
         self.names = names
@@ -259,6 +264,7 @@ class Updater:
             self._encode_listed(len(records))
             if self.snapshotter is None:
                 self.learner.mark_published()  # nothing waits for a publish of this updater's own
+                self.forget_expired_elsewhere()
             elif self.snapshotter.due() and not self._holding_snapshots():
                 self.learn_names()
                 self.snapshot()
@@ -686,8 +692,7 @@ class Updater:
         """Drop the rows no positive pair has touched for ``learn.expire_after_s`` of event time
         (the newest event's) from the shards, and their items from the sampler; the next snapshot
         stops serving them, or serves a listed one by its content again. Only the snapshotting
-        updater expires; the others' samplers go on drawing such items as negatives (until they
-        next start from the publisher's checkpoint), each draw recreating a row that expires again."""
+        updater expires; the others learn what it dropped from the shards (forget_expired_elsewhere)."""
         newest = self.learner.newest_ts
         if self.config.learn.expire_after_s <= 0 or not np.isfinite(newest):
             return
@@ -703,6 +708,16 @@ class Updater:
             self.config.learn.expire_after_s,
             newest,
         )
+
+    def forget_expired_elsewhere(self) -> None:
+        """An updater that does not snapshot does not expire: every ``snapshot.interval_s`` it asks
+        the shards what the snapshotting one expired, and its sampler forgets those items, or its
+        draws would recreate their rows (never served, expiring again)."""
+        if self.config.learn.expire_after_s <= 0 or time.monotonic() < self._next_expiry_check:
+            return
+        self._next_expiry_check = time.monotonic() + self.config.snapshot.interval_s
+        keys, self._expiry_seen = self.shards.removed_since(self._expiry_seen)
+        self.learner.sampler.forget(keys)
 
     def complete_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         """The shards' rows as served: plus a content-only row for each item with metadata and no

@@ -36,6 +36,7 @@ from recsim_stream.learner import Learner
 from recsim_stream.metrics import ApiMetrics, SnapshotMetrics, UpdaterMetrics, new_registry
 from recsim_stream.query import IndexHolder, SnapshotWatcher
 from recsim_stream.ray_actors import RayShards
+from recsim_stream.sharding import item_key
 from recsim_stream.sim import Simulator
 from recsim_stream.snapshot import SnapshotStore
 from recsim_stream.snapshotter import Snapshotter
@@ -352,7 +353,20 @@ def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
     registry = new_registry()
     store, snapshotter, _holder, served = serving(config, registry)
     publish(kafka_config, [*listed, *early])
-    with running_updater(config, shards, registry, snapshotter) as (updater, producer):
+    # Another updater of the group (it does not snapshot, so it does not expire): only its sampler
+    # is looked at, told what the snapshotting one expired.
+    other = replace(
+        config,
+        kafka=replace(kafka_config, group_id="another"),
+        snapshot=replace(config.snapshot, interval_s=0.01),
+    )
+    with (
+        running_updater(config, shards, registry, snapshotter) as (updater, producer),
+        running_updater(other, shards, new_registry()) as (follower, _),
+    ):
+        early_keys = np.array([item_key(i) for i in {e.item_id for e in early}], dtype=np.int64)
+        follower.learner.sampler.observe(early_keys)
+        follower.forget_expired_elsewhere()  # the first call takes the shards' versions
         deadline = time.monotonic() + 60
 
         def consume(records: int) -> None:
@@ -364,6 +378,7 @@ def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
         updater.snapshot()
         assert {*unlisted, "l0", "l9"} <= served()
         rows_before = sum(s["rows"] for s in shards.stats())
+        _, seen = shards.removed_since(None)  # what another updater of the group has taken so far
         publish(kafka_config, late)
         consume(len(early) + len(late))
         updater.snapshot()
@@ -376,10 +391,17 @@ def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
         assert served_listed.sum() == 10 and latest.arrays.cold[served_listed].all()
         gone = updater.learner.items.keys_of_known([*unlisted, "l0"])
         assert not updater.learner.sampler.count(gone).any()
+        told, _ = shards.removed_since(seen)  # what another updater's sampler is to forget
+        names = updater.learner.items.names
+        assert sorted(names[k] for k in told.tolist()) == sorted([*unlisted, *(m.item_id for m in listed)])
         stats = shards.stats()
         assert sum(s["rows"] for s in stats) == rows_before + len(others) - 20
         updater.observe_shards(stats)
         assert registry.get_sample_value("recsim_rows_expired_total") == 20.0
+        assert follower.learner.sampler.count(early_keys).all()
+        time.sleep(0.02)
+        follower.step()  # it trains what it polls into the shards too, and then asks what expired
+        assert not follower.learner.sampler.count(early_keys).any()
         back = [
             Event("r0", item, EventKind.CLICK, START_TS + 9500.0 + i)
             for i, item in enumerate(["u0", "u1", "k0"])

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import recsim_stream.shard as shard_module
 from recsim_stream.config import LearnConfig
 from recsim_stream.shard import ParameterShard, RowUpdate, adagrad_rows, initial_input
 
@@ -113,6 +114,20 @@ def test_a_row_that_only_serves_as_a_negative_expires_while_a_clicked_one_stays(
     )
     assert shard.expire(now_ts=1200.0 + CONFIG.expire_after_s - 1).tolist() == []  # recreated at 1200
     assert sorted(shard.expire(now_ts=1400.0).tolist()) == [1, 2]
+
+
+def test_removed_since_tells_a_reader_each_expiry_once_and_keeps_only_the_newest(monkeypatch):
+    monkeypatch.setattr(shard_module, "REMOVED_KEPT", 3)
+    shard = ParameterShard(CONFIG)
+    zeros, ones = np.zeros((5, 4), np.float32), np.ones(5, np.int64)
+    shard.push(np.arange(5), zeros, zeros, ones, ts=1000.0)
+    _, seen = shard.removed_since(None)  # a first call takes the version only
+    shard.push(np.arange(3), zeros[:3], zeros[:3], ones[:3], ts=1100.0)
+    shard.expire(now_ts=1150.0)  # keys 3 and 4
+    keys, seen = shard.removed_since(seen)
+    assert (sorted(keys.tolist()), shard.removed_since(seen)[0].tolist()) == ([3, 4], [])
+    shard.expire(now_ts=1300.0)  # keys 0, 1, 2: five on record, three kept
+    assert sorted(shard.removed_since(0)[0].tolist()) == [0, 1, 2]
 
 
 def test_expire_does_nothing_when_expiry_is_off():
