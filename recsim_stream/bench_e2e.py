@@ -900,6 +900,8 @@ def summarise(
         "query_p99_ms": _round(percentile(latencies, 99), 2),
         **_server_percentiles(queried["server_ms"]),
         "snapshots_published": int(updater.get("recsim_snapshots_published_total", 0)),
+        "shard_rows": int(updater.get("recsim_shard_rows", 0)),  # all shards, at the last progress report
+        "rows_expired": int(updater.get("recsim_rows_expired_total", 0)),  # learn.expire_after_s
         **catalogue_served(produced, catalogue_size, queried["served_items"]),
         "catalogue_first_waited_s": _round(produced.catalogue_first_waited_s, 2),
         **written_to_served(queried["snapshots"]),

@@ -39,7 +39,7 @@ def test_summary_has_every_figure(bench_run: BenchRun) -> None:
     expected = {
         "events_produced", "events_trained", "dead_lettered", "ingest_events_per_s", "train_pairs_per_s",
         "freshness_p50_s", "freshness_p95_s", "query_p50_ms", "query_p99_ms", "queries",
-        "failed_queries", "swaps", "items", "peak_rss_mb",
+        "failed_queries", "swaps", "items", "peak_rss_mb", "shard_rows", "rows_expired",
     }  # fmt: skip
     assert expected - bench_run.summary.keys() == set()
 
