@@ -76,6 +76,7 @@ from recsim_stream.trainer import PullFn
 log = logging.getLogger(__name__)
 
 LOSS_SMOOTHING = 0.05  # weight of the newest batch in the loss moving average
+EXPIRY_STEPS = 64  # expiry runs once event time has moved 1/EXPIRY_STEPS of learn.expire_after_s
 ITEMS_CATCH_UP_POLL_MS = 200  # poll timeout while loading the items topic at start
 # After a restore, snapshots wait until the replay has passed what the last published snapshot
 # covered (the API keeps serving that one), but no longer than this.
@@ -230,6 +231,7 @@ class Updater:
         self._lag_partitions: set[int] = set()
         self._expired_seen = 0
         self._expired: set[str] = set()  # items whose rows expired since the served rows were taken
+        self._expired_at = float("-inf")  # event time of the last expiry
         # An updater that does not snapshot: the shard versions up to which its sampler forgot what
         # the snapshotting one expired, and when to ask again (forget_expired_elsewhere).
         self._expiry_seen: list[int] | None = None
@@ -693,9 +695,12 @@ class Updater:
         (the newest event's) from the shards, and their items from the sampler; the next snapshot
         stops serving them, or serves a listed one by its content again. Only the snapshotting
         updater expires; the others learn what it dropped from the shards (forget_expired_elsewhere)."""
-        newest = self.learner.newest_ts
-        if self.config.learn.expire_after_s <= 0 or not np.isfinite(newest):
+        newest, window = self.learner.newest_ts, self.config.learn.expire_after_s
+        # Expiring is a round trip to every shard and a scan of its rows: done once event time has
+        # moved a 64th of the window since the last time (a 30-day window: every 11 hours).
+        if window <= 0 or not np.isfinite(newest) or newest - self._expired_at < window / EXPIRY_STEPS:
             return
+        self._expired_at = newest
         keys = self.shards.expire(newest)
         if not len(keys):
             return
