@@ -1,10 +1,13 @@
 """``recsim-stream bench e2e`` end to end: its own broker, the updater and the query API as processes.
 
-One short run (15 s at 500 events/s over 500 items) shared by the tests of this module."""
+One short run (15 s at 500 events/s over 500 items) shared by the tests of this module. Its updater
+publishes one full snapshot and then deltas only, so a deleted item must leave the API through a
+delta's removal (a full snapshot would also drop it, hiding a broken removal)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,7 +33,12 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     plot = tmp_path_factory.mktemp("bench") / "e2e.png"
     argv = [sys.executable, "-m", "recsim_stream.cli", "bench", "e2e", "--json",
             "--duration", "15", "--rate", "500", "--items", "500", "--plot", str(plot)]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    deltas_only = {
+        **os.environ,
+        "RECSIM_SNAPSHOT_FULL_EVERY": "1000000",
+        "RECSIM_SNAPSHOT_FULL_AFTER_CHANGED": "0",
+    }
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=deltas_only)
     assert done.returncode == 0, f"bench e2e failed ({done.returncode}):\n{done.stderr[-4000:]}"
     return BenchRun(json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, plot)
 
