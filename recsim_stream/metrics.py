@@ -115,7 +115,9 @@ class UpdaterMetrics:
         )
         self.rows_expired = Counter("recsim_rows_expired_total", "Rows dropped by expiry.", registry=registry)
         self.sampler_items = Gauge(
-            "recsim_sampler_items", "Distinct items in the negative sampler.", registry=registry
+            "recsim_sampler_items",
+            "Distinct items the negative sampler draws from (not expired).",
+            registry=registry,
         )
         self.content_training_cpu = Counter(
             "recsim_content_training_cpu_seconds_total",

@@ -68,12 +68,18 @@ class NegativeSampler:
         self._counts = np.zeros(MIN_CAPACITY, dtype=np.int64)
         self._tree = fenwick_tree(np.zeros(MIN_CAPACITY))  # of count^power, by position
         self._size = 0
+        self._drawable = 0
         self._rng = np.random.default_rng(config.seed)
 
     @property
     def size(self) -> int:
         """Distinct keys observed."""
         return self._size
+
+    @property
+    def drawable(self) -> int:
+        """Distinct keys with a count: observed and not forgotten since."""
+        return self._drawable
 
     def count(self, keys: np.ndarray) -> np.ndarray:
         """Observed count of each key (0 for unseen keys)."""
@@ -88,6 +94,7 @@ class NegativeSampler:
             return
         pos = self._positions(keys)
         old = self._counts[pos]
+        self._drawable += int(np.count_nonzero(old == 0))
         self._counts[pos] = old + added
         _fenwick_add(self._tree, pos + 1, self._weights(old + added) - self._weights(old))
 
@@ -102,6 +109,7 @@ class NegativeSampler:
         if len(pos):
             _fenwick_add(self._tree, pos + 1, -self._weights(self._counts[pos]))
             self._counts[pos] = 0
+            self._drawable -= len(pos)
 
     def sample(self, n: int) -> np.ndarray:
         """``n`` keys drawn independently from count^power."""
@@ -145,6 +153,7 @@ class NegativeSampler:
             )
         capacity = _capacity_for(len(keys))
         self._size = len(keys)
+        self._drawable = int(np.count_nonzero(counts))
         self._keys = np.zeros(capacity, dtype=np.int64)
         self._counts = np.zeros(capacity, dtype=np.int64)
         self._keys[: self._size] = keys

@@ -583,7 +583,7 @@ class Updater:
         m.events_consumed.inc(len(records))
         m.events_trained.inc(good)
         m.items_new.inc(len(learner.items) - items_before)
-        m.sampler_items.set(learner.sampler.size)
+        m.sampler_items.set(learner.sampler.drawable)
 
     def _encode_listed(self, polled: int) -> None:
         """Encode newly listed items in the loop's spare time (``EncodePacer``), so that a bulk

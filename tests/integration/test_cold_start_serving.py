@@ -410,4 +410,5 @@ def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
         consume(len(early) + len(late) + len(back))
         updater.snapshot()
         assert {"u0", "u1"} <= served()
+        assert registry.get_sample_value("recsim_sampler_items") == len(others) + 2  # k*, u0 and u1
     assert not {"l0", "l9"} & {*updater.cold_start.reservoir.left, *updater.cold_start.reservoir.right}

@@ -131,10 +131,11 @@ def test_a_forgotten_key_is_never_drawn_again_until_observed_again():
     sampler.observe(np.repeat(np.arange(5), [50, 1, 1, 1, 1]))
     sampler.forget(np.array([0, 2, 99]))  # 99 was never observed: nothing to forget
     assert sampler.count(np.arange(5)).tolist() == [0, 1, 0, 1, 1]
+    assert (sampler.size, sampler.drawable) == (5, 3)
     assert set(sampler.sample(20_000).tolist()) == {1, 3, 4}
     sampler.forget(np.array([0]))  # twice: no change
     sampler.observe(np.array([0]))
-    assert sampler.count(np.array([0])).tolist() == [1]
+    assert (sampler.count(np.array([0])).tolist(), sampler.drawable) == ([1], 4)
     share = (sampler.sample(40_000) == 0).mean()
     assert abs(share - 0.25) < 0.01  # a count of 1 among four keys of count 1
 
@@ -145,5 +146,6 @@ def test_a_sampler_with_forgotten_keys_restores_and_draws_the_same():
     sampler.forget(np.array([0, 4]))
     resumed = NegativeSampler(CONFIG)
     resumed.restore(sampler.state())
+    assert resumed.drawable == sampler.drawable == 4
     assert np.array_equal(resumed.sample(1000), sampler.sample(1000))
     assert not np.isin(resumed.sample(10_000), [0, 4]).any()
