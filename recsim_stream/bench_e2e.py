@@ -623,7 +623,7 @@ def _produce(
             item = next((i for i in reversed(clicks) if i not in listed_new and i not in deleted), None)
             if item is not None and serves(item):
                 deleted.add(item)
-                producer.send_raw(producer.config.items_topic, item.encode("utf-8"), None)
+                producer.send_item_deletion(item)
                 tombstones[item] = time.time()
             delete_at = now + 1.0 / options.deletions_per_s
         if now >= ship_at:

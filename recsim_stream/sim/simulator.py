@@ -149,11 +149,9 @@ class Simulator:
 
     def _retire_items(self, start: float, end: float, events: int) -> list[ItemDeleted]:
         """Take items off the catalogue at random times of this window (``retired_items_per_1k_events``)."""
-        rate = self.config.retired_items_per_1k_events
-        if rate == 0:
-            return []
         rng, deleted = self._rng, []
-        for ts in np.sort(rng.uniform(start, end, int(rng.poisson(rate * events / 1000.0)))).tolist():
+        count = int(rng.poisson(self.config.retired_items_per_1k_events * events / 1000.0))
+        for ts in np.sort(rng.uniform(start, end, count)).tolist():
             index = self.catalogue.retire(rng, ts)
             if index is None:
                 break

@@ -280,7 +280,7 @@ def test_an_item_deleted_from_the_catalogue_mid_stream_is_trained_past_and_serve
         deleted = max(set(reservoir), key=reservoir.count)  # the item most of the tower's pairs have
         assert deleted in served()
         steps = cold_start.tower.steps
-        producer.send_raw(kafka_config.items_topic, deleted.encode("utf-8"), None)
+        producer.send_item_deletion(deleted)
         producer.flush()
         while updater.totals.items < len(listed) + 1:  # the tombstone read before the next events
             assert time.monotonic() < deadline, "expected the tombstone within 60 s"
