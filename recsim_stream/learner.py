@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from array import array
-from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -43,11 +42,6 @@ class ItemKeys:
 
     def known(self, item_id: str) -> bool:
         return item_id in self._keys
-
-    def keys_of_known(self, item_ids: Iterable[str]) -> np.ndarray:
-        """The keys of those of ``item_ids`` that have one (none is created)."""
-        keys = self._keys
-        return np.fromiter((keys[i] for i in item_ids if i in keys), dtype=np.int64)
 
     def intern(self, item_id: str) -> tuple[int, bool]:
         """(key, whether the id was new): ``known`` then ``key`` in one lookup, for the per-event path."""

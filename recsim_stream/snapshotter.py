@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,18 +76,21 @@ Complete = Callable[[SnapshotArrays, bool], SnapshotArrays | DeferredArrays]
 
 
 def snapshot_arrays(
-    exports: Sequence[ShardExport], names: Names, cold_keys: set[int], excluded_keys: np.ndarray | None = None
+    exports: Sequence[ShardExport], names: Names, cold_keys: set[int], excluded: Collection[str] = ()
 ) -> tuple[SnapshotArrays, int]:
-    """Rows worth serving (learned from at least one pair, or given a content vector, and not among
-    ``excluded_keys``), and how many rows were left out because their item id is unknown to this process."""
+    """Rows worth serving (learned from at least one pair, or given a content vector, and whose item id
+    is not ``excluded``), and how many rows were left out because their item id is unknown to this
+    process. ``excluded`` is only asked about the exported ids, never walked: the items deleted from a
+    catalogue pile up over a system's life, and turning them all into keys at every snapshot held the
+    updater's loop 95 ms a delta at 100,000 deleted items and 1.6 s at a million (BENCHMARKS.md)."""
     keys = np.concatenate([e.keys for e in exports]) if exports else np.zeros(0, np.int64)
     counts = np.concatenate([e.counts for e in exports]) if exports else np.zeros(0, np.int64)
     ids = names(keys)
     cold = np.fromiter((k in cold_keys for k in keys.tolist()), dtype=bool, count=len(keys))
     named = np.fromiter((i is not None for i in ids), dtype=bool, count=len(keys))
     keep = named & ((counts > 0) | cold)
-    if excluded_keys is not None and len(excluded_keys):
-        keep &= ~np.isin(keys, excluded_keys)
+    if excluded:
+        keep &= np.fromiter((i not in excluded for i in ids), dtype=bool, count=len(ids))
     dim = exports[0].input.shape[1] if exports else 0
     arrays = SnapshotArrays(
         ids=np.array([i for i, k in zip(ids, keep.tolist(), strict=True) if k], dtype=str).reshape(-1),
@@ -240,7 +243,7 @@ class Snapshotter:
         self._base_exact = False  # the chain's full snapshot has exact indexes only
         self._counts = PublishedCounts()  # what the served rows' counts are, for deltas to compare with
         self._plan: str | None = None  # what the last since() asked to export
-        self._excluded: np.ndarray | None = None  # keys take() leaves out
+        self._excluded: Collection[str] = ()  # item ids take() leaves out
         self._idle = False  # the last snapshot found nothing to publish
         self.published = 0
         self.failed = 0
@@ -293,13 +296,13 @@ class Snapshotter:
         complete: Complete | None = None,
         scoring: Mapping[str, float] | None = None,
         newest_record_ts: float | None = None,
-        excluded_keys: np.ndarray | None = None,
+        excluded: Collection[str] = (),
     ) -> None:
         """Publish what changed in ``exports`` (made with ``since()``), writing in the background.
         ``complete`` turns the shards' rows into the served ones; ``scoring`` goes into the manifest;
         ``newest_record_ts`` is the Kafka timestamp of the newest record covered (for freshness);
-        the rows of ``excluded_keys`` (items deleted from the catalogue) are not served."""
-        self._excluded = excluded_keys
+        the rows of the ``excluded`` item ids (deleted from the catalogue) are not served."""
+        self._excluded = excluded
         self._busy.acquire()  # released by the writer thread, or below if it never starts
         try:
             self._next_due = self._clock() + self.config.interval_s

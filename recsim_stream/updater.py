@@ -666,7 +666,6 @@ class Updater:
         cold_start = self.cold_start
         if cold_start is not None:
             cold_start.calibrate_on_content(self._learned)  # cold as of the last publish
-        deleted = None if cold_start is None else self.learner.items.keys_of_known(cold_start.deleted)
         self.snapshotter.take(
             exports,
             lambda keys: [names.get(k) for k in keys.tolist()],
@@ -675,7 +674,7 @@ class Updater:
             newest,
             complete=self.complete_rows,
             newest_record_ts=self.newest_record_ts,
-            excluded_keys=deleted,
+            excluded=() if cold_start is None else cold_start.deleted,
             scoring=None
             if cold_start is None
             else {

@@ -389,7 +389,7 @@ def test_items_without_a_click_for_expire_after_s_leave_the_shards_and_the_api(
         assert sorted(latest.arrays.removed_ids.tolist()) == sorted(unlisted)
         served_listed = np.isin(latest.arrays.ids, [m.item_id for m in listed])
         assert served_listed.sum() == 10 and latest.arrays.cold[served_listed].all()
-        gone = updater.learner.items.keys_of_known([*unlisted, "l0"])
+        gone = np.array([item_key(i) for i in [*unlisted, "l0"]], dtype=np.int64)
         assert not updater.learner.sampler.count(gone).any()
         told, _ = shards.removed_since(seen)  # what another updater's sampler is to forget
         names = updater.learner.items.names

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from recsim_stream.config import Config, LearnConfig, PairConfig
 from recsim_stream.events import Event, EventKind
-from recsim_stream.learner import ItemKeys, Learner
+from recsim_stream.learner import Learner
 from recsim_stream.shard import ParameterShard
 from recsim_stream.trainer import SgnsTrainer, local_shard_calls
 
@@ -117,9 +117,3 @@ def test_a_checkpoint_from_before_the_split_restores_with_no_after_cold_evidence
     restored.restore(state)
     assert (restored.new_items_after_cold.chances, restored.new_items.chances) == (0, 0)
 
-
-def test_keys_of_known_items_gives_no_key_to_an_unknown_one():
-    items = ItemKeys()
-    a, b = items.key("a"), items.key("b")
-    assert items.keys_of_known(["b", "never", "a"]).tolist() == [b, a]
-    assert (len(items), items.keys_of_known([]).dtype) == (2, np.int64)
