@@ -221,7 +221,6 @@ class Updater:
         self.newest_record_ts: float | None = None
         self._publish_after: dict[Partition, int] = {}  # see PUBLISH_HOLD_MAX_S
         self._hold_until = 0.0
-        self._learned: set[str] = set()  # items with a learned row in the published chain
         self._cold_started: set[str] = set()  # items ever given a content-only row
         self.totals = Totals()
         self.offsets: dict[str, dict[int, int]] = {}  # next offset per topic/partition, committed
@@ -665,7 +664,7 @@ class Updater:
         newest = self.learner.newest_ts if np.isfinite(self.learner.newest_ts) else None
         cold_start = self.cold_start
         if cold_start is not None:
-            cold_start.calibrate_on_content(self._learned)  # cold as of the last publish
+            cold_start.calibrate_on_content()  # cold as of the last publish
         self.snapshotter.take(
             exports,
             lambda keys: [names.get(k) for k in keys.tolist()],
@@ -736,8 +735,8 @@ class Updater:
         whose rows expired, unless it serves them again (a listed one, by its content)."""
         expired, self._expired = self._expired, set()
         removed = expired if self.cold_start is None else expired | self.cold_start.take_removed()
-        self._learned -= removed  # listed (again), such an item is served by content until it is learned
         if self.cold_start is not None:
+            self.cold_start.lost_learned(removed)
             self.cold_start.unlearn(expired)
         served = self._served_rows(arrays, full)
         if full or not removed:
@@ -751,11 +750,7 @@ class Updater:
     def _served_rows(self, arrays: SnapshotArrays, full: bool) -> SnapshotArrays | DeferredArrays:
         if self.cold_start is None:
             return arrays
-        learned = arrays.ids[arrays.counts > 0].tolist()
-        if full:
-            self._learned = set(learned)
-        else:
-            self._learned.update(learned)
+        self.cold_start.published_learned(arrays.ids[arrays.counts > 0].tolist(), full)
         if not self.cold_start.metadata:
             return arrays
         plan = self.cold_start.plan(
@@ -763,7 +758,7 @@ class Updater:
             arrays.input_vectors,
             arrays.output_vectors,
             arrays.counts,
-            learned_elsewhere=() if full else self._learned,  # a full snapshot has every learned row
+            learned_elsewhere=() if full else self.cold_start.learned,  # a full snapshot has every learned row
             changed_only=not full,
             encode_limit=0,  # newly listed items are encoded in the loop's spare time (_encode_listed)
         )

@@ -56,6 +56,7 @@ class ColdStartSequences(RuleBasedStateMachine):
     def delete_item(self, item: str) -> None:
         self.listed.pop(item, None)
         self.cold_start.forget(item)
+        self.cold_start.lost_learned([item])  # the updater's next snapshot stops serving its row
 
     @rule(pairs=st.lists(st.tuples(keys_, keys_).filter(lambda p: p[0] != p[1]), min_size=1, max_size=6))
     def train_pairs(self, pairs: list[tuple[int, int]]) -> None:
@@ -73,6 +74,7 @@ class ColdStartSequences(RuleBasedStateMachine):
         for item in items:
             self.counts.pop(item, None)
         self.unlearned.update(items)
+        self.cold_start.lost_learned(items)
         self.cold_start.unlearn(items)
 
     @rule(prefix=st.lists(items_, min_size=0, max_size=4), item=items_)
@@ -88,7 +90,7 @@ class ColdStartSequences(RuleBasedStateMachine):
 
     @rule()
     def calibrate(self) -> None:
-        self.cold_start.calibrate_on_content(set(self.counts))
+        self.cold_start.calibrate_on_content()
 
     @rule()
     def encode_in_spare_time(self) -> None:
@@ -99,6 +101,7 @@ class ColdStartSequences(RuleBasedStateMachine):
         ids = sorted(self.counts)
         inputs, outputs = _vectors(ids)
         counts = np.array([self.counts[i] for i in ids], dtype=np.int64)
+        self.cold_start.published_learned(ids, full=True)
         rows = self.cold_start.complete(ids, inputs, outputs, counts)
         self._check(rows)
         # Every learned item, and every listed one as a content-only row.
@@ -111,6 +114,7 @@ class ColdStartSequences(RuleBasedStateMachine):
         changed = data.draw(st.lists(st.sampled_from(learned), unique=True))
         inputs, outputs = _vectors(changed)
         counts = np.array([self.counts[i] for i in changed], dtype=np.int64)
+        self.cold_start.published_learned(changed, full=False)
         rows = self.cold_start.plan(
             changed,
             inputs,
@@ -149,6 +153,12 @@ class ColdStartSequences(RuleBasedStateMachine):
     @invariant()
     def reservoir_within_capacity(self) -> None:
         assert len(self.cold_start.reservoir) <= CONFIG.reservoir_pairs
+
+    @invariant()
+    def cold_rows_counted_as_both_sets_change(self) -> None:
+        """The learned items with a content row, kept by counting, as intersecting the two would."""
+        cold_start = self.cold_start
+        assert cold_start._learned_listed == len(cold_start._row.keys() & cold_start.learned)
 
 
 ColdStartSequences.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)

@@ -405,6 +405,28 @@ def _complete_changed(cold_start: ColdStart, learned=()) -> list[str]:
     return cold_start.complete([], empty, empty, np.zeros(0, np.int64), learned, changed_only=True).ids
 
 
+def test_the_cold_items_are_counted_through_listings_deletions_expiry_and_a_restore():
+    cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
+    cold_start.observe_items(_items())
+    cold_start.published_learned(["a", "x"], full=True)  # x: learned, never listed
+    assert cold_start.cold_listed == 0  # nothing encoded yet: no content row
+    _complete_changed(cold_start)
+    assert cold_start.cold_listed == 2  # b, c
+    cold_start.published_learned(["b", "x"], full=False)
+    cold_start.observe_items([ItemMeta("x", "oak table", "furniture.table", 90.0)])
+    _complete_changed(cold_start)
+    assert cold_start.cold_listed == 1  # c
+    cold_start.forget("a")
+    cold_start.lost_learned(["a", "b"])  # a deleted, b expired
+    assert cold_start.cold_listed == 2  # b, c
+    cold_start.restore(cold_start.state())  # in place: rows are re-encoded from the items re-read
+    assert cold_start.cold_listed == 0
+    cold_start.observe_items([m for m in _items() if m.item_id != "a"])
+    cold_start.observe_items([ItemMeta("x", "oak table", "furniture.table", 90.0)])
+    _complete_changed(cold_start)
+    assert cold_start.cold_listed == 2  # b, c; x is learned
+
+
 def test_a_delta_gets_content_rows_only_for_items_whose_metadata_arrived_since():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
@@ -451,16 +473,18 @@ def test_calibration_on_content_sharpens_the_temperature_on_a_target_like_its_se
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())
     _complete_changed(cold_start)  # published: every item has its content row
+    cold_start.published_learned(["a"], full=True)
     cold_start.record_new_item(["a"], "b")
-    cold_start.calibrate_on_content({"a"})
+    cold_start.calibrate_on_content()
     assert cold_start.temperature.value == TEMPERATURE_GRID[0]
 
 
 def test_calibration_on_content_takes_no_evidence_from_a_target_never_served():
     cold_start = ColdStart(ContentConfig(hidden=16), dim=2)
     cold_start.observe_items(_items())  # listed, not yet encoded or published
+    cold_start.published_learned(["a"], full=True)
     cold_start.record_new_item(["a"], "b")
-    cold_start.calibrate_on_content({"a"})
+    cold_start.calibrate_on_content()
     assert cold_start.temperature.evidence == 0.0
 
 
@@ -483,10 +507,10 @@ def test_calibration_on_content_survives_draws_that_miss_every_rare_cold_row():
     catalogue = [ItemMeta(f"i{n}", f"item {n}", "cat.sub", 10.0 + n) for n in range(400)]
     cold_start.observe_items(catalogue)
     _complete_changed(cold_start)
-    learned = {item.item_id for item in catalogue[:-2]}  # 2 cold rows of 400: the draws miss them
+    cold_start.published_learned([item.item_id for item in catalogue[:-2]], full=True)  # 2 cold rows of 400
     for _ in range(20):  # 64 draws of 400 rows miss both cold ones about 3 times in 4
         cold_start.record_new_item(["i0"], "i398")
-        cold_start.calibrate_on_content(learned)
+        cold_start.calibrate_on_content()
     assert cold_start.temperature.value in TEMPERATURE_GRID
 
 
