@@ -14,8 +14,8 @@ Each is timed as this checkout's code does it, at several sizes:
         --listed 1000000 --learned 10000 100000 500000 1000000
 
 Run it from another checkout with ``PYTHONPATH=<checkout>`` to compare versions: the code before
-c83ce94 turned the whole deleted set into keys at each snapshot (timed here as that step and its
-``np.isin``, which had no other caller), and the code before the next commit intersected the listed and
+83ce942 turned the whole deleted set into keys at each snapshot (timed here as that step and its
+``np.isin``, which had no other caller), and the code before 978dde1 intersected the listed and
 the learned items at each temperature fit.
 """
 
