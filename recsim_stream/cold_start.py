@@ -629,7 +629,7 @@ class ColdStart:
             "budget": self._budget,
             "new_item_events": [[list(prefix), target] for prefix, target in self._new_item_events],
             "calibrations": self._calibrations,
-            "deleted": sorted(self.deleted),
+            "deleted": list(self.deleted),  # not sorted: 0.6 s of the loop at a million deleted items
         }
 
     def restore(self, state: dict) -> None:

@@ -4,7 +4,8 @@ Two sets grow with a system's life and are consulted at every snapshot (every ``
 
 - the items deleted from the catalogue (``ColdStart.deleted``: a deleted item stays unserved even when
   clicked again, and compaction drops its tombstone after a while), whose rows each snapshot leaves out
-  of its export. Timed for a delta export (the rows one interval changed) and a full export.
+  of its export. Timed for a delta export (the rows one interval changed) and a full export, and the
+  cold start's part of a checkpoint (every ``checkpoint.interval_s``), which holds the set.
 - the items with a learned row in the published chain (``ColdStart.learned``), against which the
   temperature fit (``ColdStart.calibrate_on_content``) counts the cold items, those listed without one.
 
@@ -81,17 +82,21 @@ def deleted_costs(args: argparse.Namespace) -> list[dict]:
     results = []
     for count in args.deleted:
         deleted = set(ids[:count])
+        cold_start = ColdStart(ContentConfig(), DIM)
+        cold_start.deleted = deleted
         row = {
             "deleted": count,
             "delta_ms": round(median_ms(lambda d=deleted: exclusion(items, delta, d), args.repeats), 2),
             "full_ms": round(
                 median_ms(lambda d=deleted: exclusion(items, full, d), max(1, args.repeats // 2)), 1
             ),
+            "checkpoint_ms": round(median_ms(cold_start.state, args.repeats), 2),
         }
         results.append(row)
         print(
             f"deleted {count:>10,}: leaving them out of a delta of {args.delta_rows:,} rows {row['delta_ms']:8.2f} ms, "
-            f"of a full export of {args.full_rows:,} rows {row['full_ms']:8.1f} ms (medians)",
+            f"of a full export of {args.full_rows:,} rows {row['full_ms']:8.1f} ms; "
+            f"the cold start's checkpoint state {row['checkpoint_ms']:8.2f} ms (medians)",
             flush=True,
         )
     return results
