@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from recsim_stream.config import add_config_arguments, load_config
@@ -82,26 +83,15 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace) -> int:
-    # Ctrl-C and a supervisor's TERM both stop everything in order, even when started with SIGINT
-    # ignored (a background job of a non-interactive shell inherits that).
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    config = load_config(args)
-    data = (REPO / args.data_dir).resolve()
-    host, _, port = config.kafka.bootstrap.rpartition(":")
-    if host not in ("127.0.0.1", "localhost"):
-        print(
-            f"up: runs a local broker on 127.0.0.1; kafka.bootstrap is {config.kafka.bootstrap}",
-            file=sys.stderr,
-        )
-        return 2
-    env = dict(os.environ)
+def stack_env(environ: Mapping[str, str], bootstrap: str, data: Path) -> dict[str, str]:
+    """The environment every process of the stack runs with: ``environ`` plus the broker's and the
+    services' places under ``data``."""
+    env = dict(environ)
     env.update(
-        KAFKA_PORT=port,
+        KAFKA_PORT=bootstrap.rpartition(":")[2],
         KAFKA_DATA=str(data / "kafka" / "data"),
         KAFKA_LOGS=str(data / "kafka" / "logs"),
-        RECSIM_KAFKA_BOOTSTRAP=config.kafka.bootstrap,
+        RECSIM_KAFKA_BOOTSTRAP=bootstrap,
         RECSIM_SNAPSHOT_DIR=str(data / "snapshots"),
         RECSIM_CHECKPOINT_DIR=str(data / "checkpoints"),
         RECSIM_KAFKA_GROUP_INSTANCE_ID="updater-0",
@@ -109,6 +99,24 @@ def run(args: argparse.Namespace) -> int:
     # The demo's catalogue churns: items leave it (tombstones on items) as new ones arrive, so the
     # deletion path and its dashboard panel move. Set the variable to 0 to keep every item.
     env.setdefault("RECSIM_SIM_RETIRED_ITEMS_PER_1K_EVENTS", "1")
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    # Ctrl-C and a supervisor's TERM both stop everything in order, even when started with SIGINT
+    # ignored (a background job of a non-interactive shell inherits that).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    config = load_config(args)
+    data = (REPO / args.data_dir).resolve()
+    host = config.kafka.bootstrap.rpartition(":")[0]
+    if host not in ("127.0.0.1", "localhost"):
+        print(
+            f"up: runs a local broker on 127.0.0.1; kafka.bootstrap is {config.kafka.bootstrap}",
+            file=sys.stderr,
+        )
+        return 2
+    env = stack_env(os.environ, config.kafka.bootstrap, data)
     # A fresh demo each time: the simulator's event clock runs ahead of the wall clock, so events kept
     # from an earlier run would put the watermark hours ahead of the new run's events.
     subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False, capture_output=True)  # one left by a crash
