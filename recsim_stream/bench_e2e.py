@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -58,6 +58,7 @@ Log = Callable[[str], None]
 _PROGRESS_EVERY_S = 5.0
 _SHIP_EVERY_S = 0.2  # how often clicks and first clicks of new items go to the query process
 _PROBE_EVERY_S = 0.2  # how often the query process polls the served version (and new items on a change)
+BULK_PROBED = 50  # items of a bulk deletion timed until the API answers 404
 _READY_TIMEOUT_S = 180.0
 
 
@@ -98,6 +99,10 @@ class E2EOptions:
     # it saw them, 4.6% as the API did, at 1M items). Empty: every process may run anywhere.
     api_cpus: str = ""
     deletions_per_s: float = 0.2  # served items deleted from the catalogue while the stream runs
+    # Items of the initial catalogue deleted at once halfway through the paced phase (a category
+    # taken down): BULK_PROBED of them, confirmed served just before, are timed until the API answers
+    # 404; the others only leave the query subjects.
+    bulk_deletions: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -114,6 +119,7 @@ class E2EOptions:
             "training_niceness": 0 <= self.training_niceness <= 19,
             "api_cpus": not self.api_cpus or _split_cpus(self.api_cpus) is not None,
             "deletions_per_s": self.deletions_per_s >= 0 and math.isfinite(self.deletions_per_s),
+            "bulk_deletions": 0 <= self.bulk_deletions <= self.items,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -457,16 +463,16 @@ def query_worker(
     try:
         while not stop.is_set():
             while not inbox.empty():
-                clicks, first_clicks, tombstones = inbox.get()
+                clicks, first_clicks, tombstones, unprobed = inbox.get()
                 with lock:
                     clicked.extend(clicks)
                     pending.update(first_clicks)
-                    deleted.update(tombstones)
                     deleting.update(tombstones)
-                    for item in tombstones:
-                        if item in served_set:
-                            served_set.discard(item)
-                            served.remove(item)
+                    gone_now = {*tombstones, *unprobed} & served_set
+                    deleted.update(tombstones, unprobed)
+                    if gone_now:
+                        served_set.difference_update(gone_now)
+                        served[:] = [item for item in served if item not in gone_now]
             if served and time.monotonic() >= next_query:
                 query(client)
                 next_query = max(next_query + 1.0 / qps, time.monotonic() - 1.0)
@@ -498,6 +504,8 @@ class _Produced:
     items: int = 0
     new_items_clicked: int = 0
     deletions: int = 0  # tombstones sent for served items
+    bulk_deletions: int = 0  # tombstones sent at once (options.bulk_deletions)
+    bulk_probed: set[str] = field(default_factory=set)  # of them, those timed until the API answers 404
     listing_started: float = 0.0  # wall time the first item of the catalogue was produced
     catalogue_listed: float = 0.0  # wall time the last item of the initial catalogue was produced
     started: float = 0.0  # wall time of the first event
@@ -566,7 +574,7 @@ def _produce(
 ) -> _Produced:
     """The simulator into Kafka: ``duration`` s at ``rate``, then ``full_speed_s`` s unpaced; every
     ``1 / deletions_per_s`` s a tombstone for a recently clicked item of the initial catalogue that
-    the API serves (``serves``)."""
+    the API serves (``serves``), and halfway through the paced phase ``bulk_deletions`` at once."""
     sim_config = SimConfig(items=options.items, seed=options.seed, rate=options.rate)
     simulator = Simulator(sim_config, start_ts=time.time())
     listed_new: set[str] = set()
@@ -579,12 +587,15 @@ def _produce(
     limiter = RateLimiter(options.rate)
     phase, phase_end = "paced", float("inf")
     ship_at = report_at = time.monotonic()
-    delete_at = math.inf
+    delete_at = bulk_at = math.inf
     catalogue = options.items
+    initial: list[str] = []  # the initial catalogue's items, in listing order
     for record in simulator.stream():
         if isinstance(record, ItemMeta):
             producer.send_item(record)
             out.items += 1
+            if out.items <= catalogue:
+                initial.append(record.item_id)
             if out.items == 1:
                 out.listing_started = time.time()
             if out.items == catalogue:
@@ -607,6 +618,7 @@ def _produce(
             delete_at = (
                 time.monotonic() + 1.0 / options.deletions_per_s if options.deletions_per_s else math.inf
             )
+            bulk_at = time.monotonic() + options.duration / 2 if options.bulk_deletions else math.inf
         if phase == "paced":
             limiter.admit()
         producer.send_event(record)
@@ -623,11 +635,19 @@ def _produce(
             item = next((i for i in reversed(clicks) if i not in listed_new and i not in deleted), None)
             if item is not None and serves(item):
                 deleted.add(item)
+                out.deletions += 1
                 producer.send_item_deletion(item)
                 tombstones[item] = time.time()
             delete_at = now + 1.0 / options.deletions_per_s
+        if now >= bulk_at:
+            bulk_at = math.inf
+            chosen, out.bulk_probed = _delete_in_bulk(
+                options, producer, inbox, serves, [i for i in initial if i not in deleted]
+            )
+            out.bulk_deletions = len(chosen)
+            deleted.update(chosen)
         if now >= ship_at:
-            inbox.put((clicks[-256:], first_clicks, tombstones))
+            inbox.put((clicks[-256:], first_clicks, tombstones, []))
             out.new_items_clicked += len(first_clicks)
             clicks, first_clicks, tombstones = [], {}, {}
             ship_at = now + _SHIP_EVERY_S
@@ -643,10 +663,32 @@ def _produce(
     producer.flush()
     out.ended = time.time()
     out.paced_end = out.paced_end or out.ended
-    inbox.put((clicks[-256:], first_clicks, tombstones))
+    inbox.put((clicks[-256:], first_clicks, tombstones, []))
     out.new_items_clicked += len(first_clicks)
-    out.deletions = len(deleted)
     return out
+
+
+def _delete_in_bulk(
+    options: E2EOptions,
+    producer: RecordProducer,
+    inbox: mp.Queue,
+    serves: Callable[[str], bool],
+    candidates: list[str],
+) -> tuple[list[str], set[str]]:
+    """Tombstones for ``options.bulk_deletions`` of ``candidates`` at once; returns the items deleted
+    and the ones to time (confirmed served just before). The query process hears of them first, so
+    that no query asks for an item while its deletion is on its way."""
+    rng = random.Random(options.seed)
+    chosen = rng.sample(candidates, min(options.bulk_deletions, len(candidates)))
+    probed = {item for item in chosen[:BULK_PROBED] if serves(item)}
+    inbox.put(([], {}, {}, [item for item in chosen if item not in probed]))
+    time.sleep(3 * _SHIP_EVERY_S)  # the query process reads its inbox at least this often
+    sent = time.time()
+    for item in chosen:
+        producer.send_item_deletion(item)
+    producer.flush()
+    inbox.put(([], {}, dict.fromkeys(probed, sent), []))
+    return chosen, probed
 
 
 def run(options: E2EOptions, log: Log) -> dict:
@@ -809,7 +851,11 @@ def _wait_fresh(shared: mp.Array, produced: _Produced, children: Children, optio
     deadline = time.monotonic() + options.fresh_grace_s
     while time.monotonic() < deadline:
         pending, fresh, gone = shared[2], shared[3], shared[5]
-        if pending == 0 and fresh >= produced.new_items_clicked and gone >= produced.deletions:
+        if (
+            pending == 0
+            and fresh >= produced.new_items_clicked
+            and gone >= produced.deletions + len(produced.bulk_probed)
+        ):
             return
         children.check()
         time.sleep(0.1)
@@ -867,7 +913,9 @@ def summarise(
     """The JSON summary: counts, rates over [first event produced, updater drained], percentiles."""
     window = max(drained_at - produced.started, 1e-9)
     freshness = [served - produced_at for _item, produced_at, served in queried["fresh"]]
-    deletion = [gone - sent for _item, sent, gone in queried["gone"]]
+    bulk = produced.bulk_probed
+    deletion = [gone - sent for item, sent, gone in queried["gone"] if item not in bulk]
+    bulk_deletion = [gone - sent for item, sent, gone in queried["gone"] if item in bulk]
     latencies = [ms for _t, _endpoint, _status, ms in queried["queries"]]
     times = [t for t, _endpoint, _status, _ms in queried["queries"]]
     failed = sum(1 for _t, _endpoint, status, _ms in queried["queries"] if status != 200)
@@ -893,6 +941,10 @@ def summarise(
         "deletions_unresolved": len(queried["deletions_unresolved"]),
         "deletion_p50_s": _round(percentile(deletion, 50), 3),
         "deletion_p95_s": _round(percentile(deletion, 95), 3),
+        "bulk_deletions": produced.bulk_deletions,
+        "bulk_deletions_measured": len(bulk_deletion),
+        "bulk_deletion_p50_s": _round(percentile(bulk_deletion, 50), 3),
+        "bulk_deletion_max_s": _round(max(bulk_deletion, default=float("nan")), 3),
         "queries": len(latencies),
         "failed_queries": failed,
         "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,

@@ -72,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="served items deleted from the catalogue per second while the stream runs, each timed"
         " until the API answers 404 (0 = none)",
     )
+    e2e.add_argument(
+        "--bulk-deletions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="items of the initial catalogue deleted at once halfway through the paced phase (a category"
+        " taken down); 50 of them timed until the API answers 404",
+    )
     scaling = parser.add_argument_group("bench scaling (also --repeats, --bootstrap, --plot, --seed)")
     scaling.add_argument("--no-costs", action="store_true", help="skip the per-component cost model")
     scaling.add_argument(
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                 training_niceness=args.training_niceness,
                 api_cpus=args.api_cpus,
                 deletions_per_s=args.deletions_per_s,
+                bulk_deletions=args.bulk_deletions,
             )
         except ValueError as exc:
             print(f"recsim-stream {exc}", file=sys.stderr)

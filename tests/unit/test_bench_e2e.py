@@ -73,6 +73,12 @@ def test_options_refuse_a_deletion_rate_that_is_negative_or_not_finite(rate: flo
         E2EOptions(deletions_per_s=rate)
 
 
+@pytest.mark.parametrize("count", [-1, 5_001])
+def test_options_refuse_a_bulk_deletion_beyond_the_catalogue(count: int) -> None:
+    with pytest.raises(ValueError, match="bulk_deletions="):
+        E2EOptions(items=5_000, bulk_deletions=count)
+
+
 @pytest.mark.parametrize(
     ("served", "steady"),
     [

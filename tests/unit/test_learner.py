@@ -116,4 +116,3 @@ def test_a_checkpoint_from_before_the_split_restores_with_no_after_cold_evidence
     restored = _learner(1)
     restored.restore(state)
     assert (restored.new_items_after_cold.chances, restored.new_items.chances) == (0, 0)
-
