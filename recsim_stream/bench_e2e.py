@@ -944,7 +944,7 @@ def summarise(
         "bulk_deletions": produced.bulk_deletions,
         "bulk_deletions_measured": len(bulk_deletion),
         "bulk_deletion_p50_s": _round(percentile(bulk_deletion, 50), 3),
-        "bulk_deletion_max_s": _round(max(bulk_deletion, default=float("nan")), 3),
+        "bulk_deletion_max_s": _round(max(bulk_deletion, default=None), 3),
         "queries": len(latencies),
         "failed_queries": failed,
         "queries_per_s": round(len(times) / max(times[-1] - times[0], 1e-9), 1) if len(times) > 1 else 0.0,

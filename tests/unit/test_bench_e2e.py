@@ -18,6 +18,7 @@ from recsim_stream.bench_e2e import (
     slow_query_shares,
     snapshot_pauses,
     steady_state,
+    summarise,
     written_to_served,
 )
 from recsim_stream.metrics import SnapshotMetrics
@@ -163,3 +164,29 @@ def test_slow_query_shares_compare_the_client_with_the_api_histogram() -> None:
 )
 def test_server_timing_reads_the_apis_own_duration(header, expected):
     assert server_timing_ms(header) == expected
+
+
+def test_summary_times_single_and_bulk_deletions_apart() -> None:
+    produced = _Produced(
+        events=10, deletions=2, bulk_deletions=300, bulk_probed={"b1", "b2"}, started=100.0, ended=160.0
+    )
+    queried = {
+        "queries": [(101.0, "similar", 200, 5.0), (102.0, "recommend", 200, 7.0)],
+        "server_ms": [4.0, 6.0],
+        "fresh": [],
+        "unresolved": {},
+        "gone": [("s1", 110.0, 111.0), ("b1", 130.0, 131.5), ("s2", 140.0, 143.0), ("b2", 130.0, 132.5)],
+        "deletions_unresolved": {},
+        "snapshots": [],
+        "served_items": [],
+    }
+    summary = summarise(produced, 170.0, {}, {}, queried, {}, 1000)
+    assert (summary["deletions"], summary["deletions_measured"], summary["deletion_p50_s"]) == (2, 2, 2.0)
+    assert (summary["bulk_deletions"], summary["bulk_deletions_measured"]) == (300, 2)
+    assert (summary["bulk_deletion_p50_s"], summary["bulk_deletion_max_s"]) == (2.0, 2.5)
+    none = summarise(_Produced(started=100.0, ended=160.0), 170.0, {}, {}, {**queried, "gone": []}, {}, 1000)
+    assert (none["bulk_deletions_measured"], none["bulk_deletion_p50_s"], none["bulk_deletion_max_s"]) == (
+        0,
+        None,
+        None,
+    )
