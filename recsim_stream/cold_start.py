@@ -290,7 +290,8 @@ class ColdStart:
         self._removed: set[str] = set()  # deleted since the served rows were last taken (take_removed)
         # Items with a learned row in the chain the updater publishes (``published_learned``), and how
         # many of them have a content row: the cold rows are the others, counted as both sets change,
-        # since intersecting them at each snapshot cost 30 ms at 100,000 learned items, 250 ms at 1M.
+        # since intersecting them at each snapshot cost 23-38 ms at 100,000 learned items, 180-230 ms
+        # at a million (BENCHMARKS.md, "Twenty-sixth session").
         self.learned: set[str] = set()
         self._learned_listed = 0
 

@@ -82,7 +82,7 @@ def snapshot_arrays(
     is not ``excluded``), and how many rows were left out because their item id is unknown to this
     process. ``excluded`` is only asked about the exported ids, never walked: the items deleted from a
     catalogue pile up over a system's life, and turning them all into keys at every snapshot held the
-    updater's loop 95 ms a delta at 100,000 deleted items and 1.6 s at a million (BENCHMARKS.md)."""
+    updater's loop 70-100 ms a delta at 100,000 deleted items, 1.4-1.7 s at a million (BENCHMARKS.md)."""
     keys = np.concatenate([e.keys for e in exports]) if exports else np.zeros(0, np.int64)
     counts = np.concatenate([e.counts for e in exports]) if exports else np.zeros(0, np.int64)
     ids = names(keys)
