@@ -758,7 +758,8 @@ class Updater:
             arrays.input_vectors,
             arrays.output_vectors,
             arrays.counts,
-            learned_elsewhere=() if full else self.cold_start.learned,  # a full snapshot has every learned row
+            # a full snapshot has every learned row
+            learned_elsewhere=() if full else self.cold_start.learned,
             changed_only=not full,
             encode_limit=0,  # newly listed items are encoded in the loop's spare time (_encode_listed)
         )
