@@ -3,7 +3,8 @@
 A store holds a good full snapshot v1, already served. Each input is a fuzzed v2 folder, cut into
 sections at ``SEP``: flags, the ``LATEST`` pointer, ``manifest.json``, then the bytes of ``ids.npy``,
 ``input_vectors.npy``, ``output_vectors.npy``, ``counts.npy``, ``cold.npy``, ``content_vectors.npy``,
-``removed_ids.npy`` (a missing section is a missing file). So that the fuzzer gets past the checksums, flag bit 0 makes
+``removed_ids.npy``, then a shipped FAISS index's ``index_similar.npy`` and ``index_recommend.npy``
+(bytes FAISS parses in C++; a missing section is a missing file). So that the fuzzer gets past the checksums, flag bit 0 makes
 the harness write each file's real sha256 into the manifest, bit 1 each file's real dtype and shape
 (from its .npy header), bit 2 the count and dim of ids / input_vectors.
 
@@ -32,6 +33,7 @@ import numpy as np
 
 with atheris.instrument_imports(include=["recsim_stream"]):
     from recsim_stream.config import ApiConfig, IndexConfig, SnapshotConfig
+    from recsim_stream.index import build_main_indexes, ship
     from recsim_stream.query import IndexHolder, SnapshotWatcher, UnknownItem
     from recsim_stream.snapshot import (
         LATEST,
@@ -44,6 +46,9 @@ with atheris.instrument_imports(include=["recsim_stream"]):
 
 SEP = b"\n\x00--8<--\x00\n"
 ARRAYS = ("ids", "input_vectors", "output_vectors", "counts", "cold", "content_vectors", "removed_ids")
+FILES = (*ARRAYS, "index_similar", "index_recommend")  # the sections after the manifest, in order
+# A small HNSW index for the seeds that ship one (the snapshotter ships one above exact_below rows).
+SHIPPED = IndexConfig(exact_below=0, hnsw_m=4, recall_gate=0.0, recall_sample=8)
 API = ApiConfig(max_k=50)
 INDEX = IndexConfig(recall_sample=8)
 SCORING = {"new_item_share": 0.2, "cold_temperature": 0.1}
@@ -111,7 +116,7 @@ def write_input(root: Path, data: bytes) -> None:
     folder = root / folder_name(2)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    for name, content in zip(ARRAYS, sections[3:], strict=False):
+    for name, content in zip(FILES, sections[3:], strict=False):
         (folder / f"{name}.npy").write_bytes(content)
     if len(sections) > 2:
         (folder / MANIFEST).write_bytes(_fix_manifest(sections[2], folder, flags))
@@ -119,8 +124,11 @@ def write_input(root: Path, data: bytes) -> None:
 
 
 def seed_inputs(scratch: Path) -> dict[str, bytes]:
-    """Well-formed v2 folders (full, delta on v1, with and without content vectors), packed."""
+    """Well-formed v2 folders (full, delta on v1, with and without content vectors, a full one with
+    a shipped index), packed."""
     seeds = {}
+    shipped = arrays([f"s{k}" for k in range(40)], seed=7)
+    index = ship(build_main_indexes(shipped.input_vectors, shipped.output_vectors, shipped.counts, SHIPPED))
     cases = {
         "full": dict(values=arrays(["a", "b", "ü/é 😀", "x" * 40], seed=2), parent=None),
         "delta": dict(values=arrays(["b", "new"], seed=3), parent=1),
@@ -132,6 +140,7 @@ def seed_inputs(scratch: Path) -> dict[str, bytes]:
             values=dataclasses.replace(arrays(["b", "new"], seed=6), removed_ids=np.array(["c", "gone"])),
             parent=1,
         ),
+        "full-shipped-index": dict(values=shipped, parent=None, index=index),
     }
     for name, case in cases.items():
         root = scratch / name
@@ -144,9 +153,12 @@ def seed_inputs(scratch: Path) -> dict[str, bytes]:
             newest_event_ts=10.0,
             parent_version=case["parent"],
             scoring=SCORING,
+            index=case.get("index"),
         )
         folder = root / folder_name(2)
-        files = [(folder / f"{n}.npy").read_bytes() for n in ARRAYS if (folder / f"{n}.npy").exists()]
+        files = [(folder / f"{n}.npy").read_bytes() if (folder / f"{n}.npy").exists() else b"" for n in FILES]
+        while files and not files[-1]:  # a missing file at the end is a missing section
+            files.pop()
         for flags in (0, 7):
             seeds[f"{name}-flags{flags}"] = SEP.join(
                 [bytes([flags]), b"2\n", (folder / MANIFEST).read_bytes(), *files]

@@ -1,8 +1,10 @@
+import faiss
 import numpy as np
 import pytest
 
 from recsim_stream.config import IndexConfig
 from recsim_stream.index import (
+    SIMILAR,
     ExactRows,
     IndexLoadError,
     RecallGateError,
@@ -174,6 +176,27 @@ def test_shipped_bytes_that_are_no_faiss_index_are_refused():
     garbage = {name: np.frombuffer(b"not an index" * 8, np.uint8) for name in shipped.files}
     with pytest.raises(IndexLoadError, match="not a FAISS index"):
         unship(ShippedIndex(garbage, shipped.info), rows=3000, dim=16)
+
+
+def test_a_shipped_header_that_asks_faiss_for_an_impossible_allocation_is_refused():
+    """FAISS reads a vector's length from the bytes and allocates it: std::bad_alloc (MemoryError),
+    not RuntimeError, which the API's watcher would not catch, retrying the snapshot at every poll."""
+    inputs, outputs, counts = _table()
+    shipped = ship(build_main_indexes(inputs, outputs, counts, CONFIG))
+    original = shipped.files[SIMILAR]
+    for position in range(64):  # a length in the header: one of its high bytes set
+        damaged = original.copy()
+        damaged[position] = 195
+        try:
+            faiss.deserialize_index(damaged)
+        except MemoryError:
+            break
+        except RuntimeError:
+            continue
+    else:
+        pytest.fail("no header byte of the serialised index made FAISS fail to allocate")
+    with pytest.raises(IndexLoadError, match="not a FAISS index"):
+        unship(ShippedIndex({**shipped.files, SIMILAR: damaged}, shipped.info), rows=3000, dim=16)
 
 
 def test_a_shipped_index_without_its_description_is_refused():
